@@ -1,0 +1,174 @@
+"""One exception hierarchy for everything kinesis_eo raises.
+
+Every error says whether retrying the same call later can succeed (``retryable``),
+so that callers decide with one attribute instead of matching botocore codes.
+AWS errors are translated at the edge by :func:`translate_aws_error` into one
+sentence that names the resource, keeping the botocore error as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KinesisEOError(Exception):
+    """Base class of every error raised by kinesis_eo."""
+
+    retryable: bool = False
+
+
+class RetryableError(KinesisEOError):
+    """A transient failure: the same call may succeed later."""
+
+    retryable = True
+
+
+class ThrottledError(RetryableError):
+    """AWS refused the call for capacity or rate reasons."""
+
+
+class ConnectionFailedError(RetryableError):
+    """The endpoint could not be reached or the connection broke."""
+
+
+class IteratorExpiredError(RetryableError):
+    """A shard iterator expired (iterators live for 300 s)."""
+
+
+class ConfigurationError(KinesisEOError):
+    """The toolkit or the AWS client is set up in a way that cannot work."""
+
+
+class ResourceNotFoundError(KinesisEOError):
+    """A stream, shard or table does not exist (or is not visible to these credentials)."""
+
+    def __init__(self, message: str, *, resource: str) -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class AccessDeniedError(KinesisEOError):
+    """The credentials in use are not allowed to make a call."""
+
+    def __init__(self, message: str, *, resource: str) -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class InvalidRecordError(KinesisEOError):
+    """A record cannot be sent or understood as given (too large, malformed)."""
+
+
+class RecordTooLargeError(InvalidRecordError):
+    """A record is over the Kinesis size limit; it is refused before any call."""
+
+
+class AwsCallError(KinesisEOError):
+    """An AWS error that none of the more precise classes describe."""
+
+    def __init__(self, message: str, *, code: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+THROTTLING_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "KMSThrottlingException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalFailure",
+        "InternalServerError",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "KMSInternalException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+ACCESS_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "KMSAccessDeniedException",
+    }
+)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ``ClientError``, or None for anything else."""
+    response: Any = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    return None
+
+
+def translate_aws_error(exc: BaseException, *, resource: str, action: str) -> KinesisEOError:
+    """Turn a botocore exception into a kinesis_eo error with one clear sentence.
+
+    ``resource`` names what was touched ("stream 'orders'", "table 'leases'"),
+    ``action`` the call ("GetRecords"). The caller raises the result ``from exc``.
+    """
+    if isinstance(exc, KinesisEOError):
+        return exc
+    # Imported here so that this module stays importable without botocore in type-only use.
+    from botocore import exceptions as bce
+
+    code = error_code(exc)
+    if code is not None:
+        message = str(getattr(exc, "response", {}).get("Error", {}).get("Message") or code)
+        if code in THROTTLING_CODES:
+            return ThrottledError(f"{action} on {resource} was throttled ({code}): {message}")
+        if code == "ExpiredIteratorException":
+            return IteratorExpiredError(f"the shard iterator for {resource} expired: {message}")
+        if code in NOT_FOUND_CODES:
+            return ResourceNotFoundError(
+                f"{resource} does not exist or is not visible to these credentials "
+                f"({action}: {message})",
+                resource=resource,
+            )
+        if code in ACCESS_CODES:
+            return AccessDeniedError(
+                f"access to {resource} was denied for {action} ({code}): {message}",
+                resource=resource,
+            )
+        return AwsCallError(
+            f"{action} on {resource} failed ({code}): {message}",
+            code=code,
+            retryable=code in TRANSIENT_CODES,
+        )
+    if isinstance(exc, bce.NoRegionError):
+        return ConfigurationError(
+            f"no AWS region is configured for {action} on {resource}: set AWS_REGION "
+            "or pass region_name when you create the client"
+        )
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return ConfigurationError(
+            f"no AWS credentials were found for {action} on {resource}: configure a profile, "
+            "environment variables or an instance role"
+        )
+    if isinstance(
+        exc,
+        bce.EndpointConnectionError
+        | bce.ConnectionClosedError
+        | bce.ReadTimeoutError
+        | bce.ConnectTimeoutError
+        | bce.HTTPClientError,
+    ):
+        return ConnectionFailedError(f"{action} on {resource} could not reach AWS: {exc}")
+    return AwsCallError(f"{action} on {resource} failed: {exc}", code=type(exc).__name__)

@@ -1,0 +1,160 @@
+"""Decision logic as generators, driven by a thin sync loop and a thin asyncio loop.
+
+A *flow* is a generator that decides what to do and never does I/O itself. It
+yields :class:`Call` (make this AWS call and send me the response, or throw
+the translated error into me), :class:`Sleep` (wait, then send me None), or any
+other object, which is an output for the flow's consumer. A flow may
+``return`` a value. The same flow runs under :func:`drive_sync` with a boto3
+client and under :func:`drive_async` with an aiobotocore (or aioboto3) client,
+so that readers, producers and lease logic are written once.
+
+Transient errors are retried here, per call, with tenacity; anything else is
+thrown into the flow, which handles it or lets it propagate to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from kinesis_eo.errors import KinesisEOError, translate_aws_error
+from kinesis_eo.retry import RetryConfig, async_retrying, sync_retrying
+
+Response = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One AWS call: the client method, its parameters, and names for error messages."""
+
+    method: str
+    params: Mapping[str, Any]
+    resource: str
+    action: str
+    retry: bool = field(default=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+Flow = Generator[Any, Any, Any]
+T = TypeVar("T")
+
+
+def call_sync(client: Any, call: Call, retry: RetryConfig) -> Response:
+    config = retry if call.retry else RetryConfig(max_attempts=1)
+    for attempt in sync_retrying(config):
+        with attempt:
+            try:
+                response: Response = getattr(client, call.method)(**call.params)
+            except (ClientError, BotoCoreError) as exc:
+                raise translate_aws_error(exc, resource=call.resource, action=call.action) from exc
+            return response
+    raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
+
+
+async def call_async(client: Any, call: Call, retry: RetryConfig) -> Response:
+    config = retry if call.retry else RetryConfig(max_attempts=1)
+    async for attempt in async_retrying(config):
+        with attempt:
+            try:
+                response: Response = await getattr(client, call.method)(**call.params)
+            except (ClientError, BotoCoreError) as exc:
+                raise translate_aws_error(exc, resource=call.resource, action=call.action) from exc
+            return response
+    raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
+
+
+class _Done(Exception):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _advance(flow: Flow, send: Any, error: BaseException | None) -> Any:
+    try:
+        if error is not None:
+            return flow.throw(error)
+        return flow.send(send)
+    except StopIteration as stop:
+        raise _Done(stop.value) from None
+
+
+def drive_sync(
+    flow: Flow,
+    client: Any,
+    retry: RetryConfig,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Generator[Any, None, Any]:
+    """Run ``flow`` with a boto3 client; yields its outputs, returns its return value."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = _advance(flow, send, error)
+        except _Done as done:
+            return done.value
+        send, error = None, None
+        if isinstance(step, Call):
+            try:
+                send = call_sync(client, step, retry)
+            except KinesisEOError as exc:
+                error = exc
+        elif isinstance(step, Sleep):
+            if step.seconds > 0:
+                sleep(step.seconds)
+        else:
+            yield step
+
+
+def run_sync(flow: Flow, client: Any, retry: RetryConfig) -> Any:
+    """Run a flow that has no outputs to the end and return its value."""
+    driver = drive_sync(flow, client, retry)
+    try:
+        output = next(driver)
+    except StopIteration as stop:
+        return stop.value
+    raise TypeError(f"flow produced an output where none was expected: {output!r}")
+
+
+async def _next_output_async(flow: Flow, client: Any, retry: RetryConfig) -> Any:
+    """Advance ``flow`` past its calls and sleeps to its next output, or raise _Done."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        step = _advance(flow, send, error)
+        send, error = None, None
+        if isinstance(step, Call):
+            try:
+                send = await call_async(client, step, retry)
+            except KinesisEOError as exc:
+                error = exc
+        elif isinstance(step, Sleep):
+            await asyncio.sleep(max(step.seconds, 0.0))
+        else:
+            return step
+
+
+async def drive_async(flow: Flow, client: Any, retry: RetryConfig) -> AsyncIterator[Any]:
+    """Run ``flow`` with an aiobotocore client; yields its outputs."""
+    while True:
+        try:
+            output = await _next_output_async(flow, client, retry)
+        except _Done:
+            return
+        yield output
+
+
+async def run_async(flow: Flow, client: Any, retry: RetryConfig) -> Any:
+    """Run a flow that has no outputs to the end and return its value."""
+    try:
+        output = await _next_output_async(flow, client, retry)
+    except _Done as done:
+        return done.value
+    raise TypeError(f"flow produced an output where none was expected: {output!r}")
