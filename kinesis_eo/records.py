@@ -99,7 +99,9 @@ class Record:
     ``sub_sequence_number`` is its index there. A record whose bytes start with
     the KPL magic but do not form a valid aggregate is delivered whole, with
     ``deaggregation_error`` saying why, so that the failure policy decides
-    about it instead of the bytes vanishing.
+    about it instead of the bytes vanishing. ``event_id`` is the producer's id
+    for the event when the payload came in a kinesis_eo envelope (then ``data``
+    is the payload without it); the same event sent twice has the same id.
     """
 
     stream: str
@@ -113,6 +115,7 @@ class Record:
     aggregated: bool = False
     deaggregation_error: str | None = None
     encryption_type: str | None = None
+    event_id: str | None = None
 
     @property
     def position(self) -> Position:
