@@ -1,7 +1,8 @@
 """Records and their positions in a shard.
 
-A Kinesis sequence number is a decimal string of up to 128 bits. Emulators and
-AWS produce numbers of different lengths, so positions compare as integers, and
+A Kinesis sequence number is a decimal string of up to 129 digits (the API's
+pattern; AWS hands out 56 today, moto 1, 2, 3...). Emulators and AWS produce
+numbers of different lengths, so positions compare as integers, and
 wherever DynamoDB has to compare them (conditions, sort keys) they are written
 as fixed-width zero-padded text, never as DynamoDB numbers (38 digits at most).
 """
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import total_ordering
 
-# 2**128 - 1 has 39 digits; one more keeps a margin and makes the width obvious.
-SEQUENCE_KEY_WIDTH = 40
+# The Kinesis API allows sequence numbers of up to 129 digits: ^(0|([1-9]\d{0,128}))$
+SEQUENCE_KEY_WIDTH = 129
 # Sub-sequence numbers are indexes inside one KPL aggregate (uint64 in the format).
 SUB_SEQUENCE_KEY_WIDTH = 20
 _MAX_SEQUENCE = 10**SEQUENCE_KEY_WIDTH - 1
@@ -76,7 +77,8 @@ class Position:
 
     def key(self) -> str:
         """Fixed-width text whose string order is the position order (for DynamoDB)."""
-        return f"{self._value:0{SEQUENCE_KEY_WIDTH}d}.{self.sub_sequence_number:0{SUB_SEQUENCE_KEY_WIDTH}d}"
+        sequence = f"{self._value:0{SEQUENCE_KEY_WIDTH}d}"
+        return f"{sequence}.{self.sub_sequence_number:0{SUB_SEQUENCE_KEY_WIDTH}d}"
 
     @classmethod
     def from_key(cls, key: str) -> Position:

@@ -22,8 +22,8 @@ from kinesis_eo.aggregation import (
 from kinesis_eo.records import MAX_HASH_KEY, HashKeyRange, Record
 
 KPL_MAGIC = b"\xf3\x89\x9a\xc2"
-# AWS writes 56-digit sequence numbers, which records.Position refuses today (width 40).
-SEQUENCE = "21269319989653637946712965403778482177"
+# A sequence number of the length AWS hands out (56 digits).
+SEQUENCE = "49590338271490256608559692538361571095921575989136588898"
 ARRIVAL = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 
 # --- an encoder written from the protobuf wire format, not from the module ----
