@@ -50,9 +50,7 @@ def is_call_retryable(exc: BaseException) -> bool:
     )
 
 
-def backoff_delay(
-    attempt: int, config: RetryConfig, rng: random.Random | None = None
-) -> float:
+def backoff_delay(attempt: int, config: RetryConfig, rng: random.Random | None = None) -> float:
     """Full-jitter delay before retry number ``attempt`` (1 for the first retry)."""
     cap = min(config.max_backoff_s, config.initial_backoff_s * (2 ** max(attempt - 1, 0)))
     return (rng or random).uniform(0, cap)
