@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -17,6 +16,7 @@ from kinesis_eo.errors import (
     ThrottledError,
     translate_aws_error,
 )
+from kinesis_eo.testing.backends import MotoServer
 from kinesis_eo.testing.faults import (
     ANY_OPERATION,
     FaultInjector,
@@ -343,28 +343,15 @@ def test_rule_arguments_are_checked() -> None:
 # --- aiobotocore over the moto HTTP server ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def http_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.mark.asyncio
-async def test_aiobotocore_client_gets_every_fault_kind(http_endpoint: str) -> None:
+async def test_aiobotocore_client_gets_every_fault_kind(moto_server_reset: MotoServer) -> None:
     from aiobotocore.session import get_session
 
     name = "faults-async"
-    sync = boto3.client("kinesis", region_name=REGION, endpoint_url=http_endpoint)
+    sync = moto_server_reset.client("kinesis")
     make_stream(sync, name)
     async with get_session().create_client(
-        "kinesis", region_name=REGION, endpoint_url=http_endpoint
+        "kinesis", **moto_server_reset.client_kwargs()
     ) as client:
         faults = FaultInjector(seed=1).attach(client)
 
