@@ -42,3 +42,48 @@ def kinesis(moto_aws: None) -> Any:
 def dynamodb(moto_aws: None) -> Any:
     """A boto3 DynamoDB client on in-process moto."""
     return boto3.client("dynamodb", region_name=REGION)
+
+
+# --- HTTP back-ends: moto server and kinesis-mock ------------------------------------------
+#
+# Session-scoped: kinesis-mock takes about a second to start, and both keep
+# state only in memory. They pass fixed fake credentials to every client they
+# make, because session fixtures start before the function-scoped
+# environment fixture above has run.
+
+from kinesis_eo.testing.backends import KinesisMock, MotoServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's HTTP server on 127.0.0.1, shared by the session (see ``moto_server_reset``).
+
+    It shares its data with in-process ``mock_aws``, which resets it on start and stop.
+    """
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto_server_reset(moto_server: MotoServer) -> MotoServer:
+    """The moto server, emptied before this test."""
+    moto_server.reset()
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def kinesis_mock() -> Iterator[KinesisMock]:
+    """kinesis-mock on 127.0.0.1 with instant state changes, shared by the session.
+
+    Without ``node_modules`` this fails with the instruction to run ``npm ci``:
+    a skip would let a green suite hide that resharding was never tested.
+    """
+    with KinesisMock() as mock:
+        yield mock
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # So that `-m "not kinesis_mock"` leaves out every test that starts the emulator.
+    for item in items:
+        if "kinesis_mock" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kinesis_mock)

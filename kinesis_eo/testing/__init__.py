@@ -1,0 +1,1 @@
+"""Public fakes, back-ends and fault injection for tests."""
