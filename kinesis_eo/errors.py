@@ -8,6 +8,7 @@ sentence that names the resource, keeping the botocore error as ``__cause__``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -63,6 +64,31 @@ class RecordTooLargeError(InvalidRecordError):
     """A record is over the Kinesis size limit; it is refused before any call."""
 
 
+class ConditionFailedError(KinesisEOError):
+    """A DynamoDB condition did not hold; ``item`` is the item as it was, when AWS returned it."""
+
+    def __init__(self, message: str, *, item: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.item = item
+
+
+class TransactionCanceledError(KinesisEOError):
+    """DynamoDB canceled a transaction; ``reasons`` line up with its items.
+
+    Retryable when every reason is a transient one (a conflict with another
+    transaction, throttling): the same transaction may then succeed.
+    """
+
+    def __init__(self, message: str, *, reasons: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons)
+        codes = {str(r.get("Code", "None")) for r in self.reasons} - {"None"}
+        self.retryable = bool(codes) and codes <= TRANSIENT_CANCELLATION_CODES
+
+    def failed_indexes(self, code: str = "ConditionalCheckFailed") -> list[int]:
+        return [i for i, r in enumerate(self.reasons) if r.get("Code") == code]
+
+
 class AwsCallError(KinesisEOError):
     """An AWS error that none of the more precise classes describe."""
 
@@ -96,7 +122,17 @@ TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
     }
 )
-NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+NOT_FOUND_CODES = frozenset(
+    {"ResourceNotFoundException", "QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"}
+)
+TRANSIENT_CANCELLATION_CODES = frozenset(
+    {
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    }
+)
 ACCESS_CODES = frozenset(
     {
         "AccessDeniedException",
@@ -136,6 +172,12 @@ def translate_aws_error(exc: BaseException, *, resource: str, action: str) -> Ki
             return ThrottledError(f"{action} on {resource} was throttled ({code}): {message}")
         if code == "ExpiredIteratorException":
             return IteratorExpiredError(f"the shard iterator for {resource} expired: {message}")
+        if code == "ConditionalCheckFailedException":
+            item = getattr(exc, "response", {}).get("Item")
+            return ConditionFailedError(f"{action} on {resource}: {message}", item=item)
+        if code == "TransactionCanceledException":
+            reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+            return TransactionCanceledError(f"{action} on {resource}: {message}", reasons=reasons)
         if code in NOT_FOUND_CODES:
             return ResourceNotFoundError(
                 f"{resource} does not exist or is not visible to these credentials "
