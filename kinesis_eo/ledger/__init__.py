@@ -1,0 +1,51 @@
+"""The idempotent sink ledger: what is done, marked atomically with the effect."""
+
+from kinesis_eo.ledger.base import (
+    ClaimLostError,
+    ClaimOutcome,
+    CommitResult,
+    Entry,
+    ExpiredClaimPolicy,
+    FencedError,
+    Ledger,
+    Screened,
+)
+from kinesis_eo.ledger.model import (
+    LedgerConfig,
+    LedgerConflict,
+    LedgerMode,
+    MarkStatus,
+    PayloadMismatchError,
+    event_id_or_position,
+    payload_hash,
+)
+from kinesis_eo.ledger.store import (
+    DynamoDBLedgerStore,
+    LedgerStore,
+    MemoryLedgerStore,
+    MemoryWrite,
+    create_ledger_table,
+)
+
+__all__ = [
+    "ClaimLostError",
+    "ClaimOutcome",
+    "CommitResult",
+    "DynamoDBLedgerStore",
+    "Entry",
+    "ExpiredClaimPolicy",
+    "FencedError",
+    "Ledger",
+    "LedgerConfig",
+    "LedgerConflict",
+    "LedgerMode",
+    "LedgerStore",
+    "MarkStatus",
+    "MemoryLedgerStore",
+    "MemoryWrite",
+    "PayloadMismatchError",
+    "Screened",
+    "create_ledger_table",
+    "event_id_or_position",
+    "payload_hash",
+]

@@ -1,0 +1,310 @@
+"""Ledger stores: the few primitives the ledger protocol needs, for DynamoDB and in memory.
+
+A store reads items by key and applies a list of operations atomically. Both
+primitives are flows (see :mod:`kinesis_eo.flow`): the DynamoDB store yields
+AWS calls, so one store serves boto3 and aiobotocore alike; the in-memory
+store yields nothing. Every store passes the same contract tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kinesis_eo.errors import ConditionFailedError, TransactionCanceledError
+from kinesis_eo.flow import Call, Sleep
+from kinesis_eo.ledger.model import (
+    CLAIM_EXPIRES_AT,
+    KEY,
+    OWNER,
+    POSITION,
+    STATUS,
+    Absent,
+    AbsentOrClaimExpired,
+    Condition,
+    HeldBy,
+    Item,
+    LedgerConflict,
+    MarkStatus,
+    Op,
+    PositionBelow,
+    Put,
+    Update,
+    Value,
+)
+from kinesis_eo.retry import RetryConfig, backoff_delay
+
+StoreFlow = Generator[Any, Any, Any]
+
+# BatchGetItem reads at most 100 keys per call.
+_BATCH_GET_LIMIT = 100
+
+
+class LedgerStore(ABC):
+    """The primitives: read items, and apply operations all-or-none."""
+
+    @abstractmethod
+    def get(self, keys: Sequence[str]) -> Generator[Any, Any, dict[str, Item]]:
+        """The items that exist under ``keys`` (strongly consistent)."""
+
+    @abstractmethod
+    def apply(self, ops: Sequence[Op], extra: Sequence[Any] = ()) -> Generator[Any, Any, None]:
+        """Apply ``ops`` and the store-specific ``extra`` writes atomically.
+
+        Raises :class:`LedgerConflict` naming every failed condition (index
+        into ``ops`` followed by ``extra``) when any of them fails; then
+        nothing is written.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryWrite:
+    """A write of an in-memory sink, committed atomically with ledger marks.
+
+    ``check`` plays the part of a DynamoDB condition on the sink's own item.
+    """
+
+    apply: Callable[[], None]
+    check: Callable[[], bool] | None = None
+
+
+class MemoryLedgerStore(LedgerStore):
+    """A ledger store in a dict, for tests and for the toolkit's own CPU measurements.
+
+    ``extra`` writes are :class:`MemoryWrite`, run under the store's lock after
+    every condition held, so an in-memory sink commits atomically with its marks.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Value]] = {}
+        self._lock = threading.Lock()
+        self.applies = 0
+
+    def get(self, keys: Sequence[str]) -> Generator[Any, Any, dict[str, Item]]:
+        with self._lock:
+            found: dict[str, Item] = {k: dict(self.items[k]) for k in keys if k in self.items}
+        return found
+        yield  # a flow that makes no calls
+
+    def apply(self, ops: Sequence[Op], extra: Sequence[Any] = ()) -> Generator[Any, Any, None]:
+        with self._lock:
+            self.applies += 1
+            failed: dict[int, Item | None] = {}
+            touched: set[str] = set()
+            for index, op in enumerate(ops):
+                if op.key in touched:
+                    raise ValueError(f"two operations on ledger key {op.key!r} in one write")
+                touched.add(op.key)
+                current = self.items.get(op.key)
+                if op.condition is not None and not op.condition.holds(current):
+                    failed[index] = dict(current) if current is not None else None
+            for offset, write in enumerate(extra):
+                if not isinstance(write, MemoryWrite):
+                    raise TypeError(f"the in-memory store takes MemoryWrite extras, not {write!r}")
+                if write.check is not None and not write.check():
+                    failed[len(ops) + offset] = None
+            if failed:
+                raise LedgerConflict(failed)
+            for op in ops:
+                if isinstance(op, Put):
+                    self.items[op.key] = {KEY: op.key, **op.item}
+                elif isinstance(op, Update):
+                    self.items.setdefault(op.key, {KEY: op.key}).update(op.values)
+                else:
+                    self.items.pop(op.key, None)
+            for write in extra:
+                write.apply()
+        return
+        yield  # a flow that makes no calls
+
+
+# --- DynamoDB --------------------------------------------------------------------------------
+
+
+def to_attribute(value: Value) -> dict[str, Any]:
+    if isinstance(value, bool):
+        raise TypeError("ledger values are str, int or bytes")
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, bytes):
+        return {"B": value}
+    raise TypeError(f"ledger values are str, int or bytes, not {type(value).__name__}")
+
+
+def from_attribute(attribute: Mapping[str, Any]) -> Value:
+    if "S" in attribute:
+        return str(attribute["S"])
+    if "N" in attribute:
+        return int(attribute["N"])
+    if "B" in attribute:
+        return bytes(attribute["B"])
+    raise TypeError(f"unexpected ledger attribute {attribute!r}")
+
+
+def from_item(item: Mapping[str, Mapping[str, Any]]) -> dict[str, Value]:
+    return {name: from_attribute(value) for name, value in item.items()}
+
+
+class _Expression:
+    """Collects placeholder names and values while expressions are built."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, dict[str, Any]] = {}
+
+    def name(self, attribute: str) -> str:
+        placeholder = f"#{attribute}"
+        self.names[placeholder] = attribute
+        return placeholder
+
+    def value(self, value: Value) -> str:
+        placeholder = f":v{len(self.values)}"
+        self.values[placeholder] = to_attribute(value)
+        return placeholder
+
+    def condition(self, condition: Condition) -> str:
+        in_progress = MarkStatus.IN_PROGRESS.value
+        if isinstance(condition, Absent):
+            return f"attribute_not_exists({self.name(KEY)})"
+        if isinstance(condition, PositionBelow):
+            return (
+                f"attribute_not_exists({self.name(KEY)}) OR "
+                f"{self.name(POSITION)} < {self.value(condition.position)}"
+            )
+        if isinstance(condition, HeldBy):
+            return (
+                f"{self.name(STATUS)} = {self.value(in_progress)} AND "
+                f"{self.name(OWNER)} = {self.value(condition.owner)}"
+            )
+        if isinstance(condition, AbsentOrClaimExpired):
+            return (
+                f"attribute_not_exists({self.name(KEY)}) OR "
+                f"({self.name(STATUS)} = {self.value(in_progress)} AND "
+                f"{self.name(CLAIM_EXPIRES_AT)} < {self.value(condition.now_ms)})"
+            )
+        return (
+            f"{self.name(STATUS)} = {self.value(in_progress)} AND "
+            f"{self.name(OWNER)} = {self.value(condition.owner)} AND "
+            f"{self.name(CLAIM_EXPIRES_AT)} < {self.value(condition.now_ms)}"
+        )
+
+    def add_to(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.names:
+            request["ExpressionAttributeNames"] = self.names
+        if self.values:
+            request["ExpressionAttributeValues"] = self.values
+        return request
+
+
+class DynamoDBLedgerStore(LedgerStore):
+    """The ledger in one DynamoDB table keyed by ``pk`` (string), TTL on ``expires_at``.
+
+    A lone operation is a single conditional write; several go in one
+    ``TransactWriteItems`` with the store's ``extra`` items (already in the
+    low-level transaction format) after them. Failed conditions come back with
+    the old item (``ALL_OLD``), so a conflict costs no extra read.
+    """
+
+    def __init__(self, table_name: str, retry: RetryConfig | None = None) -> None:
+        self.table_name = table_name
+        self.retry = retry or RetryConfig()
+        self._resource = f"ledger table '{table_name}'"
+
+    def get(self, keys: Sequence[str]) -> Generator[Any, Any, dict[str, Item]]:
+        found: dict[str, Item] = {}
+        pending = list(dict.fromkeys(keys))
+        attempt = 0
+        while pending:
+            chunk, pending = pending[:_BATCH_GET_LIMIT], pending[_BATCH_GET_LIMIT:]
+            request = {
+                self.table_name: {
+                    "Keys": [{KEY: {"S": key}} for key in chunk],
+                    "ConsistentRead": True,
+                }
+            }
+            response = yield Call(
+                "batch_get_item", {"RequestItems": request}, self._resource, "BatchGetItem"
+            )
+            for item in response.get("Responses", {}).get(self.table_name, []):
+                decoded = from_item(item)
+                found[str(decoded[KEY])] = decoded
+            unprocessed = response.get("UnprocessedKeys", {}).get(self.table_name)
+            if unprocessed:
+                # DynamoDB hands back what it could not read under load: read it again, later.
+                attempt += 1
+                pending = [str(k[KEY]["S"]) for k in unprocessed["Keys"]] + pending
+                yield Sleep(backoff_delay(attempt, self.retry))
+        return found
+
+    def write_item(self, op: Op) -> dict[str, Any]:
+        """``op`` as one element of ``TransactWriteItems``."""
+        expression = _Expression()
+        key = {KEY: {"S": op.key}}
+        request: dict[str, Any] = {"TableName": self.table_name}
+        if op.condition is not None:
+            request["ConditionExpression"] = expression.condition(op.condition)
+            request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        if isinstance(op, Put):
+            request["Item"] = {**key, **{k: to_attribute(v) for k, v in op.item.items()}}
+            return {"Put": expression.add_to(request)}
+        request["Key"] = key
+        if isinstance(op, Update):
+            assignments = [
+                f"{expression.name(k)} = {expression.value(v)}" for k, v in op.values.items()
+            ]
+            request["UpdateExpression"] = "SET " + ", ".join(assignments)
+            return {"Update": expression.add_to(request)}
+        return {"Delete": expression.add_to(request)}
+
+    def apply(self, ops: Sequence[Op], extra: Sequence[Any] = ()) -> Generator[Any, Any, None]:
+        items = [self.write_item(op) for op in ops] + list(extra)
+        if not items:
+            return
+        if len(items) == 1 and ops:
+            kind, request = next(iter(items[0].items()))
+            method = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item"}[kind]
+            try:
+                yield Call(method, request, self._resource, f"{kind}Item")
+            except ConditionFailedError as failed:
+                raise LedgerConflict({0: _decoded(failed.item)}) from failed
+            return
+        try:
+            yield Call(
+                "transact_write_items",
+                {"TransactItems": items},
+                self._resource,
+                "TransactWriteItems",
+            )
+        except TransactionCanceledError as canceled:
+            failed_at = canceled.failed_indexes()
+            if not failed_at:
+                raise
+            raise LedgerConflict(
+                {i: _decoded(canceled.reasons[i].get("Item")) for i in failed_at}
+            ) from canceled
+
+
+def _decoded(item: Mapping[str, Any] | None) -> Item | None:
+    return from_item(item) if item else None
+
+
+def create_ledger_table(client: Any, table_name: str) -> None:
+    """Create the ledger table (on-demand, TTL on ``expires_at``) and wait until it is active."""
+    client.create_table(
+        TableName=table_name,
+        KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.get_waiter("table_exists").wait(
+        TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    client.update_time_to_live(
+        TableName=table_name,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
+    )
