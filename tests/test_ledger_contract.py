@@ -1,0 +1,486 @@
+"""One contract for every ledger store: the in-memory store and DynamoDB (on moto) must agree.
+
+Each test runs twice, once per store, through the public Ledger API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from kinesis_eo.flow import run_sync
+from kinesis_eo.ledger import (
+    ClaimLostError,
+    ClaimOutcome,
+    DynamoDBLedgerStore,
+    Entry,
+    ExpiredClaimPolicy,
+    FencedError,
+    Ledger,
+    LedgerConfig,
+    LedgerMode,
+    LedgerStore,
+    MemoryLedgerStore,
+    MemoryWrite,
+    PayloadMismatchError,
+    create_ledger_table,
+)
+from kinesis_eo.records import Record
+from kinesis_eo.retry import RetryConfig
+
+RETRY = RetryConfig(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.01)
+
+
+@dataclass
+class Backend:
+    """A ledger store and how to run its flows; ``client`` is None for the in-memory store."""
+
+    store: LedgerStore
+    client: Any
+    sink: dict[str, Any]
+
+    def run(self, flow: Any) -> Any:
+        return run_sync(flow, self.client, RETRY)
+
+    def sink_write(self, key: str, value: Any) -> Any:
+        """A sink write in the store's own form, putting ``value`` under ``key`` in the sink."""
+        if self.client is None:
+            return MemoryWrite(lambda: self.sink.__setitem__(key, value))
+        return {
+            "Put": {"TableName": "sink", "Item": {"id": {"S": key}, "value": {"S": str(value)}}}
+        }
+
+    def failing_sink_write(self, key: str) -> Any:
+        """A sink write whose own condition fails (the sink item must not exist, and it does)."""
+        if self.client is None:
+            self.sink[key] = "present"
+            return MemoryWrite(lambda: None, check=lambda: key not in self.sink)
+        self.client.put_item(TableName="sink", Item={"id": {"S": key}, "value": {"S": "present"}})
+        return {
+            "Put": {
+                "TableName": "sink",
+                "Item": {"id": {"S": key}, "value": {"S": "again"}},
+                "ConditionExpression": "attribute_not_exists(id)",
+            }
+        }
+
+    def guard(self, holds: bool) -> Any:
+        """A fencing check that holds or fails."""
+        if self.client is None:
+            return MemoryWrite(lambda: None, check=lambda: holds)
+        return {
+            "ConditionCheck": {
+                "TableName": "sink",
+                "Key": {"id": {"S": "lease"}},
+                "ConditionExpression": "attribute_exists(id)"
+                if holds
+                else "attribute_not_exists(id)",
+            }
+        }
+
+    def sink_keys(self) -> set[str]:
+        if self.client is None:
+            return set(self.sink)
+        items = self.client.scan(TableName="sink")["Items"]
+        return {i["id"]["S"] for i in items} - {"lease"}
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield Backend(MemoryLedgerStore(), None, {})
+        return
+    dynamodb = request.getfixturevalue("dynamodb")
+    create_ledger_table(dynamodb, "ledger")
+    dynamodb.create_table(
+        TableName="sink",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.put_item(TableName="sink", Item={"id": {"S": "lease"}})
+    yield Backend(DynamoDBLedgerStore("ledger", RETRY), dynamodb, {})
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ledger(backend: Backend, mode: LedgerMode, clock: FakeClock | None = None, **kw: Any) -> Ledger:
+    config = LedgerConfig(table_name="ledger", consumer_group="g", mode=mode, **kw)
+    return Ledger(backend.store, config, clock or FakeClock())
+
+
+def record(
+    seq: int, data: bytes | None = None, event_id: str | None = None, shard: str = "s-0"
+) -> Record:
+    return Record(
+        stream="orders",
+        shard_id=shard,
+        sequence_number=str(seq),
+        partition_key="pk",
+        data=data if data is not None else f"payload-{seq}".encode(),
+        event_id=event_id,
+    )
+
+
+def entries(backend: Backend, records: list[Record]) -> list[Entry]:
+    return [
+        Entry(r, [backend.sink_write(f"{r.shard_id}/{r.sequence_number}", r.data)]) for r in records
+    ]
+
+
+# --- watermark mode ----------------------------------------------------------------------------
+
+
+def test_watermark_commit_then_replay_marks_every_record_a_duplicate(backend: Backend) -> None:
+    batch = [record(i) for i in range(1, 11)]
+
+    first = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch)))
+    replay = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch)))
+
+    assert first.committed == batch
+    assert first.writes == 1
+    assert replay.committed == []
+    assert replay.duplicates == batch
+    assert len(backend.sink_keys()) == 10
+
+
+def test_watermark_screen_sorts_a_batch_against_the_stored_watermark(backend: Backend) -> None:
+    backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit(
+            entries(backend, [record(i) for i in range(1, 6)])
+        )
+    )
+
+    screened = backend.run(
+        ledger(backend, LedgerMode.WATERMARK).screen([record(i) for i in range(3, 9)])
+    )
+
+    assert [r.sequence_number for r in screened.duplicates] == ["3", "4", "5"]
+    assert [r.sequence_number for r in screened.new] == ["6", "7", "8"]
+
+
+def test_watermark_compares_positions_numerically_not_as_text(backend: Backend) -> None:
+    # "10" sorts before "9" as text; the ledger stores fixed-width keys.
+    backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, [record(9)])))
+
+    result = backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, [record(10)]))
+    )
+
+    assert [r.sequence_number for r in result.committed] == ["10"]
+
+
+def test_watermark_partial_replay_commits_only_what_is_past_the_mark(backend: Backend) -> None:
+    backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit(
+            entries(backend, [record(i) for i in range(1, 6)])
+        )
+    )
+
+    # A second consumer that never saw the mark replays 3..8.
+    result = backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit(
+            entries(backend, [record(i) for i in range(3, 9)])
+        )
+    )
+
+    assert [r.sequence_number for r in result.duplicates] == ["3", "4", "5"]
+    assert [r.sequence_number for r in result.committed] == ["6", "7", "8"]
+    assert len(backend.sink_keys()) == 8
+
+
+def test_watermark_batches_larger_than_a_transaction_commit_in_chained_chunks(
+    backend: Backend,
+) -> None:
+    batch = [record(i) for i in range(1, 251)]
+
+    result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch)))
+
+    # 98 records + 1 mark per transaction, one slot kept for the fencing check.
+    assert result.writes == 3
+    assert result.committed == batch
+    assert len(backend.sink_keys()) == 250
+
+
+def test_watermark_crash_between_chunks_resumes_with_the_next_chunk(backend: Backend) -> None:
+    batch = [record(i) for i in range(1, 201)]
+    backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch[:98])))
+
+    result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch)))
+
+    assert result.duplicates == batch[:98]
+    assert result.committed == batch[98:]
+    assert len(backend.sink_keys()) == 200
+
+
+def test_a_refused_sink_write_holds_back_the_rest_so_the_watermark_does_not_pass_it(
+    backend: Backend,
+) -> None:
+    batch = [record(i) for i in range(1, 6)]
+    work = entries(backend, batch)
+    work[2] = Entry(batch[2], [backend.failing_sink_write("refused")])
+
+    result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(work))
+
+    assert result.committed == batch[:2]
+    assert [r for r, _ in result.rejected] == [batch[2]]
+    assert [e.record for e in result.held_back] == batch[3:]
+    # The rejected record, once dead-lettered, is marked and the rest follow.
+    again = backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit([Entry(batch[2]), *result.held_back])
+    )
+    assert again.committed == batch[2:]
+
+
+def test_a_failed_fencing_check_refuses_the_whole_commit(backend: Backend) -> None:
+    with pytest.raises(FencedError):
+        backend.run(
+            ledger(backend, LedgerMode.WATERMARK).commit(
+                entries(backend, [record(1), record(2)]), guards=[backend.guard(holds=False)]
+            )
+        )
+    assert backend.sink_keys() == set()
+
+    ok = backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit(
+            entries(backend, [record(1), record(2)]), guards=[backend.guard(holds=True)]
+        )
+    )
+    assert len(ok.committed) == 2
+
+
+def test_watermark_commit_refuses_records_of_two_shards(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="one shard"):
+        backend.run(
+            ledger(backend, LedgerMode.WATERMARK).commit(
+                [Entry(record(1, shard="a")), Entry(record(2, shard="b"))]
+            )
+        )
+
+
+# --- per-record mode ---------------------------------------------------------------------------
+
+
+def test_inbound_duplicates_under_different_sequence_numbers_commit_once(backend: Backend) -> None:
+    original = record(1, b"order 7", event_id="e-7")
+    resent = record(5, b"order 7", event_id="e-7")
+    other = record(6, b"order 8", event_id="e-8")
+
+    result = backend.run(
+        ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [original, resent, other]))
+    )
+    later = backend.run(ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [resent])))
+
+    assert result.committed == [original, other]
+    assert result.duplicates == [resent]
+    assert later.duplicates == [resent]
+    assert backend.sink_keys() == {"s-0/1", "s-0/6"}
+
+
+def test_per_record_screen_finds_committed_keys_without_writing(backend: Backend) -> None:
+    backend.run(
+        ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [record(1, event_id="a")]))
+    )
+
+    screened = backend.run(
+        ledger(backend, LedgerMode.PER_RECORD).screen(
+            [record(7, event_id="a", data=b"payload-1"), record(8, event_id="b")]
+        )
+    )
+
+    assert [r.event_id for r in screened.duplicates] == ["a"]
+    assert [r.event_id for r in screened.new] == ["b"]
+
+
+def test_same_key_with_a_different_payload_is_reported_never_applied(backend: Backend) -> None:
+    backend.run(
+        ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [record(1, b"one", "k")]))
+    )
+
+    clash = record(2, b"two", "k")
+    result = backend.run(ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [clash])))
+    screened = backend.run(ledger(backend, LedgerMode.PER_RECORD).screen([clash]))
+
+    assert result.committed == []
+    assert [m.record for m in result.mismatched] == [clash]
+    assert "two events share an id" in str(result.mismatched[0])
+    assert [m.record for m in screened.mismatched] == [clash]
+    assert backend.sink_keys() == {"s-0/1"}
+
+
+def test_per_record_out_of_order_commits_are_all_kept(backend: Backend) -> None:
+    # Lambda with ParallelizationFactor > 1 can finish later records first.
+    backend.run(ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [record(9)])))
+
+    result = backend.run(
+        ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, [record(3)]))
+    )
+
+    assert [r.sequence_number for r in result.committed] == ["3"]
+
+
+def test_per_record_batches_split_into_transactions_and_skip_known_records(
+    backend: Backend,
+) -> None:
+    batch = [record(i, event_id=f"e{i}") for i in range(1, 121)]
+    backend.run(ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, batch[50:60])))
+
+    result = backend.run(ledger(backend, LedgerMode.PER_RECORD).commit(entries(backend, batch)))
+
+    assert result.duplicates == batch[50:60]
+    assert sorted(result.committed, key=lambda r: int(r.sequence_number)) == batch[:50] + batch[60:]
+    assert len(backend.sink_keys()) == 120
+
+
+def test_a_record_with_too_many_writes_for_one_transaction_is_rejected_not_lost(
+    backend: Backend,
+) -> None:
+    big = record(1, event_id="big")
+    writes = [backend.sink_write(f"big/{i}", i) for i in range(99)]
+
+    result = backend.run(ledger(backend, LedgerMode.PER_RECORD).commit([Entry(big, writes)]))
+
+    assert result.committed == []
+    assert [r for r, _ in result.rejected] == [big]
+
+
+# --- claim, act, complete ----------------------------------------------------------------------
+
+
+def test_claim_complete_then_another_claim_sees_it_done(backend: Backend) -> None:
+    led = ledger(backend, LedgerMode.PER_RECORD)
+    r = record(1, event_id="mail-1")
+
+    assert (
+        backend.run(led.claim(r, "w1", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+        is ClaimOutcome.ACQUIRED
+    )
+    backend.run(led.complete(r, "w1"))
+
+    assert (
+        backend.run(led.claim(r, "w2", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+        is ClaimOutcome.DONE
+    )
+
+
+def test_a_live_claim_is_held_against_other_owners(backend: Backend) -> None:
+    led = ledger(backend, LedgerMode.PER_RECORD)
+    r = record(1, event_id="mail-2")
+    backend.run(led.claim(r, "w1", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+
+    assert (
+        backend.run(led.claim(r, "w2", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+        is ClaimOutcome.HELD
+    )
+    with pytest.raises(ClaimLostError):
+        backend.run(led.complete(r, "w2"))
+
+
+def test_an_expired_claim_is_run_again_under_the_run_again_policy(backend: Backend) -> None:
+    clock = FakeClock()
+    led = ledger(backend, LedgerMode.PER_RECORD, clock)
+    r = record(1, event_id="mail-3")
+    backend.run(led.claim(r, "w1", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+    clock.now += 31
+
+    assert (
+        backend.run(led.claim(r, "w2", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+        is ClaimOutcome.ACQUIRED
+    )
+    with pytest.raises(ClaimLostError):
+        backend.run(led.complete(r, "w1"))  # the zombie cannot complete
+    backend.run(led.complete(r, "w2"))
+
+
+def test_an_expired_claim_is_quarantined_under_the_quarantine_policy(backend: Backend) -> None:
+    clock = FakeClock()
+    led = ledger(backend, LedgerMode.PER_RECORD, clock)
+    r = record(1, event_id="charge-1")
+    backend.run(led.claim(r, "w1", timedelta(seconds=30), ExpiredClaimPolicy.QUARANTINE))
+    clock.now += 31
+
+    outcome = backend.run(led.claim(r, "w2", timedelta(seconds=30), ExpiredClaimPolicy.QUARANTINE))
+
+    assert outcome is ClaimOutcome.QUARANTINED
+    assert (
+        backend.run(led.claim(r, "w3", timedelta(seconds=30), ExpiredClaimPolicy.QUARANTINE))
+        is ClaimOutcome.DONE
+    )
+
+
+def test_a_heartbeat_keeps_a_long_effect_claimed(backend: Backend) -> None:
+    clock = FakeClock()
+    led = ledger(backend, LedgerMode.PER_RECORD, clock)
+    r = record(1, event_id="long-1")
+    backend.run(led.claim(r, "w1", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+    clock.now += 25
+    backend.run(led.heartbeat(r, "w1", timedelta(seconds=30)))
+    clock.now += 25
+
+    assert (
+        backend.run(led.claim(r, "w2", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN))
+        is ClaimOutcome.HELD
+    )
+    backend.run(led.complete(r, "w1"))
+
+
+def test_release_lets_the_record_be_claimed_again_at_once(backend: Backend) -> None:
+    led = ledger(backend, LedgerMode.PER_RECORD)
+    r = record(1, event_id="retry-1")
+    backend.run(led.claim(r, "w1", timedelta(seconds=30), ExpiredClaimPolicy.QUARANTINE))
+    backend.run(led.release(r, "w1"))
+
+    assert (
+        backend.run(led.claim(r, "w2", timedelta(seconds=30), ExpiredClaimPolicy.QUARANTINE))
+        is ClaimOutcome.ACQUIRED
+    )
+
+
+def test_claiming_a_key_with_another_payload_is_a_clear_error(backend: Backend) -> None:
+    led = ledger(backend, LedgerMode.PER_RECORD)
+    backend.run(
+        led.claim(
+            record(1, b"a", "same"), "w1", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN
+        )
+    )
+
+    with pytest.raises(PayloadMismatchError):
+        backend.run(
+            led.claim(
+                record(2, b"b", "same"), "w2", timedelta(seconds=30), ExpiredClaimPolicy.RUN_AGAIN
+            )
+        )
+
+
+def test_consumer_groups_do_not_see_each_others_marks(backend: Backend) -> None:
+    backend.run(ledger(backend, LedgerMode.PER_RECORD).commit([Entry(record(1, event_id="x"))]))
+    other = Ledger(
+        backend.store,
+        replace(
+            LedgerConfig(table_name="ledger", consumer_group="other", mode=LedgerMode.PER_RECORD)
+        ),
+        FakeClock(),
+    )
+
+    assert backend.run(other.screen([record(1, event_id="x")])).new == [record(1, event_id="x")]
+
+
+def test_a_replay_starting_exactly_at_the_watermark_skips_that_record(backend: Backend) -> None:
+    backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, [record(5)])))
+
+    result = backend.run(
+        ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, [record(5), record(6)]))
+    )
+
+    assert [r.sequence_number for r in result.duplicates] == ["5"]
+    assert [r.sequence_number for r in result.committed] == ["6"]
