@@ -2,8 +2,10 @@
 
 A *flow* is a generator that decides what to do and never does I/O itself. It
 yields :class:`Call` (make this AWS call and send me the response, or throw
-the translated error into me), :class:`Sleep` (wait, then send me None), or any
-other object, which is an output for the flow's consumer. A flow may
+the translated error into me), :class:`Sleep` (wait, then send me None),
+:class:`Invoke` (call this user function, awaiting it under asyncio, and send
+me its result or throw its exception into me), or any other object, which is
+an output for the flow's consumer. A flow may
 ``return`` a value. The same flow runs under :func:`drive_sync` with a boto3
 client and under :func:`drive_async` with an aiobotocore (or aioboto3) client,
 so that readers, producers and lease logic are written once.
@@ -15,6 +17,7 @@ thrown into the flow, which handles it or lets it propagate to the caller.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +45,14 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Call user code (a handler, a dead-letter target) from a flow, sync or async alike."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()
 
 
 Flow = Generator[Any, Any, Any]
@@ -109,6 +120,20 @@ def drive_sync(
         elif isinstance(step, Sleep):
             if step.seconds > 0:
                 sleep(step.seconds)
+        elif isinstance(step, Invoke):
+            try:
+                send = step.function(*step.args)
+            except Exception as exc:
+                error = exc
+            else:
+                if inspect.isawaitable(send):
+                    close = getattr(send, "close", None)
+                    if close is not None:
+                        close()
+                    error = TypeError(
+                        f"{step.function!r} is async: run it with the asyncio consumer"
+                    )
+                    send = None
         else:
             yield step
 
@@ -137,6 +162,13 @@ async def _next_output_async(flow: Flow, client: Any, retry: RetryConfig) -> Any
                 error = exc
         elif isinstance(step, Sleep):
             await asyncio.sleep(max(step.seconds, 0.0))
+        elif isinstance(step, Invoke):
+            try:
+                send = step.function(*step.args)
+                if inspect.isawaitable(send):
+                    send = await send
+            except Exception as exc:
+                error = exc
         else:
             return step
 

@@ -148,10 +148,17 @@ class Ledger:
 
     # --- screening -------------------------------------------------------------------------------
 
-    def screen(self, records: Sequence[Record]) -> Generator[Any, Any, Screened]:
-        """Sort records into new, already done, and clashing, before any effect runs."""
+    def screen(
+        self, records: Sequence[Record], *, read: bool = True
+    ) -> Generator[Any, Any, Screened]:
+        """Sort records into new, already done, and clashing, before any effect runs.
+
+        With ``read=False`` a watermark ledger screens only against what this
+        process already knows and makes no call: right for sinks whose commit
+        condition finds the rest (the transactional sink), saving a read.
+        """
         if self.config.mode is LedgerMode.WATERMARK:
-            return (yield from self._screen_watermark(records))
+            return (yield from self._screen_watermark(records, read))
         return (yield from self._screen_per_record(records))
 
     def watermark(self, stream: str, shard_id: str) -> Generator[Any, Any, str | None]:
@@ -164,11 +171,16 @@ class Ledger:
             self._watermarks[shard] = str(stored[POSITION]) if stored else None
         return self._watermarks[shard]
 
-    def _screen_watermark(self, records: Sequence[Record]) -> Generator[Any, Any, Screened]:
+    def _screen_watermark(
+        self, records: Sequence[Record], read: bool
+    ) -> Generator[Any, Any, Screened]:
         new: list[Record] = []
         duplicates: list[Record] = []
         for record in records:
-            mark = yield from self.watermark(record.stream, record.shard_id)
+            if read:
+                mark = yield from self.watermark(record.stream, record.shard_id)
+            else:
+                mark = self._watermarks.get((record.stream, record.shard_id))
             if mark is not None and record.position.key() <= mark:
                 duplicates.append(record)
             else:

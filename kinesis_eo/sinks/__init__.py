@@ -1,0 +1,35 @@
+"""Sinks: how an effect and its ledger mark become exactly-once, by kind of effect."""
+
+from kinesis_eo.sinks.base import (
+    BatchReport,
+    DeadLetterSink,
+    EffectContext,
+    FailurePolicy,
+    PoisonRecordError,
+    idempotency_key,
+)
+from kinesis_eo.sinks.claim import ClaimSink
+from kinesis_eo.sinks.dynamodb import (
+    TransactionalSink,
+    condition_check,
+    delete,
+    put,
+    update,
+)
+from kinesis_eo.sinks.keyed import IdempotentKeySink
+
+__all__ = [
+    "BatchReport",
+    "ClaimSink",
+    "DeadLetterSink",
+    "EffectContext",
+    "FailurePolicy",
+    "IdempotentKeySink",
+    "PoisonRecordError",
+    "TransactionalSink",
+    "condition_check",
+    "delete",
+    "idempotency_key",
+    "put",
+    "update",
+]

@@ -1,0 +1,238 @@
+"""What every sink shares: the failure policy, dead-lettering, and the batch report.
+
+A sink processes one shard's batch as a flow: screen it against the ledger,
+run the user's handler for what is new (retrying per the failure policy),
+dead-letter what keeps failing, and commit the marks. Handlers are plain
+callables, sync or async; the flow calls them through :class:`Invoke`, so
+one sink serves the sync and the asyncio consumer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
+from kinesis_eo.errors import KinesisEOError
+from kinesis_eo.flow import Invoke, Sleep
+from kinesis_eo.ledger import Entry, Ledger, MarkStatus, PayloadMismatchError
+from kinesis_eo.records import Record
+from kinesis_eo.retry import RetryConfig, backoff_delay
+
+
+class PoisonRecordError(KinesisEOError):
+    """A record failed every attempt and there is no dead-letter target to put it in.
+
+    Raised instead of dropping the record: the shard stops here until a
+    target is configured or the handler is fixed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """How often a failing record is tried before it is dead-lettered.
+
+    ``max_attempts`` counts the first try; waits between tries follow
+    ``backoff`` (jittered exponential).
+    """
+
+    max_attempts: int = 3
+    backoff: RetryConfig = field(
+        default_factory=lambda: RetryConfig(initial_backoff_s=0.1, max_backoff_s=2.0)
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class EffectContext:
+    """What a handler gets beside its record.
+
+    ``idempotency_key`` is stable for the record in this consumer group: hand
+    it to the sink (S3 object key, SQS deduplication id, HTTP
+    ``Idempotency-Key``) so that a repeated call changes nothing.
+    """
+
+    idempotency_key: str
+    attempt: int
+    heartbeat: Callable[[], Any] | None = None
+
+
+class DeadLetterSink(Protocol):
+    """A dead-letter target: sync (``send`` returns None) or async (``send`` is awaitable)."""
+
+    def send(self, letters: Sequence[DeadLetter]) -> Any: ...
+
+
+@dataclass
+class BatchReport:
+    """What happened to a batch, for metrics and for the caller's checkpoint."""
+
+    applied: list[Record] = field(default_factory=list)
+    duplicates: list[Record] = field(default_factory=list)
+    dead_lettered: list[DeadLetter] = field(default_factory=list)
+    mismatched: list[PayloadMismatchError] = field(default_factory=list)
+    attempts: int = 0
+    ledger_writes: int = 0
+
+    def merge(self, other: BatchReport) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.mismatched += other.mismatched
+        self.attempts += other.attempts
+        self.ledger_writes += other.ledger_writes
+
+
+def idempotency_key(ledger: Ledger, record: Record) -> str:
+    """A compact stable key (64 hex characters): fits SQS, S3 and HTTP headers alike."""
+    return hashlib.sha256(ledger.record_key(record).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass
+class Attempted:
+    """The result of running a handler under the failure policy."""
+
+    value: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def attempt(
+    function: Callable[..., Any],
+    args: Callable[[int], tuple[Any, ...]],
+    policy: FailurePolicy,
+    first_attempt: int = 1,
+) -> Generator[Any, Any, Attempted]:
+    """Call ``function(*args(n))`` until it returns, at most up to the policy's limit."""
+    outcome = Attempted()
+    for number in range(first_attempt, policy.max_attempts + 1):
+        if number > first_attempt:
+            yield Sleep(backoff_delay(number - 1, policy.backoff))
+        outcome.attempts = number
+        try:
+            outcome.value = yield Invoke(function, args(number))
+        except KinesisEOError as exc:
+            if not exc.retryable:
+                raise  # toolkit errors (lost lease, missing table) are not the record's fault
+            outcome.error = exc
+            continue
+        except Exception as exc:  # the handler's own failure: the record may be poison
+            outcome.error = exc
+            continue
+        outcome.error = None
+        return outcome
+    return outcome
+
+
+class SinkBase:
+    """The steps every sink takes around its own way of applying effects."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: FailurePolicy | None = None,
+        dead_letters: DeadLetterSink | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.policy = policy or FailurePolicy()
+        self.dead_letters = dead_letters
+
+    def key_of(self, record: Record) -> str:
+        return idempotency_key(self.ledger, record)
+
+    def context(self, record: Record, attempt_number: int) -> EffectContext:
+        return EffectContext(self.key_of(record), attempt_number)
+
+    def handler_args(self, record: Record) -> Callable[[int], tuple[Record, EffectContext]]:
+        """The handler's arguments for each attempt at ``record``."""
+        return lambda attempt_number: (record, self.context(record, attempt_number))
+
+    # Whether screening may skip reading the ledger because the commit's
+    # conditions catch what was done before (true of the transactional sink).
+    commit_detects_duplicates = False
+
+    def prepare(
+        self, records: Sequence[Record], report: BatchReport
+    ) -> Generator[Any, Any, tuple[list[Record], list[Entry]]]:
+        """Screen a batch: the new records, and marks for the ones dead-lettered on sight."""
+        undecodable = [r for r in records if r.deaggregation_error is not None]
+        decodable = [r for r in records if r.deaggregation_error is None]
+        screened = yield from self.ledger.screen(
+            decodable, read=not self.commit_detects_duplicates
+        )
+        report.duplicates += screened.duplicates
+        report.mismatched += screened.mismatched
+        # A clashing payload cannot be marked (its key is taken): dead-letter it so it is seen.
+        for mismatch in screened.mismatched:
+            yield from self.dead_letter(
+                mismatch.record, DeadLetterReason.PAYLOAD_MISMATCH, mismatch, 0, report
+            )
+        marks: list[Entry] = []
+        for record in undecodable:
+            error = ValueError(f"corrupt KPL aggregate: {record.deaggregation_error}")
+            yield from self.dead_letter(record, DeadLetterReason.UNDECODABLE, error, 0, report)
+            marks.append(Entry(record, status=MarkStatus.DEAD_LETTERED))
+        return screened.new, marks
+
+    def dead_letter(
+        self,
+        record: Record,
+        reason: DeadLetterReason,
+        error: BaseException,
+        attempts: int,
+        report: BatchReport,
+    ) -> Generator[Any, Any, None]:
+        letter = DeadLetter.from_exception(
+            record,
+            reason,
+            error,
+            attempts=attempts,
+            consumer_group=self.ledger.config.consumer_group,
+            failed_at=datetime.now(UTC),
+        )
+        if self.dead_letters is None:
+            raise PoisonRecordError(
+                f"record {letter.describe()} failed {attempts} time(s) ({letter.error}) "
+                "and no dead-letter target is configured"
+            ) from error
+        yield Invoke(self.dead_letters.send, ([letter],))
+        report.dead_lettered.append(letter)
+
+    def commit(
+        self,
+        entries: Sequence[Entry],
+        guards: Sequence[Any],
+        report: BatchReport,
+        retry_rejected: Callable[[Record, int, str], Generator[Any, Any, Entry]] | None = None,
+    ) -> Generator[Any, Any, None]:
+        """Commit marks and writes; a record whose writes are refused is tried again."""
+        pending = sorted(entries, key=lambda e: e.record.position)
+        tries: dict[int, int] = {}
+        while pending:
+            dead = {id(e.record) for e in pending if e.status is MarkStatus.DEAD_LETTERED}
+            result = yield from self.ledger.commit(pending, guards)
+            report.ledger_writes += result.writes
+            report.applied += [r for r in result.committed if id(r) not in dead]
+            report.duplicates += result.duplicates
+            report.mismatched += result.mismatched
+            for mismatch in result.mismatched:
+                yield from self.dead_letter(
+                    mismatch.record, DeadLetterReason.PAYLOAD_MISMATCH, mismatch, 0, report
+                )
+            again: list[Entry] = []
+            for record, reason in result.rejected:
+                if retry_rejected is None:
+                    raise AssertionError(f"a sink without writes had a write refused: {reason}")
+                tries[id(record)] = tries.get(id(record), 1) + 1
+                again.append((yield from retry_rejected(record, tries[id(record)], reason)))
+            pending = again + list(result.held_back)

@@ -1,0 +1,143 @@
+"""Claim, act, complete: for effects that cannot be made idempotent (an e-mail, a card charge).
+
+Before the effect, the record's ledger item goes to ``IN_PROGRESS`` with an
+owner token and an expiry; after it, to ``COMPLETED``, only if the token is
+still ours. A long effect extends its claim with ``ctx.heartbeat()``. If the
+worker dies between act and complete, the claim expires and
+:class:`~kinesis_eo.ledger.ExpiredClaimPolicy` decides: run again (at least
+once) or quarantine (at most once). Nothing can do better for such an effect:
+the crash may fall before or after the effect, and no one can tell which.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from kinesis_eo.deadletter import DeadLetterReason
+from kinesis_eo.flow import Sleep
+from kinesis_eo.ledger import (
+    ClaimLostError,
+    ClaimOutcome,
+    Entry,
+    ExpiredClaimPolicy,
+    Ledger,
+    LedgerMode,
+    MarkStatus,
+)
+from kinesis_eo.records import Record
+from kinesis_eo.sinks.base import (
+    BatchReport,
+    DeadLetterSink,
+    EffectContext,
+    FailurePolicy,
+    SinkBase,
+    attempt,
+)
+
+log = logging.getLogger(__name__)
+
+EffectHandler = Callable[[Record, EffectContext], Any]
+FlowRunner = Callable[[Generator[Any, Any, Any]], Any]
+
+
+class ClaimExpiredError(Exception):
+    """Why a quarantined record was dead-lettered."""
+
+
+class ClaimSink(SinkBase):
+    """Runs a non-idempotent effect under a claim.
+
+    ``run_flow`` runs a ledger flow for the heartbeat that handlers call in
+    the middle of an effect; the consumer sets it (sync: a function; asyncio:
+    a coroutine function, so handlers ``await ctx.heartbeat()``).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        handler: EffectHandler,
+        *,
+        claim_for: timedelta = timedelta(minutes=5),
+        expired_claims: ExpiredClaimPolicy = ExpiredClaimPolicy.QUARANTINE,
+        owner: str | None = None,
+        policy: FailurePolicy | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        run_flow: FlowRunner | None = None,
+    ) -> None:
+        super().__init__(ledger, policy, dead_letters)
+        self.handler = handler
+        self.claim_for = claim_for
+        self.expired_claims = expired_claims
+        self.owner = owner or uuid.uuid4().hex
+        self.run_flow = run_flow
+        self.claims_lost = 0
+
+    def context(self, record: Record, attempt_number: int) -> EffectContext:
+        def heartbeat() -> Any:
+            if self.run_flow is None:
+                raise RuntimeError("heartbeat needs the sink to run under a consumer")
+            return self.run_flow(self.ledger.heartbeat(record, self.owner, self.claim_for))
+
+        return EffectContext(self.key_of(record), attempt_number, heartbeat)
+
+    def process(
+        self, records: Sequence[Record], guards: Sequence[Any] = ()
+    ) -> Generator[Any, Any, BatchReport]:
+        report = BatchReport()
+        new, entries = yield from self.prepare(records, report)
+        for record in new:
+            entry = yield from self._claim_and_act(record, report)
+            if entry is not None:
+                entries.append(entry)
+        if self.ledger.config.mode is LedgerMode.WATERMARK:
+            # The claims are the per-record marks; the watermark only spares re-reading.
+            marks = [Entry(r) for r in records if r.deaggregation_error is None]
+            yield from self.ledger.commit(marks, guards)
+        else:
+            yield from self.commit(entries, guards, report)
+        return report
+
+    def _claim_and_act(
+        self, record: Record, report: BatchReport
+    ) -> Generator[Any, Any, Entry | None]:
+        while True:
+            outcome = yield from self.ledger.claim(
+                record, self.owner, self.claim_for, self.expired_claims
+            )
+            if outcome is not ClaimOutcome.HELD:
+                break
+            # Another owner (or our own earlier life) holds it: wait for it to finish or expire.
+            yield Sleep(min(self.claim_for.total_seconds() / 4, 5.0))
+        if outcome is ClaimOutcome.DONE:
+            report.duplicates.append(record)
+            return None
+        if outcome is ClaimOutcome.QUARANTINED:
+            error = ClaimExpiredError(
+                "the claim expired before completion: the effect may or may not have happened"
+            )
+            yield from self.dead_letter(record, DeadLetterReason.CLAIM_EXPIRED, error, 0, report)
+            return None
+        acted = yield from attempt(self.handler, self.handler_args(record), self.policy)
+        report.attempts += acted.attempts
+        if acted.ok:
+            try:
+                yield from self.ledger.complete(record, self.owner)
+            except ClaimLostError:
+                # The effect ran, but our claim expired and someone took it over.
+                self.claims_lost += 1
+                log.error(
+                    "claim lost after the effect ran for %s %s", record.shard_id, record.position
+                )
+                return None
+            report.applied.append(record)
+            return None
+        assert acted.error is not None
+        yield from self.ledger.release(record, self.owner)
+        yield from self.dead_letter(
+            record, DeadLetterReason.PROCESSING_FAILED, acted.error, acted.attempts, report
+        )
+        return Entry(record, status=MarkStatus.DEAD_LETTERED)

@@ -1,0 +1,164 @@
+"""The DynamoDB transactional sink: effect, ledger mark and fencing check in one transaction.
+
+The handler does not write: it returns the writes (put, update, delete,
+condition check) its record calls for, and the sink commits them with the
+ledger mark in ``TransactWriteItems``. A duplicate or a zombie writer makes a
+condition fail and nothing is written. This is the strong path: no window
+exists in which the effect is there and the mark is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any
+
+from boto3.dynamodb.types import TypeSerializer
+
+from kinesis_eo.deadletter import DeadLetterReason
+from kinesis_eo.errors import ConditionFailedError
+from kinesis_eo.ledger import Entry, Ledger, MarkStatus
+from kinesis_eo.records import Record
+from kinesis_eo.sinks.base import (
+    BatchReport,
+    DeadLetterSink,
+    EffectContext,
+    FailurePolicy,
+    SinkBase,
+    attempt,
+)
+
+TransactItem = Mapping[str, Any]
+WritesHandler = Callable[[Record, EffectContext], Any]
+"""``handler(record, ctx) -> Sequence[TransactItem]`` (or an awaitable of it)."""
+
+_serializer = TypeSerializer()
+
+
+def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _serializer.serialize(value) for name, value in values.items()}
+
+
+def _expression(
+    request: dict[str, Any],
+    condition: str | None,
+    names: Mapping[str, str] | None,
+    values: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    if condition:
+        request["ConditionExpression"] = condition
+    if names:
+        request["ExpressionAttributeNames"] = dict(names)
+    if values:
+        request["ExpressionAttributeValues"] = _attributes(values)
+    return request
+
+
+def put(
+    table: str,
+    item: Mapping[str, Any],
+    *,
+    condition: str | None = None,
+    names: Mapping[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> TransactItem:
+    """A ``Put`` of ``item`` (plain Python values) for a transactional sink handler to return."""
+    request = {"TableName": table, "Item": _attributes(item)}
+    return {"Put": _expression(request, condition, names, values)}
+
+
+def update(
+    table: str,
+    key: Mapping[str, Any],
+    expression: str,
+    *,
+    condition: str | None = None,
+    names: Mapping[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> TransactItem:
+    request = {"TableName": table, "Key": _attributes(key), "UpdateExpression": expression}
+    return {"Update": _expression(request, condition, names, values)}
+
+
+def delete(
+    table: str,
+    key: Mapping[str, Any],
+    *,
+    condition: str | None = None,
+    names: Mapping[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> TransactItem:
+    request = {"TableName": table, "Key": _attributes(key)}
+    return {"Delete": _expression(request, condition, names, values)}
+
+
+def condition_check(
+    table: str,
+    key: Mapping[str, Any],
+    condition: str,
+    *,
+    names: Mapping[str, str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> TransactItem:
+    request = {"TableName": table, "Key": _attributes(key)}
+    return {"ConditionCheck": _expression(request, condition, names, values)}
+
+
+class TransactionalSink(SinkBase):
+    """Commits each record's writes with its ledger mark, atomically.
+
+    ``handler(record, ctx)`` returns the writes for one record (sync or async).
+    It may run more than once for a record (retries, replays); only one of its
+    results is ever committed.
+    """
+
+    commit_detects_duplicates = True
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        handler: WritesHandler,
+        *,
+        policy: FailurePolicy | None = None,
+        dead_letters: DeadLetterSink | None = None,
+    ) -> None:
+        super().__init__(ledger, policy, dead_letters)
+        self.handler = handler
+
+    def process(
+        self, records: Sequence[Record], guards: Sequence[Any] = ()
+    ) -> Generator[Any, Any, BatchReport]:
+        report = BatchReport()
+        new, entries = yield from self.prepare(records, report)
+        for record in new:
+            entries.append((yield from self._entry(record, 1, report)))
+        yield from self.commit(entries, guards, report, self._retry_rejected(report))
+        return report
+
+    def _entry(
+        self, record: Record, first_attempt: int, report: BatchReport
+    ) -> Generator[Any, Any, Entry]:
+        outcome = yield from attempt(
+            self.handler, self.handler_args(record), self.policy, first_attempt
+        )
+        report.attempts += outcome.attempts - first_attempt + 1
+        if outcome.ok:
+            return Entry(record, tuple(outcome.value or ()))
+        assert outcome.error is not None
+        yield from self.dead_letter(
+            record, DeadLetterReason.PROCESSING_FAILED, outcome.error, outcome.attempts, report
+        )
+        return Entry(record, status=MarkStatus.DEAD_LETTERED)
+
+    def _retry_rejected(
+        self, report: BatchReport
+    ) -> Callable[[Record, int, str], Generator[Any, Any, Entry]]:
+        def retry(record: Record, attempt_number: int, reason: str) -> Generator[Any, Any, Entry]:
+            if attempt_number <= self.policy.max_attempts:
+                return (yield from self._entry(record, attempt_number, report))
+            error = ConditionFailedError(f"the sink refused the record's writes: {reason}")
+            yield from self.dead_letter(
+                record, DeadLetterReason.PROCESSING_FAILED, error, attempt_number - 1, report
+            )
+            return Entry(record, status=MarkStatus.DEAD_LETTERED)
+
+        return retry
