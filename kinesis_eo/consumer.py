@@ -10,6 +10,7 @@ sink already takes the fencing checks (``guards``) a lease will add.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,9 +34,7 @@ log = logging.getLogger(__name__)
 class Sink(Protocol):
     """What the consumer needs of a sink: a flow that processes one shard's batch."""
 
-    def process(
-        self, records: Any, guards: Any = ()
-    ) -> Generator[Any, Any, BatchReport]: ...
+    def process(self, records: Any, guards: Any = ()) -> Generator[Any, Any, BatchReport]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +45,11 @@ class ConsumerConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     # Stop once every shard being read is at its tip with nothing new (demos, batch jobs).
     stop_when_caught_up: bool = False
+    # A shard's checkpoint is written at most this often (and always at its end
+    # and on stop). The ledger makes the replay after a crash harmless, so
+    # checkpoints only bound how much is read again; writing one per batch
+    # would cost as much as the ledger itself.
+    checkpoint_interval_s: float = 5.0
 
 
 @dataclass
@@ -67,11 +71,14 @@ AfterCommit = Callable[[Batch, BatchReport], None]
 class ConsumerState:
     """The consumer's decisions, shared by the sync and the asyncio loop."""
 
-    def __init__(self, config: ConsumerConfig) -> None:
+    def __init__(self, config: ConsumerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.stats = ConsumerStats()
         self.stopping = False
+        self._clock = clock
         self._caught_up: dict[str, bool] = {}
+        self._unsaved: dict[str, Checkpoint] = {}
+        self._saved_at: dict[str, float] = {}
 
     def starting_points(
         self, checkpoints: dict[str, Checkpoint]
@@ -83,7 +90,7 @@ class ConsumerState:
         return positions, finished
 
     def on_batch(self, batch: Batch, report: BatchReport | None) -> Checkpoint | None:
-        """Count a processed batch; the checkpoint to write for it, if any."""
+        """Count a processed batch; the checkpoint to write now, if one is due."""
         stats = self.stats
         stats.batches += 1
         stats.delivered += len(batch.records)
@@ -97,10 +104,24 @@ class ConsumerState:
         if batch.shard_end:
             stats.shards_finished += 1
             self._caught_up.pop(batch.shard_id, None)
+            self._unsaved.pop(batch.shard_id, None)
             return Checkpoint(shard_end=True)
-        if batch.last_position is not None:
-            return Checkpoint(batch.last_position)
-        return None
+        if batch.last_position is None:
+            return None
+        checkpoint = Checkpoint(batch.last_position)
+        now = self._clock()
+        last = self._saved_at.get(batch.shard_id)
+        if last is not None and now - last < self.config.checkpoint_interval_s:
+            self._unsaved[batch.shard_id] = checkpoint
+            return None
+        self._saved_at[batch.shard_id] = now
+        self._unsaved.pop(batch.shard_id, None)
+        return checkpoint
+
+    def unsaved(self) -> dict[str, Checkpoint]:
+        """Checkpoints held back by the interval, to write when the consumer stops."""
+        pending, self._unsaved = self._unsaved, {}
+        return pending
 
     def done(self, progress: StreamProgress) -> bool:
         if self.stopping:
@@ -169,6 +190,9 @@ class Consumer:
                 self.stats.checkpoints += 1
             if self.state.done(reader.progress):
                 break
+        for shard_id, checkpoint in self.state.unsaved().items():
+            self._run(self.checkpoints.save(shard_id, checkpoint))
+            self.stats.checkpoints += 1
         return self.stats
 
 
@@ -227,4 +251,7 @@ class AsyncConsumer:
                 self.stats.checkpoints += 1
             if self.state.done(reader.progress):
                 break
+        for shard_id, checkpoint in self.state.unsaved().items():
+            await self._run(self.checkpoints.save(shard_id, checkpoint))
+            self.stats.checkpoints += 1
         return self.stats

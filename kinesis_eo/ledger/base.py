@@ -171,6 +171,11 @@ class Ledger:
             self._watermarks[shard] = str(stored[POSITION]) if stored else None
         return self._watermarks[shard]
 
+    def already_done(self, record: Record) -> Generator[Any, Any, bool]:
+        """Whether the ledger holds ``record`` as done (reads the store if it must)."""
+        screened = yield from self.screen([record])
+        return not screened.new
+
     def _screen_watermark(
         self, records: Sequence[Record], read: bool
     ) -> Generator[Any, Any, Screened]:

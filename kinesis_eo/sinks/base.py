@@ -167,9 +167,7 @@ class SinkBase:
         """Screen a batch: the new records, and marks for the ones dead-lettered on sight."""
         undecodable = [r for r in records if r.deaggregation_error is not None]
         decodable = [r for r in records if r.deaggregation_error is None]
-        screened = yield from self.ledger.screen(
-            decodable, read=not self.commit_detects_duplicates
-        )
+        screened = yield from self.ledger.screen(decodable, read=not self.commit_detects_duplicates)
         report.duplicates += screened.duplicates
         report.mismatched += screened.mismatched
         # A clashing payload cannot be marked (its key is taken): dead-letter it so it is seen.
@@ -213,7 +211,8 @@ class SinkBase:
         entries: Sequence[Entry],
         guards: Sequence[Any],
         report: BatchReport,
-        retry_rejected: Callable[[Record, int, str], Generator[Any, Any, Entry]] | None = None,
+        retry_rejected: Callable[[Record, int, str], Generator[Any, Any, Entry | None]]
+        | None = None,
     ) -> Generator[Any, Any, None]:
         """Commit marks and writes; a record whose writes are refused is tried again."""
         pending = sorted(entries, key=lambda e: e.record.position)
@@ -234,5 +233,7 @@ class SinkBase:
                 if retry_rejected is None:
                     raise AssertionError(f"a sink without writes had a write refused: {reason}")
                 tries[id(record)] = tries.get(id(record), 1) + 1
-                again.append((yield from retry_rejected(record, tries[id(record)], reason)))
+                entry = yield from retry_rejected(record, tries[id(record)], reason)
+                if entry is not None:
+                    again.append(entry)
             pending = again + list(result.held_back)

@@ -130,13 +130,15 @@ class TransactionalSink(SinkBase):
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
         for record in new:
-            entries.append((yield from self._entry(record, 1, report)))
+            entry = yield from self._entry(record, 1, report)
+            if entry is not None:
+                entries.append(entry)
         yield from self.commit(entries, guards, report, self._retry_rejected(report))
         return report
 
     def _entry(
         self, record: Record, first_attempt: int, report: BatchReport
-    ) -> Generator[Any, Any, Entry]:
+    ) -> Generator[Any, Any, Entry | None]:
         outcome = yield from attempt(
             self.handler, self.handler_args(record), self.policy, first_attempt
         )
@@ -144,6 +146,11 @@ class TransactionalSink(SinkBase):
         if outcome.ok:
             return Entry(record, tuple(outcome.value or ()))
         assert outcome.error is not None
+        # Screening may have skipped the ledger read: a replayed poison record is
+        # already dead-lettered and marked, and must not be dead-lettered again.
+        if (yield from self.ledger.already_done(record)):
+            report.duplicates.append(record)
+            return None
         yield from self.dead_letter(
             record, DeadLetterReason.PROCESSING_FAILED, outcome.error, outcome.attempts, report
         )
@@ -151,8 +158,10 @@ class TransactionalSink(SinkBase):
 
     def _retry_rejected(
         self, report: BatchReport
-    ) -> Callable[[Record, int, str], Generator[Any, Any, Entry]]:
-        def retry(record: Record, attempt_number: int, reason: str) -> Generator[Any, Any, Entry]:
+    ) -> Callable[[Record, int, str], Generator[Any, Any, Entry | None]]:
+        def retry(
+            record: Record, attempt_number: int, reason: str
+        ) -> Generator[Any, Any, Entry | None]:
             if attempt_number <= self.policy.max_attempts:
                 return (yield from self._entry(record, attempt_number, report))
             error = ConditionFailedError(f"the sink refused the record's writes: {reason}")
