@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
+from moto.dynamodb.models.dynamo_type import Item
 from moto.dynamodb.models.table import StreamShard, Table
 
 from kinesis_eo.testing import moto_transactions
@@ -108,6 +109,14 @@ ALL_OLD = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
 FAILS = check(ACCOUNTS, account(0), "balance > :big", ExpressionAttributeValues={":big": n(10**9)})
 
 
+NESTED_UPDATE = update(
+    ACCOUNTS,
+    account(8),
+    "ADD tags :t SET profile.city = :c, profile.langs = list_append(profile.langs, :l)",
+    ExpressionAttributeValues={":t": {"SS": ["more"]}, ":c": s("Bergen"), ":l": {"L": [s("en")]}},
+)
+
+
 # --- world: tables, seed data and everything observable about them -------------------------
 
 
@@ -150,6 +159,7 @@ def create_world(client: Any) -> None:
             "note": s(f"note {i}"),
             "extra": s("x"),
             "tags": {"SS": ["seed"]},
+            "profile": {"M": {"city": s("Oslo"), "langs": {"L": [s("no")]}}},
         }
         for i in range(SEEDED_ACCOUNTS)
     ]
@@ -486,6 +496,8 @@ SCENARIOS = [
         ],
         CANCELED,
     ),
+    Scenario("nested-and-set-updates", [NESTED_UPDATE], "ok"),
+    Scenario("nested-and-set-updates-then-canceled", [NESTED_UPDATE, bump(1), FAILS], CANCELED),
     Scenario("hundred-items", [bump(i) for i in range(100)], "ok"),
     Scenario(
         "hundred-items-last-one-fails",
@@ -691,7 +703,9 @@ def deepcopies(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-def _copies_for_one_transaction(counts: dict[str, int], table_size: int) -> tuple[int, int]:
+def _cost_of_one_transaction(
+    counts: dict[str, int], *, table_size: int, canceled: bool
+) -> dict[str, int]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name=REGION)
         client.create_table(
@@ -707,22 +721,45 @@ def _copies_for_one_transaction(counts: dict[str, int], table_size: int) -> tupl
             update("big", {"pk": s(f"k{i}")}, "ADD v :d", ExpressionAttributeValues={":d": n(1)})
             for i in range(100)
         ]
+        if canceled:
+            items[-1] = check(
+                "big",
+                {"pk": s("k99")},
+                "v < :zero",
+                **{"ExpressionAttributeValues": {":zero": n(0)}},
+            )
+        tables_kept, items_kept = len(Table.instances_tracked), len(Item.instances_tracked)
         counts.update(tables=0, all=0, enabled=1)
-        client.transact_write_items(TransactItems=items)
+        try:
+            client.transact_write_items(TransactItems=items)
+        except ClientError:
+            assert canceled
         counts["enabled"] = 0
-        return counts["tables"], counts["all"]
+        return {
+            "table deepcopies": counts["tables"],
+            "deepcopy calls": counts["all"],
+            # moto keeps every model object it makes until reset: copies never go away.
+            "tables kept": len(Table.instances_tracked) - tables_kept,
+            "items kept": len(Item.instances_tracked) - items_kept,
+        }
 
 
-def test_transaction_cost_does_not_depend_on_table_size(deepcopies: dict[str, int]) -> None:
-    stock_tables, _ = _copies_for_one_transaction(deepcopies, table_size=100)
-    # Shows the counter sees what this module removes: one table copy per entry.
-    assert stock_tables >= 100
+@pytest.mark.parametrize("canceled", [False, True], ids=["committed", "canceled"])
+def test_transaction_cost_does_not_depend_on_table_size(
+    deepcopies: dict[str, int], canceled: bool
+) -> None:
+    stock = _cost_of_one_transaction(deepcopies, table_size=100, canceled=canceled)
+    # Shows the counters see what this module removes: a table copy per entry.
+    assert stock["table deepcopies"] >= 100
+    assert stock["tables kept"] >= 100
 
     with undo_log_transactions():
-        small = _copies_for_one_transaction(deepcopies, table_size=100)
-        large = _copies_for_one_transaction(deepcopies, table_size=2_000)
-    assert small[0] == large[0] == 0
-    assert small[1] == large[1]
+        small = _cost_of_one_transaction(deepcopies, table_size=100, canceled=canceled)
+        large = _cost_of_one_transaction(deepcopies, table_size=2_000, canceled=canceled)
+    assert small == large
+    assert large["table deepcopies"] == large["tables kept"] == 0
+    # moto's own update_item keeps one copy per updated item; the undo log adds none.
+    assert large["items kept"] <= 100
 
 
 # --- through moto's HTTP server in this process --------------------------------------------

@@ -5,7 +5,10 @@ target table once per item of the transaction before running it, so that it can
 put the copy back if the transaction is canceled. The cost grows with the table,
 not with the transaction. Measured on our machine: with 1,000 items in the
 table, a 100-item transaction takes about 0.5 s; with 4,000 items, 2.2 s and
-5.9 GB; with 10,000 items the emulator ran out of 24 GB.
+5.9 GB; with 10,000 items the emulator ran out of 24 GB. The memory is not a
+peak: moto keeps every model object it creates (``BaseModel.__new__`` appends
+it to a class-level list) until a reset, so every table copy, and every item
+in it, stays in memory for the life of the emulator.
 
 Who uses it: only the emulator processes the toolkit starts itself (the demo,
 the chaos harness, the benchmarks), which run moto in-process (``mock_aws``) or
@@ -187,7 +190,7 @@ class _UndoLog:
         self._tables: dict[int, Any] = {}
         self._streams: list[tuple[Any, list[Any], int]] = []
         self._seen: set[tuple[int, Any, Any]] = set()
-        # (table, hash key, range key, range bucket existed, item copy or None)
+        # (table, hash key, range key, range bucket existed, (item, attributes) or None)
         self._entries: list[tuple[Any, Any, Any, bool, Any]] = []
 
     def protect(self, table: Any) -> None:
@@ -223,26 +226,31 @@ class _UndoLog:
             bucket = table.items.get(hash_key)
             bucket_existed = bucket is not None
             current = None if bucket is None else bucket.get(range_key)
-        # A copy because update_item changes the stored item in place.
-        saved = None if current is None else copy.deepcopy(current)
+        # The item object plus a copy of its attributes, which update_item
+        # changes in place. Not a copy of the Item: moto keeps every model
+        # object it creates in a class-level list until reset, so each copy
+        # would stay in memory for the life of the emulator.
+        saved = None if current is None else (current, copy.deepcopy(dict(current.attrs)))
         self._entries.append((table, hash_key, range_key, bucket_existed, saved))
 
     def rollback(self) -> None:
         # One entry per item, each holding the state from before the
         # transaction, so the order does not matter; newest first is the habit.
         for table, hash_key, range_key, bucket_existed, saved in reversed(self._entries):
-            if range_key is None:
-                if saved is None:
+            if saved is None:
+                if range_key is None:
                     table.items.pop(hash_key, None)
-                else:
-                    table.items[hash_key] = saved
-                continue
-            if saved is not None:
-                table.items[hash_key][range_key] = saved
-            else:
-                bucket = table.items.get(hash_key)
-                if bucket is not None:
+                elif (bucket := table.items.get(hash_key)) is not None:
                     bucket.pop(range_key, None)
+            else:
+                item, attrs = saved
+                # dict's own methods: LimitedSizeDict checks the size only in __setitem__.
+                item.attrs.clear()
+                item.attrs.update(attrs)
+                if range_key is None:
+                    table.items[hash_key] = item
+                else:
+                    table.items[hash_key][range_key] = item
             if not bucket_existed:
                 table.items.pop(hash_key, None)
         for shard, records, length in self._streams:
