@@ -49,10 +49,31 @@ class Backend:
     def sink_write(self, key: str, value: Any) -> Any:
         """A sink write in the store's own form, putting ``value`` under ``key`` in the sink."""
         if self.client is None:
-            return MemoryWrite(lambda: self.sink.__setitem__(key, value))
+            return MemoryWrite(lambda: self.sink.__setitem__(key, value), item=key)
         return {
             "Put": {"TableName": "sink", "Item": {"id": {"S": key}, "value": {"S": str(value)}}}
         }
+
+    def counter_write(self, key: str) -> Any:
+        """An increment of the sink item ``key`` (not idempotent: applied twice shows 2)."""
+        if self.client is None:
+            return MemoryWrite(
+                lambda: self.sink.__setitem__(key, self.sink.get(key, 0) + 1), item=key
+            )
+        return {
+            "Update": {
+                "TableName": "sink",
+                "Key": {"id": {"S": key}},
+                "UpdateExpression": "ADD hits :one",
+                "ExpressionAttributeValues": {":one": {"N": "1"}},
+            }
+        }
+
+    def counter(self, key: str) -> int:
+        if self.client is None:
+            return int(self.sink.get(key, 0))
+        item = self.client.get_item(TableName="sink", Key={"id": {"S": key}}).get("Item", {})
+        return int(item.get("hits", {"N": "0"})["N"])
 
     def failing_sink_write(self, key: str) -> Any:
         """A sink write whose own condition fails (the sink item must not exist, and it does)."""
@@ -484,3 +505,31 @@ def test_a_replay_starting_exactly_at_the_watermark_skips_that_record(backend: B
 
     assert [r.sequence_number for r in result.duplicates] == ["5"]
     assert [r.sequence_number for r in result.committed] == ["6"]
+
+
+@pytest.mark.parametrize("mode", [LedgerMode.WATERMARK, LedgerMode.PER_RECORD])
+def test_records_that_change_the_same_sink_item_commit_in_separate_transactions(
+    backend: Backend, mode: LedgerMode
+) -> None:
+    batch = [record(i, event_id=f"c{i}") for i in range(1, 7)]
+    work = [Entry(r, [backend.counter_write("account-1")]) for r in batch]
+
+    result = backend.run(ledger(backend, mode).commit(work))
+    replay = backend.run(ledger(backend, mode).commit(work))
+
+    assert result.committed == batch
+    assert result.writes == 6
+    assert replay.committed == []
+    assert backend.counter("account-1") == 6
+
+
+def test_a_record_whose_own_writes_change_one_item_twice_is_rejected(backend: Backend) -> None:
+    batch = [record(i) for i in range(1, 4)]
+    work = entries(backend, batch)
+    work[1] = Entry(batch[1], [backend.counter_write("x"), backend.counter_write("x")])
+
+    result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(work))
+
+    assert result.committed == batch[:1]
+    assert [r for r, _ in result.rejected] == [batch[1]]
+    assert [e.record for e in result.held_back] == batch[2:]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -251,7 +251,7 @@ class Ledger:
         budget = self.config.max_transaction_items - max(
             self.config.reserved_transaction_items, len(guards)
         )
-        queue = deque(self._chunks(pending, budget, result))
+        queue = deque((yield from self._chunks(pending, budget, result)))
         while queue:
             chunk = queue.popleft()
             ops = self._mark_ops(chunk)
@@ -286,25 +286,37 @@ class Ledger:
 
     def _chunks(
         self, entries: Sequence[Entry], budget: int, result: CommitResult
-    ) -> list[list[Entry]]:
+    ) -> Generator[Any, Any, list[list[Entry]]]:
+        """Cut entries into transactions: within the item budget, and never two
+        operations on one item in a transaction (DynamoDB refuses that)."""
         per_record = self.config.mode is LedgerMode.PER_RECORD
+        base = 0 if per_record else 1
+        touched = yield from self.store.items_touched([e.writes for e in entries])
         chunks: list[list[Entry]] = []
         chunk: list[Entry] = []
+        chunk_items: set[Hashable] = set()
         used = 0
-        for entry in entries:
+        for index, (entry, items) in enumerate(zip(entries, touched, strict=True)):
             cost = len(entry.writes) + (1 if per_record else 0)
-            base = 0 if per_record else 1
+            problem = None
             if cost + base > budget:
-                result.rejected.append(
-                    (entry.record, f"{len(entry.writes)} sink writes do not fit one transaction")
-                )
+                problem = f"{len(entry.writes)} sink writes do not fit one transaction"
+            elif len(set(items)) < len(items):
+                problem = "two of the record's sink writes change the same item"
+            if problem is not None:
+                result.rejected.append((entry.record, problem))
+                if not per_record:
+                    # The watermark must not pass the refused record: hold the rest back.
+                    result.held_back = list(entries[index + 1 :])
+                    break
                 continue
-            if chunk and used + cost > budget:
+            if chunk and (used + cost > budget or not chunk_items.isdisjoint(items)):
                 chunks.append(chunk)
-                chunk, used = [], 0
+                chunk, chunk_items, used = [], set(), 0
             if not chunk:
                 used = base
             chunk.append(entry)
+            chunk_items.update(items)
             used += cost
         if chunk:
             chunks.append(chunk)

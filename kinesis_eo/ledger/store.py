@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,17 @@ class LedgerStore(ABC):
     def get(self, keys: Sequence[str]) -> Generator[Any, Any, dict[str, Item]]:
         """The items that exist under ``keys`` (strongly consistent)."""
 
+    def items_touched(
+        self, writes: Sequence[Sequence[Any]]
+    ) -> Generator[Any, Any, list[list[Hashable]]]:
+        """For each entry's sink writes, the identities of the items they change.
+
+        A transaction may not hold two operations on one item; the ledger cuts
+        chunks so that it never does.
+        """
+        return [[w.item for w in entry if getattr(w, "item", None) is not None] for entry in writes]
+        yield  # a flow that makes no calls
+
     @abstractmethod
     def apply(self, ops: Sequence[Op], extra: Sequence[Any] = ()) -> Generator[Any, Any, None]:
         """Apply ``ops`` and the store-specific ``extra`` writes atomically.
@@ -69,6 +80,9 @@ class MemoryWrite:
 
     apply: Callable[[], None]
     check: Callable[[], bool] | None = None
+    # The sink item this write changes, if it matters that two writes of one
+    # transaction do not change the same item (as DynamoDB requires).
+    item: Hashable | None = None
 
 
 class MemoryLedgerStore(LedgerStore):
@@ -214,6 +228,34 @@ class DynamoDBLedgerStore(LedgerStore):
         self.table_name = table_name
         self.retry = retry or RetryConfig()
         self._resource = f"ledger table '{table_name}'"
+        # Key attribute names per sink table, learned once with DescribeTable: a
+        # Put names its item only through the table's key schema.
+        self._key_schemas: dict[str, tuple[str, ...]] = {}
+
+    def items_touched(
+        self, writes: Sequence[Sequence[Any]]
+    ) -> Generator[Any, Any, list[list[Hashable]]]:
+        touched: list[list[Hashable]] = []
+        for entry in writes:
+            items: list[Hashable] = []
+            for write in entry:
+                (request,) = write.values()
+                table = request["TableName"]
+                key = request.get("Key")
+                if key is None:
+                    if table not in self._key_schemas:
+                        described = yield Call(
+                            "describe_table",
+                            {"TableName": table},
+                            f"sink table '{table}'",
+                            "DescribeTable",
+                        )
+                        schema = described["Table"]["KeySchema"]
+                        self._key_schemas[table] = tuple(k["AttributeName"] for k in schema)
+                    key = {name: request["Item"][name] for name in self._key_schemas[table]}
+                items.append((table, repr(sorted(key.items()))))
+            touched.append(items)
+        return touched
 
     def get(self, keys: Sequence[str]) -> Generator[Any, Any, dict[str, Item]]:
         found: dict[str, Item] = {}

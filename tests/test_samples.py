@@ -1,0 +1,22 @@
+"""The samples run as documented and do what they say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def test_orders_sample_moves_each_balance_once_even_when_run_twice() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SAMPLES / "orders_consumer.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    assert json.loads(done.stdout) == {"acct-0": 100, "acct-1": 100, "acct-2": 100}
