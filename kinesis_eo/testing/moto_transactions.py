@@ -18,8 +18,8 @@ backend class, so both see it. The normal test suite runs on stock moto.
 How: the replacement is moto's own function, line for line, with the same
 per-item helpers (``get_item``, ``put_item``, ``update_item``,
 ``delete_item``, ``get_filter_expression``) and the same exceptions. Only the
-rollback changes: before an item is first touched, its previous value (a copy
-of one item) or its absence is written to an undo log, as is the length of the
+rollback changes: before an item is first touched, the undo log records the
+item and a copy of its attributes, or that it was absent, and the length of the
 table's stream record list; on cancellation exactly those items and records are
 put back. Secondary indexes need nothing: moto derives them from the items on
 every read.
@@ -28,7 +28,8 @@ every read.
 on a fresh stock moto and on a fresh patched one, and the response or error
 (class, code, message, cancellation reasons with their ``ALL_OLD`` items), the
 tables' contents and item counts, the internal item layout and the stream
-records must be identical. It also checks that no table is copied.
+records must be identical. It also checks that no table is copied and that
+what a transaction copies and leaves in memory does not depend on table size.
 
 Stock behaviour kept on purpose, because equivalence is the contract: a table
 named only by ARN in a transaction is not rolled back, and an entry holding two
@@ -143,12 +144,12 @@ def install() -> None:
     functions are not the ones this replacement was verified against.
     """
     global _stock
-    from moto.dynamodb.models import DynamoDBBackend
-
     with _lock:
         if _stock is not None:
             return
         _check_moto()
+        from moto.dynamodb.models import DynamoDBBackend
+
         _stock = DynamoDBBackend.transact_write_items
         DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
 
