@@ -262,3 +262,49 @@ def test_a_heartbeat_from_the_handler_extends_its_claim(kinesis: Any) -> None:
     assert len(seen) == 2
     assert seen[1] == seen[0] + 600_000
     assert next(iter(store.items.values()))["status"] == MarkStatus.COMPLETED.value
+
+
+def test_a_batch_handler_is_called_once_per_batch_and_isolates_a_poison_record(
+    kinesis: Any,
+) -> None:
+    produce(kinesis, 50)
+    dead = MemoryDeadLetters()
+    calls: list[int] = []
+    stored: dict[str, bytes] = {}
+
+    def put_objects(records: list[Record], contexts: list[EffectContext]) -> None:
+        calls.append(len(records))
+        if any(r.event_id == "m-30" for r in records):
+            raise RuntimeError("one object is rejected")
+        for record, ctx in zip(records, contexts, strict=True):
+            stored[ctx.idempotency_key] = record.data
+
+    stats = Consumer(
+        kinesis,
+        None,
+        "mail",
+        IdempotentKeySink(
+            ledger(LedgerMode.WATERMARK, MemoryLedgerStore()),
+            batch_handler=put_objects,
+            policy=POLICY,
+            dead_letters=dead,
+        ),
+        MemoryCheckpointStore(),
+        CONFIG,
+    ).run()
+
+    # Batches of 25: two whole-batch calls succeed; the second batch fails twice
+    # whole, then goes one record at a time (m-30 twice, the 24 others once).
+    assert calls[:1] == [25]
+    assert sorted(stored.values()) == sorted(b"message-%d" % i for i in range(50) if i != 30)
+    assert [letter.record.event_id for letter in dead.letters] == ["m-30"]
+    assert stats.applied == 49
+    assert calls.count(1) == 24 + POLICY.max_attempts
+
+
+def test_a_sink_needs_exactly_one_kind_of_handler() -> None:
+    led = ledger(LedgerMode.WATERMARK, MemoryLedgerStore())
+    with pytest.raises(ValueError, match="either a handler or a batch_handler"):
+        IdempotentKeySink(led)
+    with pytest.raises(ValueError, match="either a handler or a batch_handler"):
+        IdempotentKeySink(led, KeyedStore(), batch_handler=lambda records, contexts: None)

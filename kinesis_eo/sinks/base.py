@@ -63,6 +63,27 @@ class EffectContext:
     heartbeat: Callable[[], Any] | None = None
 
 
+class RecordHandler(Protocol):
+    """What users implement per record: ``handler(record, ctx)``, sync or ``async def``.
+
+    What it returns depends on the sink: the writes for a transactional sink,
+    nothing for the others.
+    """
+
+    def __call__(self, record: Record, ctx: EffectContext, /) -> Any: ...
+
+
+class BatchHandler(Protocol):
+    """What users implement per batch: ``handler(records, contexts)``, sync or ``async def``.
+
+    Returns one result per record, in order (or None where the sink wants no
+    results). If it raises, the sink calls it again one record at a time, so
+    that only a poison record is dead-lettered.
+    """
+
+    def __call__(self, records: list[Record], contexts: list[EffectContext], /) -> Any: ...
+
+
 class DeadLetterSink(Protocol):
     """A dead-letter target: sync (``send`` returns None) or async (``send`` is awaitable)."""
 
@@ -140,10 +161,16 @@ class SinkBase:
     def __init__(
         self,
         ledger: Ledger,
+        handler: RecordHandler | None = None,
+        batch_handler: BatchHandler | None = None,
         policy: FailurePolicy | None = None,
         dead_letters: DeadLetterSink | None = None,
     ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give a sink either a handler or a batch_handler")
         self.ledger = ledger
+        self.handler = handler
+        self.batch_handler = batch_handler
         self.policy = policy or FailurePolicy()
         self.dead_letters = dead_letters
 
@@ -153,9 +180,54 @@ class SinkBase:
     def context(self, record: Record, attempt_number: int) -> EffectContext:
         return EffectContext(self.key_of(record), attempt_number)
 
-    def handler_args(self, record: Record) -> Callable[[int], tuple[Record, EffectContext]]:
-        """The handler's arguments for each attempt at ``record``."""
-        return lambda attempt_number: (record, self.context(record, attempt_number))
+    def run_handlers(
+        self, records: Sequence[Record], report: BatchReport
+    ) -> Generator[Any, Any, list[Attempted]]:
+        """One outcome per record, in order: the whole batch at once where the
+        handler takes batches, one record at a time to single out a poison record."""
+        if self.batch_handler is not None and len(records) > 1:
+            batch = list(records)
+            whole = yield from attempt(
+                self.batch_handler,
+                lambda n: (batch, [self.context(r, n) for r in batch]),
+                self.policy,
+            )
+            report.attempts += whole.attempts
+            if whole.ok:
+                values = list(whole.value) if whole.value is not None else [None] * len(batch)
+                if len(values) != len(batch):
+                    raise TypeError(
+                        f"a batch handler returned {len(values)} results for {len(batch)} records"
+                    )
+                return [Attempted(value, None, whole.attempts) for value in values]
+        outcomes = []
+        for record in records:
+            outcome = yield from self.run_handler(record)
+            report.attempts += outcome.attempts
+            outcomes.append(outcome)
+        return outcomes
+
+    def run_handler(self, record: Record, first_attempt: int = 1) -> Generator[Any, Any, Attempted]:
+        """Run the handler for one record under the failure policy."""
+        if self.batch_handler is not None:
+            outcome = yield from attempt(
+                self.batch_handler,
+                lambda n: ([record], [self.context(record, n)]),
+                self.policy,
+                first_attempt,
+            )
+            if outcome.ok and outcome.value is not None:
+                (outcome.value,) = outcome.value
+            return outcome
+        assert self.handler is not None
+        return (
+            yield from attempt(
+                self.handler,
+                lambda n: (record, self.context(record, n)),
+                self.policy,
+                first_attempt,
+            )
+        )
 
     # Whether screening may skip reading the ledger because the commit's
     # conditions catch what was done before (true of the transactional sink).

@@ -34,13 +34,12 @@ from kinesis_eo.sinks.base import (
     DeadLetterSink,
     EffectContext,
     FailurePolicy,
+    RecordHandler,
     SinkBase,
-    attempt,
 )
 
 log = logging.getLogger(__name__)
 
-EffectHandler = Callable[[Record, EffectContext], Any]
 FlowRunner = Callable[[Generator[Any, Any, Any]], Any]
 
 
@@ -59,7 +58,7 @@ class ClaimSink(SinkBase):
     def __init__(
         self,
         ledger: Ledger,
-        handler: EffectHandler,
+        handler: RecordHandler,
         *,
         claim_for: timedelta = timedelta(minutes=5),
         expired_claims: ExpiredClaimPolicy = ExpiredClaimPolicy.QUARANTINE,
@@ -68,8 +67,7 @@ class ClaimSink(SinkBase):
         dead_letters: DeadLetterSink | None = None,
         run_flow: FlowRunner | None = None,
     ) -> None:
-        super().__init__(ledger, policy, dead_letters)
-        self.handler = handler
+        super().__init__(ledger, handler, None, policy, dead_letters)
         self.claim_for = claim_for
         self.expired_claims = expired_claims
         self.owner = owner or uuid.uuid4().hex
@@ -121,7 +119,7 @@ class ClaimSink(SinkBase):
             )
             yield from self.dead_letter(record, DeadLetterReason.CLAIM_EXPIRED, error, 0, report)
             return None
-        acted = yield from attempt(self.handler, self.handler_args(record), self.policy)
+        acted = yield from self.run_handler(record)
         report.attempts += acted.attempts
         if acted.ok:
             try:

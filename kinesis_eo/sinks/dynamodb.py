@@ -19,17 +19,16 @@ from kinesis_eo.errors import ConditionFailedError
 from kinesis_eo.ledger import Entry, Ledger, MarkStatus
 from kinesis_eo.records import Record
 from kinesis_eo.sinks.base import (
+    Attempted,
+    BatchHandler,
     BatchReport,
     DeadLetterSink,
-    EffectContext,
     FailurePolicy,
+    RecordHandler,
     SinkBase,
-    attempt,
 )
 
 TransactItem = Mapping[str, Any]
-WritesHandler = Callable[[Record, EffectContext], Any]
-"""``handler(record, ctx) -> Sequence[TransactItem]`` (or an awaitable of it)."""
 
 _serializer = TypeSerializer()
 
@@ -106,8 +105,9 @@ def condition_check(
 class TransactionalSink(SinkBase):
     """Commits each record's writes with its ledger mark, atomically.
 
-    ``handler(record, ctx)`` returns the writes for one record (sync or async).
-    It may run more than once for a record (retries, replays); only one of its
+    ``handler(record, ctx)`` returns the writes for one record (sync or async),
+    or ``batch_handler(records, contexts)`` a list of writes per record. It
+    may run more than once for a record (retries, replays); only one of its
     results is ever committed.
     """
 
@@ -116,33 +116,30 @@ class TransactionalSink(SinkBase):
     def __init__(
         self,
         ledger: Ledger,
-        handler: WritesHandler,
+        handler: RecordHandler | None = None,
         *,
+        batch_handler: BatchHandler | None = None,
         policy: FailurePolicy | None = None,
         dead_letters: DeadLetterSink | None = None,
     ) -> None:
-        super().__init__(ledger, policy, dead_letters)
-        self.handler = handler
+        super().__init__(ledger, handler, batch_handler, policy, dead_letters)
 
     def process(
         self, records: Sequence[Record], guards: Sequence[Any] = ()
     ) -> Generator[Any, Any, BatchReport]:
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
-        for record in new:
-            entry = yield from self._entry(record, 1, report)
+        outcomes = yield from self.run_handlers(new, report)
+        for record, outcome in zip(new, outcomes, strict=True):
+            entry = yield from self._entry(record, outcome, report)
             if entry is not None:
                 entries.append(entry)
         yield from self.commit(entries, guards, report, self._retry_rejected(report))
         return report
 
     def _entry(
-        self, record: Record, first_attempt: int, report: BatchReport
+        self, record: Record, outcome: Attempted, report: BatchReport
     ) -> Generator[Any, Any, Entry | None]:
-        outcome = yield from attempt(
-            self.handler, self.handler_args(record), self.policy, first_attempt
-        )
-        report.attempts += outcome.attempts - first_attempt + 1
         if outcome.ok:
             return Entry(record, tuple(outcome.value or ()))
         assert outcome.error is not None
@@ -163,7 +160,9 @@ class TransactionalSink(SinkBase):
             record: Record, attempt_number: int, reason: str
         ) -> Generator[Any, Any, Entry | None]:
             if attempt_number <= self.policy.max_attempts:
-                return (yield from self._entry(record, attempt_number, report))
+                outcome = yield from self.run_handler(record, attempt_number)
+                report.attempts += outcome.attempts - attempt_number + 1
+                return (yield from self._entry(record, outcome, report))
             error = ConditionFailedError(f"the sink refused the record's writes: {reason}")
             yield from self.dead_letter(
                 record, DeadLetterReason.PROCESSING_FAILED, error, attempt_number - 1, report

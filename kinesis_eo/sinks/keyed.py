@@ -9,45 +9,43 @@ external system absorbs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.ledger import Entry, Ledger, MarkStatus
 from kinesis_eo.records import Record
 from kinesis_eo.sinks.base import (
+    BatchHandler,
     BatchReport,
     DeadLetterSink,
-    EffectContext,
     FailurePolicy,
+    RecordHandler,
     SinkBase,
-    attempt,
 )
-
-EffectHandler = Callable[[Record, EffectContext], Any]
-"""``handler(record, ctx) -> None`` (or an awaitable); use ``ctx.idempotency_key``."""
 
 
 class IdempotentKeySink(SinkBase):
+    """Calls ``handler(record, ctx)`` or ``batch_handler(records, contexts)``, then marks."""
+
     def __init__(
         self,
         ledger: Ledger,
-        handler: EffectHandler,
+        handler: RecordHandler | None = None,
         *,
+        batch_handler: BatchHandler | None = None,
         policy: FailurePolicy | None = None,
         dead_letters: DeadLetterSink | None = None,
     ) -> None:
-        super().__init__(ledger, policy, dead_letters)
-        self.handler = handler
+        super().__init__(ledger, handler, batch_handler, policy, dead_letters)
 
     def process(
         self, records: Sequence[Record], guards: Sequence[Any] = ()
     ) -> Generator[Any, Any, BatchReport]:
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
-        for record in new:
-            outcome = yield from attempt(self.handler, self.handler_args(record), self.policy)
-            report.attempts += outcome.attempts
+        outcomes = yield from self.run_handlers(new, report)
+        for record, outcome in zip(new, outcomes, strict=True):
             if outcome.ok:
                 entries.append(Entry(record))
                 continue
