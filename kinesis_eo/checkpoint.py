@@ -80,7 +80,7 @@ class DynamoDBCheckpointStore(CheckpointStore):
         checkpoints: dict[str, Checkpoint] = {}
         params: dict[str, Any] = {"TableName": self.table_name, "ConsistentRead": True}
         while True:
-            response = yield Call("scan", params, self._resource, "Scan")
+            response = yield Call("scan", params, self._resource, "Scan", "dynamodb")
             for item in response.get("Items", []):
                 value = item.get(CHECKPOINT, {}).get("S")
                 if value is None or (not value.isdigit() and value != SHARD_END):
@@ -112,6 +112,7 @@ class DynamoDBCheckpointStore(CheckpointStore):
             },
             self._resource,
             "UpdateItem",
+            "dynamodb",
         )
 
 

@@ -1,10 +1,11 @@
 """A single-process consumer: every shard of a stream, through a sink, with checkpoints.
 
-The loop is thin: read a batch, let the sink process it (screen, act, commit
-with the ledger), then checkpoint. The decisions (what to checkpoint, when to
-stop, what to count) live in :class:`ConsumerState`, which the sync and the
-asyncio consumer share. Leases for many workers come on top of this loop; the
-sink already takes the fencing checks (``guards``) a lease will add.
+The loop is one flow (:func:`consume_flow`): read a batch, let the sink
+process it (screen, act, commit with the ledger), then checkpoint. The sync
+and the asyncio consumer drive that same flow; the decisions (what to
+checkpoint, when to stop, what to count) live in :class:`ConsumerState`.
+Leases for many workers come on top of this loop; the sink already takes the
+fencing checks (``guards``) a lease will add.
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kinesis_eo.checkpoint import Checkpoint, CheckpointStore
-from kinesis_eo.flow import run_async, run_sync
-from kinesis_eo.retrieval import (
-    AsyncStreamReader,
-    Batch,
-    ReaderConfig,
-    StartingPosition,
-    StreamReader,
-)
-from kinesis_eo.retrieval.reader import StreamProgress
+from kinesis_eo.flow import pump, run_async, run_sync
+from kinesis_eo.retrieval import Batch, ReaderConfig, ShardGraph, StartingPosition, StreamRef
+from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, ClaimSink
 
@@ -132,9 +127,41 @@ class ConsumerState:
         return bool(reading) and all(self._caught_up.get(shard, False) for shard in reading)
 
 
-class Consumer:
-    """Consumes a stream with boto3 clients until stopped (or caught up, if so configured)."""
+def consume_flow(
+    stream: str,
+    sink: Sink,
+    checkpoints: CheckpointStore,
+    state: ConsumerState,
+    progress: StreamProgress,
+    after_commit: AfterCommit | None,
+) -> Generator[Any, Any, ConsumerStats]:
+    """The consumer as one flow: Kinesis calls go to the "kinesis" client, the
+    ledger's and the checkpoints' to the "dynamodb" one."""
+    config = state.config
+    positions, finished = state.starting_points((yield from checkpoints.load()))
+    progress.finished.update(finished)
+    reading = read_stream_flow(
+        StreamRef.of(stream), config.reader, config.initial_position, positions, progress
+    )
 
+    def on_batch(batch: Batch) -> Generator[Any, Any, bool]:
+        report = (yield from sink.process(batch.records)) if batch.records else None
+        checkpoint = state.on_batch(batch, report)
+        if report is not None and after_commit is not None:
+            after_commit(batch, report)
+        if checkpoint is not None:
+            yield from checkpoints.save(batch.shard_id, checkpoint)
+            state.stats.checkpoints += 1
+        return state.done(progress)
+
+    yield from pump(reading, on_batch)
+    for shard_id, checkpoint in state.unsaved().items():
+        yield from checkpoints.save(shard_id, checkpoint)
+        state.stats.checkpoints += 1
+    return state.stats
+
+
+class _ConsumerBase:
     def __init__(
         self,
         kinesis: Any,
@@ -146,16 +173,15 @@ class Consumer:
         *,
         after_commit: AfterCommit | None = None,
     ) -> None:
-        self.kinesis = kinesis
-        self.dynamodb = dynamodb
+        self.clients = {"kinesis": kinesis, "dynamodb": dynamodb}
         self.stream = stream
         self.sink = sink
         self.checkpoints = checkpoints
         self.state = ConsumerState(config or ConsumerConfig())
-        if isinstance(sink, ClaimSink) and sink.run_flow is None:
-            sink.run_flow = self._run
-        # Runs after a batch's effects are committed and before its checkpoint:
-        # the place where a crash costs a replay, which the ledger absorbs.
+        self.progress = StreamProgress(ShardGraph(()), set(), {})
+        # Runs after a batch's effects are committed (and counted) and before
+        # its checkpoint: where a crash costs a replay, which the ledger absorbs.
+        # Not called for batches without records.
         self.after_commit = after_commit
 
     @property
@@ -163,95 +189,45 @@ class Consumer:
         return self.state.stats
 
     def stop(self) -> None:
-        """Finish the batch in hand, checkpoint it, and return from :meth:`run`."""
+        """Finish the batch in hand, checkpoint, and return from ``run``."""
         self.state.stopping = True
+
+    def _flow(self) -> Generator[Any, Any, ConsumerStats]:
+        return consume_flow(
+            self.stream, self.sink, self.checkpoints, self.state, self.progress, self.after_commit
+        )
+
+
+class Consumer(_ConsumerBase):
+    """Consumes a stream with boto3 clients until stopped (or caught up, if so configured).
+
+    ``config.retry`` governs every AWS call the consumer makes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
+            self.sink.run_flow = self._run
 
     def _run(self, flow: Generator[Any, Any, Any]) -> Any:
-        return run_sync(flow, self.dynamodb, self.state.config.retry)
+        return run_sync(flow, self.clients, self.state.config.retry)
 
     def run(self) -> ConsumerStats:
-        config = self.state.config
-        positions, finished = self.state.starting_points(self._run(self.checkpoints.load()))
-        reader = StreamReader(
-            self.kinesis,
-            self.stream,
-            config.initial_position,
-            config.reader,
-            positions=positions,
-            finished_shards=finished,
-        )
-        for batch in reader:
-            report = self._run(self.sink.process(batch.records)) if batch.records else None
-            if report is not None and self.after_commit is not None:
-                self.after_commit(batch, report)
-            checkpoint = self.state.on_batch(batch, report)
-            if checkpoint is not None:
-                self._run(self.checkpoints.save(batch.shard_id, checkpoint))
-                self.stats.checkpoints += 1
-            if self.state.done(reader.progress):
-                break
-        for shard_id, checkpoint in self.state.unsaved().items():
-            self._run(self.checkpoints.save(shard_id, checkpoint))
-            self.stats.checkpoints += 1
-        return self.stats
+        stats: ConsumerStats = self._run(self._flow())
+        return stats
 
 
-class AsyncConsumer:
+class AsyncConsumer(_ConsumerBase):
     """:class:`Consumer` for aiobotocore/aioboto3 clients and async handlers."""
 
-    def __init__(
-        self,
-        kinesis: Any,
-        dynamodb: Any,
-        stream: str,
-        sink: Sink,
-        checkpoints: CheckpointStore,
-        config: ConsumerConfig | None = None,
-        *,
-        after_commit: AfterCommit | None = None,
-    ) -> None:
-        self.kinesis = kinesis
-        self.dynamodb = dynamodb
-        self.stream = stream
-        self.sink = sink
-        self.checkpoints = checkpoints
-        self.state = ConsumerState(config or ConsumerConfig())
-        if isinstance(sink, ClaimSink) and sink.run_flow is None:
-            sink.run_flow = self._run
-        self.after_commit = after_commit
-
-    @property
-    def stats(self) -> ConsumerStats:
-        return self.state.stats
-
-    def stop(self) -> None:
-        self.state.stopping = True
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
+            self.sink.run_flow = self._run
 
     async def _run(self, flow: Generator[Any, Any, Any]) -> Any:
-        return await run_async(flow, self.dynamodb, self.state.config.retry)
+        return await run_async(flow, self.clients, self.state.config.retry)
 
     async def run(self) -> ConsumerStats:
-        config = self.state.config
-        positions, finished = self.state.starting_points(await self._run(self.checkpoints.load()))
-        reader = AsyncStreamReader(
-            self.kinesis,
-            self.stream,
-            config.initial_position,
-            config.reader,
-            positions=positions,
-            finished_shards=finished,
-        )
-        async for batch in reader:
-            report = await self._run(self.sink.process(batch.records)) if batch.records else None
-            if report is not None and self.after_commit is not None:
-                self.after_commit(batch, report)
-            checkpoint = self.state.on_batch(batch, report)
-            if checkpoint is not None:
-                await self._run(self.checkpoints.save(batch.shard_id, checkpoint))
-                self.stats.checkpoints += 1
-            if self.state.done(reader.progress):
-                break
-        for shard_id, checkpoint in self.state.unsaved().items():
-            await self._run(self.checkpoints.save(shard_id, checkpoint))
-            self.stats.checkpoints += 1
-        return self.stats
+        stats: ConsumerStats = await self._run(self._flow())
+        return stats

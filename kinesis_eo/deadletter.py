@@ -531,7 +531,7 @@ def send_to_sqs_flow(
             params = {"QueueUrl": queue_url, "Entries": entries}
             calls += 1
             # A missing queue comes back from the driver as ResourceNotFoundError naming it.
-            response = yield Call("send_message_batch", params, resource, "SendMessageBatch")
+            response = yield Call("send_message_batch", params, resource, "SendMessageBatch", "sqs")
             by_id = {f"m{number}": msg for number, msg in enumerate(pending)}
             confirmed = {str(s.get("Id")) for s in response.get("Successful") or []}
             refused: dict[str, str] = {}
@@ -908,7 +908,9 @@ def write_to_table_flow(
                 calls += 1
                 requests = [{"PutRequest": {"Item": item}} for item in pending]
                 params = {"RequestItems": {table_name: requests}}
-                response = yield Call("batch_write_item", params, resource, "BatchWriteItem")
+                response = yield Call(
+                    "batch_write_item", params, resource, "BatchWriteItem", "dynamodb"
+                )
                 unprocessed = (response.get("UnprocessedItems") or {}).get(table_name) or []
                 if not unprocessed:
                     break
@@ -1034,7 +1036,7 @@ def read_dead_letters_flow(
         params["ExpressionAttributeValues"] = {":group": {"S": consumer_group}}
     items: list[Mapping[str, Any]] = []
     while True:
-        response = yield Call("scan", params, resource, "Scan")
+        response = yield Call("scan", params, resource, "Scan", "dynamodb")
         items.extend(response.get("Items") or [])
         last = response.get("LastEvaluatedKey")
         if not last:
@@ -1085,14 +1087,14 @@ def create_dead_letter_table_flow(
         "BillingMode": "PAY_PER_REQUEST",
     }
     try:
-        yield Call("create_table", params, resource, "CreateTable")
+        yield Call("create_table", params, resource, "CreateTable", "dynamodb")
     except AwsCallError as exc:
         if exc.code != "ResourceInUseException":
             raise
     waited = 0.0
     while True:
         response = yield Call(
-            "describe_table", {"TableName": table_name}, resource, "DescribeTable"
+            "describe_table", {"TableName": table_name}, resource, "DescribeTable", "dynamodb"
         )
         status = response.get("Table", {}).get("TableStatus")
         if status == "ACTIVE":

@@ -33,13 +33,30 @@ Response = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One AWS call: the client method, its parameters, and names for error messages."""
+    """One AWS call: the client method, its parameters, and names for error messages.
+
+    ``service`` picks the client when a flow is driven with several (a mapping
+    such as ``{"kinesis": ..., "dynamodb": ...}``), as a consumer is.
+    """
 
     method: str
     params: Mapping[str, Any]
     resource: str
     action: str
+    service: str = ""
     retry: bool = field(default=True)
+
+
+def client_for(client: Any, call: Call) -> Any:
+    if not isinstance(client, Mapping):
+        return client
+    try:
+        return client[call.service]
+    except KeyError:
+        wanted = call.service or "unnamed"
+        raise TypeError(
+            f"{call.action} needs a {wanted} client; the flow has {sorted(client)}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +81,7 @@ def call_sync(client: Any, call: Call, retry: RetryConfig) -> Response:
     for attempt in sync_retrying(config):
         with attempt:
             try:
-                response: Response = getattr(client, call.method)(**call.params)
+                response: Response = getattr(client_for(client, call), call.method)(**call.params)
             except (ClientError, BotoCoreError) as exc:
                 raise translate_aws_error(exc, resource=call.resource, action=call.action) from exc
             return response
@@ -76,7 +93,8 @@ async def call_async(client: Any, call: Call, retry: RetryConfig) -> Response:
     async for attempt in async_retrying(config):
         with attempt:
             try:
-                response: Response = await getattr(client, call.method)(**call.params)
+                method = getattr(client_for(client, call), call.method)
+                response: Response = await method(**call.params)
             except (ClientError, BotoCoreError) as exc:
                 raise translate_aws_error(exc, resource=call.resource, action=call.action) from exc
             return response
@@ -146,6 +164,33 @@ def run_sync(flow: Flow, client: Any, retry: RetryConfig) -> Any:
     except StopIteration as stop:
         return stop.value
     raise TypeError(f"flow produced an output where none was expected: {output!r}")
+
+
+def pump(
+    flow: Flow, on_output: Callable[[Any], Generator[Any, Any, bool]]
+) -> Generator[Any, Any, Any]:
+    """Run ``flow`` inside another flow, handing each of its outputs to ``on_output``.
+
+    Its calls, sleeps and invocations pass up to the driver; ``on_output`` is
+    itself a flow and returns True to stop ``flow`` (it is closed then).
+    """
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = _advance(flow, send, error)
+        except _Done as done:
+            return done.value
+        send, error = None, None
+        if isinstance(step, Call | Sleep | Invoke):
+            try:
+                send = yield step
+            except Exception as exc:
+                error = exc
+            continue
+        if (yield from on_output(step)):
+            flow.close()
+            return None
 
 
 async def _next_output_async(flow: Flow, client: Any, retry: RetryConfig) -> Any:

@@ -276,7 +276,7 @@ def put_records_flow(
             calls += 1
             params = {**target, "Records": [r.entry for r in pending]}
             try:
-                response = yield Call("put_records", params, resource, "PutRecords")
+                response = yield Call("put_records", params, resource, "PutRecords", "kinesis")
             except KinesisEOError as exc:
                 if not exc.retryable:
                     raise

@@ -249,6 +249,7 @@ class DynamoDBLedgerStore(LedgerStore):
                             {"TableName": table},
                             f"sink table '{table}'",
                             "DescribeTable",
+                            "dynamodb",
                         )
                         schema = described["Table"]["KeySchema"]
                         self._key_schemas[table] = tuple(k["AttributeName"] for k in schema)
@@ -270,7 +271,11 @@ class DynamoDBLedgerStore(LedgerStore):
                 }
             }
             response = yield Call(
-                "batch_get_item", {"RequestItems": request}, self._resource, "BatchGetItem"
+                "batch_get_item",
+                {"RequestItems": request},
+                self._resource,
+                "BatchGetItem",
+                "dynamodb",
             )
             for item in response.get("Responses", {}).get(self.table_name, []):
                 decoded = from_item(item)
@@ -311,7 +316,7 @@ class DynamoDBLedgerStore(LedgerStore):
             kind, request = next(iter(items[0].items()))
             method = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item"}[kind]
             try:
-                yield Call(method, request, self._resource, f"{kind}Item")
+                yield Call(method, request, self._resource, f"{kind}Item", "dynamodb")
             except ConditionFailedError as failed:
                 raise LedgerConflict({0: _decoded(failed.item)}) from failed
             return
@@ -321,6 +326,7 @@ class DynamoDBLedgerStore(LedgerStore):
                 {"TransactItems": items},
                 self._resource,
                 "TransactWriteItems",
+                "dynamodb",
             )
         except TransactionCanceledError as canceled:
             failed_at = canceled.failed_indexes()

@@ -235,11 +235,12 @@ class ShardCursor:
                 {**self.stream.params(), "ShardId": self.shard_id, **self.floor.iterator_params()},
                 self._resource,
                 "GetShardIterator",
+                "kinesis",
             )
         params: dict[str, Any] = {"ShardIterator": self.iterator, "Limit": self.config.max_records}
         if self.stream.arn:
             params["StreamARN"] = self.stream.arn
-        return Call("get_records", params, self._resource, "GetRecords")
+        return Call("get_records", params, self._resource, "GetRecords", "kinesis")
 
     def iterator_expired(self) -> None:
         self.iterators_expired += 1

@@ -150,7 +150,7 @@ def list_shards_flow(
     shards: list[Shard] = []
     params: dict[str, Any] = {**stream.params(), "MaxResults": page_size}
     while True:
-        response = yield Call("list_shards", params, str(stream), "ListShards")
+        response = yield Call("list_shards", params, str(stream), "ListShards", "kinesis")
         shards.extend(Shard.from_aws(s) for s in response.get("Shards", ()))
         token = response.get("NextToken")
         if not token:
