@@ -20,6 +20,7 @@ from typing import Any
 from kinesis_eo.flow import Call
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval import StartingPosition
+from kinesis_eo.tables import create_table, create_table_flow
 
 SHARD_END = "SHARD_END"
 LEASE_KEY = "leaseKey"
@@ -117,13 +118,5 @@ class DynamoDBCheckpointStore(CheckpointStore):
 
 
 def create_checkpoint_table(client: Any, table_name: str) -> None:
-    """Create a checkpoint table (KCL lease-table key schema, on-demand) and wait for it."""
-    client.create_table(
-        TableName=table_name,
-        KeySchema=[{"AttributeName": LEASE_KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": LEASE_KEY, "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.get_waiter("table_exists").wait(
-        TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-    )
+    """Create a checkpoint table (KCL lease-table key schema, on-demand); harmless if it exists."""
+    create_table(client, create_table_flow(table_name, [(LEASE_KEY, "HASH")]))

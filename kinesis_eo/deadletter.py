@@ -36,13 +36,13 @@ from enum import Enum
 from typing import Any, Protocol, cast
 
 from kinesis_eo.errors import (
-    AwsCallError,
     InvalidRecordError,
     KinesisEOError,
 )
 from kinesis_eo.flow import Call, Sleep, run_async, run_sync
 from kinesis_eo.records import Position, Record
 from kinesis_eo.retry import RetryConfig, backoff_delay
+from kinesis_eo.tables import create_table_flow
 
 __all__ = [
     "DOCUMENT_VERSION",
@@ -1073,38 +1073,9 @@ def create_dead_letter_table_flow(
     table_name: str, *, wait_s: float = 300.0, poll_s: float = 2.0
 ) -> Generator[Any, Any, None]:
     """Create the table (on-demand billing) unless it exists, then wait until it is ACTIVE."""
-    resource = f"table {table_name!r}"
-    params = {
-        "TableName": table_name,
-        "KeySchema": [
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        "AttributeDefinitions": [
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
-    try:
-        yield Call("create_table", params, resource, "CreateTable", "dynamodb")
-    except AwsCallError as exc:
-        if exc.code != "ResourceInUseException":
-            raise
-    waited = 0.0
-    while True:
-        response = yield Call(
-            "describe_table", {"TableName": table_name}, resource, "DescribeTable", "dynamodb"
-        )
-        status = response.get("Table", {}).get("TableStatus")
-        if status == "ACTIVE":
-            return
-        if waited >= wait_s:
-            raise AwsCallError(
-                f"{resource} is still {status} after {wait_s:.0f} s", code="TableNotActive"
-            )
-        yield Sleep(poll_s)
-        waited += poll_s
+    return create_table_flow(
+        table_name, [("pk", "HASH"), ("sk", "RANGE")], wait_s=wait_s, poll_s=poll_s
+    )
 
 
 def create_dead_letter_table(client: Any, table_name: str, *, wait_s: float = 300.0) -> None:

@@ -86,9 +86,7 @@ QUICK = RetryConfig(max_attempts=8, initial_backoff_s=0.005, max_backoff_s=0.05)
 # A quarter of the PutRecords calls are throttled: enough tries that no seed
 # makes the producer give up.
 PUT_RETRY = RetryConfig(max_attempts=14, initial_backoff_s=0.005, max_backoff_s=0.05)
-HANDLER_POLICY = FailurePolicy(
-    max_attempts=3, backoff=RetryConfig(initial_backoff_s=0.005, max_backoff_s=0.02)
-)
+HANDLER_POLICY = FailurePolicy(max_attempts=3, initial_backoff_s=0.005, max_backoff_s=0.02)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,12 +280,9 @@ def _translated(resource: str, action: str) -> Iterator[None]:
 
 
 def _client(server: MotoServer, stack: contextlib.ExitStack, service: str) -> Any:
-    from botocore.config import Config
-
-    # No proxies: an HTTP(S)_PROXY in the user's environment must not carry
-    # calls to 127.0.0.1 away. botocore's own retries stay on; kinesis_eo's
-    # retries sit above them.
-    client = server.client(service, config=Config(proxies={}))
+    # The back-end's clients ignore HTTP(S)_PROXY. botocore's own retries stay
+    # on; kinesis_eo's retries sit above them.
+    client = server.client(service)
     stack.callback(client.close)
     return client
 
@@ -365,9 +360,7 @@ def _consumer(
     ledger = Ledger(
         DynamoDBLedgerStore(names.ledger, QUICK),
         # Keyed by event id: the only way to see a producer's retry as the same event.
-        LedgerConfig(
-            table_name=names.ledger, consumer_group=CONSUMER_GROUP, mode=LedgerMode.PER_RECORD
-        ),
+        LedgerConfig(consumer_group=CONSUMER_GROUP, mode=LedgerMode.PER_RECORD),
     )
     sink = TransactionalSink(
         ledger,

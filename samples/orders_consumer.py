@@ -43,7 +43,7 @@ def handle(record: Record, ctx: EffectContext) -> list[Any]:
 def consume(kinesis: Any, dynamodb: Any, stream: str) -> ConsumerStats:
     ledger = Ledger(
         DynamoDBLedgerStore("ledger"),
-        LedgerConfig(table_name="ledger", consumer_group="billing", mode=LedgerMode.PER_RECORD),
+        LedgerConfig(consumer_group="billing", mode=LedgerMode.PER_RECORD),
     )
     sink = TransactionalSink(
         ledger, handle, dead_letters=DynamoDBDeadLetterTable(dynamodb, "dead-letters")

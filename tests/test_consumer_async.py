@@ -86,7 +86,7 @@ async def async_handler(record: Record, ctx: EffectContext) -> list[Any]:
 def ledger(mode: LedgerMode) -> Ledger:
     return Ledger(
         DynamoDBLedgerStore("ledger", QUICK),
-        LedgerConfig(table_name="ledger", consumer_group="payments", mode=mode),
+        LedgerConfig(consumer_group="payments", mode=mode),
     )
 
 
@@ -102,7 +102,7 @@ async def test_async_consumer_applies_every_effect_once_across_a_replay(
         return TransactionalSink(
             ledger(LedgerMode.PER_RECORD),
             async_handler,
-            policy=FailurePolicy(max_attempts=2, backoff=QUICK),
+            policy=FailurePolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01),
             dead_letters=dead,
         )
 

@@ -34,7 +34,7 @@ from kinesis_eo.testing.faults import FaultInjector, Probability
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.01)
-FAST_POLICY = FailurePolicy(max_attempts=2, backoff=QUICK)
+FAST_POLICY = FailurePolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01)
 
 
 def reader(max_records: int = 100) -> ReaderConfig:
@@ -107,7 +107,7 @@ def produce(kinesis: Any, stream: str, count: int, poison: set[int] = frozenset(
 def sink(dynamodb: Any, mode: LedgerMode, dead_letters: Any = None) -> TransactionalSink:
     ledger = Ledger(
         DynamoDBLedgerStore("ledger", QUICK),
-        LedgerConfig(table_name="ledger", consumer_group="billing", mode=mode),
+        LedgerConfig(consumer_group="billing", mode=mode),
     )
     return TransactionalSink(ledger, apply_once, policy=FAST_POLICY, dead_letters=dead_letters)
 

@@ -136,7 +136,7 @@ class FakeClock:
 
 
 def ledger(backend: Backend, mode: LedgerMode, clock: FakeClock | None = None, **kw: Any) -> Ledger:
-    config = LedgerConfig(table_name="ledger", consumer_group="g", mode=mode, **kw)
+    config = LedgerConfig(consumer_group="g", mode=mode, **kw)
     return Ledger(backend.store, config, clock or FakeClock())
 
 
@@ -487,9 +487,7 @@ def test_consumer_groups_do_not_see_each_others_marks(backend: Backend) -> None:
     backend.run(ledger(backend, LedgerMode.PER_RECORD).commit([Entry(record(1, event_id="x"))]))
     other = Ledger(
         backend.store,
-        replace(
-            LedgerConfig(table_name="ledger", consumer_group="other", mode=LedgerMode.PER_RECORD)
-        ),
+        replace(LedgerConfig(consumer_group="other", mode=LedgerMode.PER_RECORD)),
         FakeClock(),
     )
 

@@ -38,7 +38,7 @@ from kinesis_eo.testing.fakes import MemoryDeadLetters
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.005)
-POLICY = FailurePolicy(max_attempts=2, backoff=QUICK)
+POLICY = FailurePolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01)
 CONFIG = ConsumerConfig(
     reader=ReaderConfig(max_records=25, min_read_interval_s=0.0, idle_interval_s=0.0),
     retry=QUICK,
@@ -67,7 +67,7 @@ class Clock:
 
 
 def ledger(mode: LedgerMode, store: MemoryLedgerStore, clock: Clock | None = None) -> Ledger:
-    config = LedgerConfig(table_name="-", consumer_group="mailer", mode=mode)
+    config = LedgerConfig(consumer_group="mailer", mode=mode)
     return Ledger(store, config, clock or time.time)
 
 

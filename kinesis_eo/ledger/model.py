@@ -72,13 +72,12 @@ def payload_hash(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
-    """Where the ledger lives and how it keys records.
+    """Whose ledger it is and how it keys records (where it lives is the store's business).
 
     ``record_ttl`` must outlast the stream's retention plus any replay you may
     run: a per-record mark that expired cannot stop a late duplicate.
     """
 
-    table_name: str
     consumer_group: str
     mode: LedgerMode = LedgerMode.WATERMARK
     key_of: Callable[[Record], str] = field(default=event_id_or_position)

@@ -18,6 +18,7 @@ from kinesis_eo.errors import ConditionFailedError, TransactionCanceledError
 from kinesis_eo.flow import Call, Sleep
 from kinesis_eo.ledger.model import (
     CLAIM_EXPIRES_AT,
+    EXPIRES_AT,
     KEY,
     OWNER,
     POSITION,
@@ -36,6 +37,7 @@ from kinesis_eo.ledger.model import (
     Value,
 )
 from kinesis_eo.retry import RetryConfig, backoff_delay
+from kinesis_eo.tables import create_table, create_table_flow
 
 StoreFlow = Generator[Any, Any, Any]
 
@@ -342,17 +344,9 @@ def _decoded(item: Mapping[str, Any] | None) -> Item | None:
 
 
 def create_ledger_table(client: Any, table_name: str) -> None:
-    """Create the ledger table (on-demand, TTL on ``expires_at``) and wait until it is active."""
-    client.create_table(
-        TableName=table_name,
-        KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.get_waiter("table_exists").wait(
-        TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-    )
-    client.update_time_to_live(
-        TableName=table_name,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"},
-    )
+    """Create the ledger table (on-demand, TTL on ``expires_at``); harmless if it exists."""
+    create_table(client, ledger_table_flow(table_name))
+
+
+def ledger_table_flow(table_name: str) -> Generator[Any, Any, None]:
+    return create_table_flow(table_name, [(KEY, "HASH")], ttl_attribute=EXPIRES_AT)

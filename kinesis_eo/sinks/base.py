@@ -35,18 +35,20 @@ class PoisonRecordError(KinesisEOError):
 class FailurePolicy:
     """How often a failing record is tried before it is dead-lettered.
 
-    ``max_attempts`` counts the first try; waits between tries follow
-    ``backoff`` (jittered exponential).
+    ``max_attempts`` counts the first try; waits between tries grow from
+    ``initial_backoff_s`` up to ``max_backoff_s`` (jittered exponential).
     """
 
     max_attempts: int = 3
-    backoff: RetryConfig = field(
-        default_factory=lambda: RetryConfig(initial_backoff_s=0.1, max_backoff_s=2.0)
-    )
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        RetryConfig(self.max_attempts, self.initial_backoff_s, self.max_backoff_s)  # validates
+
+    @property
+    def backoff(self) -> RetryConfig:
+        return RetryConfig(self.max_attempts, self.initial_backoff_s, self.max_backoff_s)
 
 
 @dataclass(frozen=True, slots=True)

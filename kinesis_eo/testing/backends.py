@@ -129,9 +129,12 @@ class _ClientFactory:
     def create(self, service: str, endpoint_url: str, **kwargs: Any) -> Any:
         import boto3.session
         import botocore.session
+        from botocore.config import Config
 
         options: dict[str, Any] = {"region_name": REGION, **FAKE_CREDENTIALS}
         options["endpoint_url"] = endpoint_url
+        # The emulators are on loopback: an HTTP(S)_PROXY in the environment must not reroute them.
+        options["config"] = Config(proxies={})
         options.update(kwargs)
         with self._lock:
             if self._session is None:

@@ -1,0 +1,69 @@
+"""Creating the toolkit's DynamoDB tables: on-demand, harmless if they exist, waited for.
+
+One flow serves every table (ledger, checkpoints, dead letters), so each
+helper states only its key schema; run it with ``run_sync`` or ``run_async``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from kinesis_eo.errors import AwsCallError
+from kinesis_eo.flow import Call, Sleep, run_sync
+from kinesis_eo.retry import RetryConfig
+
+
+def create_table_flow(
+    table_name: str,
+    keys: Sequence[tuple[str, str]],
+    *,
+    ttl_attribute: str | None = None,
+    wait_s: float = 300.0,
+    poll_s: float = 1.0,
+) -> Generator[Any, Any, None]:
+    """Create a table keyed by ``keys`` (attribute name, HASH or RANGE; all strings)."""
+    resource = f"table '{table_name}'"
+    params = {
+        "TableName": table_name,
+        "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in keys],
+        "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name, _ in keys],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    try:
+        yield Call("create_table", params, resource, "CreateTable", "dynamodb")
+    except AwsCallError as exc:
+        if exc.code != "ResourceInUseException":
+            raise
+    waited = 0.0
+    while True:
+        response = yield Call(
+            "describe_table", {"TableName": table_name}, resource, "DescribeTable", "dynamodb"
+        )
+        status = response.get("Table", {}).get("TableStatus")
+        if status == "ACTIVE":
+            break
+        if waited >= wait_s:
+            raise AwsCallError(
+                f"{resource} is still {status} after {wait_s:.0f} s", code="TableNotActive"
+            )
+        yield Sleep(poll_s)
+        waited += poll_s
+    if ttl_attribute is not None:
+        ttl = {"Enabled": True, "AttributeName": ttl_attribute}
+        try:
+            yield Call(
+                "update_time_to_live",
+                {"TableName": table_name, "TimeToLiveSpecification": ttl},
+                resource,
+                "UpdateTimeToLive",
+                "dynamodb",
+            )
+        except AwsCallError as exc:
+            # Already enabled (a second run): DynamoDB refuses to set it again.
+            if exc.code != "ValidationException":
+                raise
+
+
+def create_table(client: Any, flow: Generator[Any, Any, None]) -> None:
+    run_sync(flow, client, RetryConfig())
