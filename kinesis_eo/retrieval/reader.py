@@ -381,7 +381,42 @@ def _discover_children(
     return ShardGraph(known.values())
 
 
-class ShardReader:
+class _ShardReaderBase:
+    def __init__(
+        self,
+        client: Any,
+        stream: str | StreamRef,
+        shard_id: str,
+        start: StartingPosition | None = None,
+        config: ReaderConfig | None = None,
+        *,
+        hash_range: HashKeyRange | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config or ReaderConfig()
+        self.cursor = ShardCursor(
+            StreamRef.of(stream),
+            shard_id,
+            start or StartingPosition.trim_horizon(),
+            self.config,
+            hash_range,
+        )
+        self._client = client
+        self._clock = clock
+
+    @property
+    def millis_behind_latest(self) -> int | None:
+        return self.cursor.millis_behind_latest
+
+    @property
+    def position(self) -> Position | None:
+        return self.cursor.position
+
+    def _flow(self) -> Generator[Any, Any, None]:
+        return read_shard_flow(self.cursor, self._clock)
+
+
+class ShardReader(_ShardReaderBase):
     """Reads one shard with a boto3 client: ``for batch in ShardReader(...)``.
 
     Yields a batch per GetRecords call (possibly empty) and stops after the
@@ -400,72 +435,49 @@ class ShardReader:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.config = config or ReaderConfig()
-        self.cursor = ShardCursor(
-            StreamRef.of(stream),
-            shard_id,
-            start or StartingPosition.trim_horizon(),
-            self.config,
-            hash_range,
+        super().__init__(
+            client, stream, shard_id, start, config, hash_range=hash_range, clock=clock
         )
-        self._client = client
-        self._clock = clock
         self._sleep = sleep
 
-    @property
-    def millis_behind_latest(self) -> int | None:
-        return self.cursor.millis_behind_latest
-
-    @property
-    def position(self) -> Position | None:
-        return self.cursor.position
-
     def __iter__(self) -> Iterator[Batch]:
-        return drive_sync(
-            read_shard_flow(self.cursor, self._clock), self._client, self.config.retry, self._sleep
-        )
+        return drive_sync(self._flow(), self._client, self.config.retry, self._sleep)
 
 
-class AsyncShardReader:
+class AsyncShardReader(_ShardReaderBase):
     """Reads one shard with an aiobotocore/aioboto3 client: ``async for batch in ...``."""
 
+    def __aiter__(self) -> AsyncIterator[Batch]:
+        return drive_async(self._flow(), self._client, self.config.retry)
+
+
+class _StreamReaderBase:
     def __init__(
         self,
         client: Any,
         stream: str | StreamRef,
-        shard_id: str,
-        start: StartingPosition | None = None,
+        initial: StartingPosition | None = None,
         config: ReaderConfig | None = None,
         *,
-        hash_range: HashKeyRange | None = None,
+        positions: Mapping[str, StartingPosition] | None = None,
+        finished_shards: Collection[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.stream = StreamRef.of(stream)
         self.config = config or ReaderConfig()
-        self.cursor = ShardCursor(
-            StreamRef.of(stream),
-            shard_id,
-            start or StartingPosition.trim_horizon(),
-            self.config,
-            hash_range,
-        )
+        self.initial = initial or StartingPosition.trim_horizon()
+        self.progress = StreamProgress(ShardGraph(()), set(finished_shards), {})
+        self._positions = dict(positions or {})
         self._client = client
         self._clock = clock
 
-    @property
-    def millis_behind_latest(self) -> int | None:
-        return self.cursor.millis_behind_latest
-
-    @property
-    def position(self) -> Position | None:
-        return self.cursor.position
-
-    def __aiter__(self) -> AsyncIterator[Batch]:
-        return drive_async(
-            read_shard_flow(self.cursor, self._clock), self._client, self.config.retry
+    def _flow(self) -> Generator[Any, Any, None]:
+        return read_stream_flow(
+            self.stream, self.config, self.initial, self._positions, self.progress, self._clock
         )
 
 
-class StreamReader:
+class StreamReader(_StreamReaderBase):
     """Reads every shard of a stream in one thread, following splits and merges.
 
     Shards take turns by when each may next be read, so pacing one shard never
@@ -485,30 +497,22 @@ class StreamReader:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.stream = StreamRef.of(stream)
-        self.config = config or ReaderConfig()
-        self.initial = initial or StartingPosition.trim_horizon()
-        self.progress = StreamProgress(ShardGraph(()), set(finished_shards), {})
-        self._positions = dict(positions or {})
-        self._client = client
-        self._clock = clock
-        self._sleep = sleep
-
-    def _flow(self) -> Generator[Any, Any, None]:
-        return read_stream_flow(
-            self.stream,
-            self.config,
-            self.initial,
-            self._positions,
-            self.progress,
-            self._clock,
+        super().__init__(
+            client,
+            stream,
+            initial,
+            config,
+            positions=positions,
+            finished_shards=finished_shards,
+            clock=clock,
         )
+        self._sleep = sleep
 
     def __iter__(self) -> Iterator[Batch]:
         return drive_sync(self._flow(), self._client, self.config.retry, self._sleep)
 
 
-class AsyncStreamReader(StreamReader):
+class AsyncStreamReader(_StreamReaderBase):
     """:class:`StreamReader` for an aiobotocore/aioboto3 client: ``async for batch in ...``."""
 
     def __aiter__(self) -> AsyncIterator[Batch]:
