@@ -570,50 +570,38 @@ def send_to_sqs_flow(
     return calls
 
 
-class SqsDeadLetterQueue:
+class _SqsTarget:
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        config: SqsDeadLetterConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not queue_url:
+            raise ValueError("a queue URL is needed")
+        self.client = client
+        self.queue_url = queue_url
+        self.config = config or SqsDeadLetterConfig()
+        self._rng = rng
+
+    def _flow(self, letters: Sequence[DeadLetter]) -> Generator[Any, Any, Any]:
+        return send_to_sqs_flow(letters, self.queue_url, self.config, self._rng)
+
+
+class SqsDeadLetterQueue(_SqsTarget):
     """Dead letters to an SQS queue, with a boto3 SQS client."""
 
-    def __init__(
-        self,
-        client: Any,
-        queue_url: str,
-        config: SqsDeadLetterConfig | None = None,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not queue_url:
-            raise ValueError("a queue URL is needed")
-        self.client = client
-        self.queue_url = queue_url
-        self.config = config or SqsDeadLetterConfig()
-        self._rng = rng
-
     def send(self, letters: Sequence[DeadLetter]) -> None:
-        flow = send_to_sqs_flow(letters, self.queue_url, self.config, self._rng)
-        run_sync(flow, self.client, self.config.call_retry)
+        run_sync(self._flow(letters), self.client, self.config.call_retry)
 
 
-class AsyncSqsDeadLetterQueue:
+class AsyncSqsDeadLetterQueue(_SqsTarget):
     """Dead letters to an SQS queue, with an aiobotocore (or aioboto3) SQS client."""
 
-    def __init__(
-        self,
-        client: Any,
-        queue_url: str,
-        config: SqsDeadLetterConfig | None = None,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not queue_url:
-            raise ValueError("a queue URL is needed")
-        self.client = client
-        self.queue_url = queue_url
-        self.config = config or SqsDeadLetterConfig()
-        self._rng = rng
-
     async def send(self, letters: Sequence[DeadLetter]) -> None:
-        flow = send_to_sqs_flow(letters, self.queue_url, self.config, self._rng)
-        await run_async(flow, self.client, self.config.call_retry)
+        await run_async(self._flow(letters), self.client, self.config.call_retry)
 
 
 # --- reading SQS messages back ----------------------------------------------------------------
@@ -928,50 +916,38 @@ def write_to_table_flow(
     return calls
 
 
-class DynamoDBDeadLetterTable:
+class _TableTarget:
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        config: DynamoDBDeadLetterConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not table_name:
+            raise ValueError("a table name is needed")
+        self.client = client
+        self.table_name = table_name
+        self.config = config or DynamoDBDeadLetterConfig()
+        self._rng = rng
+
+    def _flow(self, letters: Sequence[DeadLetter]) -> Generator[Any, Any, Any]:
+        return write_to_table_flow(letters, self.table_name, self.config, self._rng)
+
+
+class DynamoDBDeadLetterTable(_TableTarget):
     """Dead letters to a DynamoDB table (see :func:`create_dead_letter_table`), boto3 client."""
 
-    def __init__(
-        self,
-        client: Any,
-        table_name: str,
-        config: DynamoDBDeadLetterConfig | None = None,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not table_name:
-            raise ValueError("a table name is needed")
-        self.client = client
-        self.table_name = table_name
-        self.config = config or DynamoDBDeadLetterConfig()
-        self._rng = rng
-
     def send(self, letters: Sequence[DeadLetter]) -> None:
-        flow = write_to_table_flow(letters, self.table_name, self.config, self._rng)
-        run_sync(flow, self.client, self.config.call_retry)
+        run_sync(self._flow(letters), self.client, self.config.call_retry)
 
 
-class AsyncDynamoDBDeadLetterTable:
+class AsyncDynamoDBDeadLetterTable(_TableTarget):
     """Dead letters to a DynamoDB table, with an aiobotocore (or aioboto3) client."""
 
-    def __init__(
-        self,
-        client: Any,
-        table_name: str,
-        config: DynamoDBDeadLetterConfig | None = None,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not table_name:
-            raise ValueError("a table name is needed")
-        self.client = client
-        self.table_name = table_name
-        self.config = config or DynamoDBDeadLetterConfig()
-        self._rng = rng
-
     async def send(self, letters: Sequence[DeadLetter]) -> None:
-        flow = write_to_table_flow(letters, self.table_name, self.config, self._rng)
-        await run_async(flow, self.client, self.config.call_retry)
+        await run_async(self._flow(letters), self.client, self.config.call_retry)
 
 
 # --- reading the table and creating it --------------------------------------------------------
