@@ -313,49 +313,39 @@ def put_records_flow(
 # --- front classes ----------------------------------------------------------------------------
 
 
-class Producer:
+class _ProducerBase:
+    def __init__(
+        self,
+        client: Any,
+        stream_name: str,
+        config: ProducerConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not stream_name:
+            raise ValueError("a stream name or ARN is needed")
+        self.client = client
+        self.stream_name = stream_name
+        self.config = config or ProducerConfig()
+        self._rng = rng
+
+    def _flow(self, events: Iterable[Event]) -> Generator[Any, Any, Any]:
+        # Validated and given their ids before the first call, so a refused
+        # event stops the whole put before anything is sent.
+        records = prepare_records(events, self.config)
+        return put_records_flow(records, self.stream_name, self.config, self._rng)
+
+
+class Producer(_ProducerBase):
     """Sends events to one stream with a boto3 Kinesis client."""
 
-    def __init__(
-        self,
-        client: Any,
-        stream_name: str,
-        config: ProducerConfig | None = None,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not stream_name:
-            raise ValueError("a stream name or ARN is needed")
-        self.client = client
-        self.stream_name = stream_name
-        self.config = config or ProducerConfig()
-        self._rng = rng
-
     def put(self, events: Iterable[Event]) -> PutResult:
-        records = prepare_records(events, self.config)
-        flow = put_records_flow(records, self.stream_name, self.config, self._rng)
-        return cast(PutResult, run_sync(flow, self.client, self.config.call_retry))
+        return cast(PutResult, run_sync(self._flow(events), self.client, self.config.call_retry))
 
 
-class AsyncProducer:
+class AsyncProducer(_ProducerBase):
     """Sends events to one stream with an aiobotocore (or aioboto3) Kinesis client."""
 
-    def __init__(
-        self,
-        client: Any,
-        stream_name: str,
-        config: ProducerConfig | None = None,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not stream_name:
-            raise ValueError("a stream name or ARN is needed")
-        self.client = client
-        self.stream_name = stream_name
-        self.config = config or ProducerConfig()
-        self._rng = rng
-
     async def put(self, events: Iterable[Event]) -> PutResult:
-        records = prepare_records(events, self.config)
-        flow = put_records_flow(records, self.stream_name, self.config, self._rng)
-        return cast(PutResult, await run_async(flow, self.client, self.config.call_retry))
+        result = await run_async(self._flow(events), self.client, self.config.call_retry)
+        return cast(PutResult, result)
