@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import boto3
 import pytest
 
 from kinesis_eo.checkpoint import (
@@ -17,6 +18,13 @@ from kinesis_eo.checkpoint import (
     create_checkpoint_table,
 )
 from kinesis_eo.consumer import Consumer, ConsumerConfig
+from kinesis_eo.deadletter import (
+    DynamoDBDeadLetterTable,
+    SqsDeadLetterQueue,
+    create_dead_letter_table,
+    read_dead_letters,
+    reassemble,
+)
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
     Ledger,
@@ -206,12 +214,57 @@ def test_inbound_duplicates_under_different_sequence_numbers_apply_once_in_per_r
     assert stats.duplicates == resent
 
 
+class SqsLetters:
+    """The SQS dead-letter target, read back whole."""
+
+    def __init__(self, sqs: Any) -> None:
+        self.sqs = sqs
+        self.url = sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
+        self.target = SqsDeadLetterQueue(sqs, self.url)
+
+    def send(self, letters: Any) -> None:
+        self.target.send(letters)
+
+    @property
+    def letters(self) -> list[Any]:
+        messages: list[Any] = []
+        while batch := self.sqs.receive_message(
+            QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0
+        ).get("Messages"):
+            messages += batch
+            for message in batch:
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        self._seen = getattr(self, "_seen", []) + reassemble(messages)
+        return list(self._seen)
+
+
+class TableLetters:
+    """The DynamoDB dead-letter target, read back whole."""
+
+    def __init__(self, dynamodb: Any) -> None:
+        create_dead_letter_table(dynamodb, "dead-letters")
+        self.dynamodb = dynamodb
+        self.target = DynamoDBDeadLetterTable(dynamodb, "dead-letters")
+
+    def send(self, letters: Any) -> None:
+        self.target.send(letters)
+
+    @property
+    def letters(self) -> list[Any]:
+        return read_dead_letters(self.dynamodb, "dead-letters")
+
+
+@pytest.mark.parametrize("target", ["memory", "sqs", "dynamodb"])
 def test_a_poison_record_is_dead_lettered_with_its_payload_and_the_shard_moves_on(
-    kinesis: Any, tables: Any
+    kinesis: Any, tables: Any, target: str
 ) -> None:
     make_stream(kinesis, "orders", 1)
     ids = produce(kinesis, "orders", 120, poison={7, 80})
-    dead = MemoryDeadLetters()
+    dead: Any = {
+        "memory": MemoryDeadLetters,
+        "sqs": lambda: SqsLetters(boto3.client("sqs", region_name="us-east-1")),
+        "dynamodb": lambda: TableLetters(tables),
+    }[target]()
 
     stats = Consumer(
         kinesis,
