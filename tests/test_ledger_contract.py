@@ -29,6 +29,7 @@ from kinesis_eo.ledger import (
     PayloadMismatchError,
     create_ledger_table,
 )
+from kinesis_eo.ledger.model import Absent, Increment, LedgerConflict
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 
@@ -531,3 +532,52 @@ def test_a_record_whose_own_writes_change_one_item_twice_is_rejected(backend: Ba
     assert result.committed == batch[:1]
     assert [r for r, _ in result.rejected] == [batch[1]]
     assert [e.record for e in result.held_back] == batch[2:]
+
+
+# --- counting ----------------------------------------------------------------------------------
+
+
+def test_an_increment_counts_from_an_absent_item_and_sets_its_values(backend: Backend) -> None:
+    backend.run(backend.store.apply([Increment("count#a", "hits", 1, {"note": "first"})]))
+    backend.run(backend.store.apply([Increment("count#a", "hits", 2, {"note": "second"})]))
+
+    item = backend.run(backend.store.get(["count#a"]))["count#a"]
+
+    assert item["hits"] == 3
+    assert item["note"] == "second"
+
+
+def test_an_increment_whose_condition_fails_changes_nothing_in_its_write(backend: Backend) -> None:
+    backend.run(backend.store.apply([Increment("count#b", "hits")]))
+
+    with pytest.raises(LedgerConflict) as conflict:
+        backend.run(
+            backend.store.apply(
+                [Increment("count#c", "hits"), Increment("count#b", "hits", condition=Absent())]
+            )
+        )
+
+    assert list(conflict.value.failed) == [1]
+    found = backend.run(backend.store.get(["count#b", "count#c"]))
+    assert found["count#b"]["hits"] == 1
+    assert "count#c" not in found
+
+
+def test_failed_deliveries_are_counted_per_key_across_ledgers_and_are_not_marks(
+    backend: Backend,
+) -> None:
+    clock = FakeClock()
+    poison, other = record(7, event_id="e-7"), record(8, event_id="e-8")
+
+    counts = [
+        backend.run(ledger(backend, LedgerMode.PER_RECORD, clock).record_failure(poison)),
+        # A fresh ledger (the next Lambda invocation) goes on from the stored count.
+        backend.run(ledger(backend, LedgerMode.WATERMARK, clock).record_failure(poison)),
+        backend.run(ledger(backend, LedgerMode.PER_RECORD, clock).record_failure(other)),
+    ]
+
+    assert counts == [1, 2, 1]
+    led = ledger(backend, LedgerMode.PER_RECORD, clock)
+    assert backend.run(led.screen([poison])).new == [poison]
+    stored = backend.run(backend.store.get([led.failure_key(poison)]))[led.failure_key(poison)]
+    assert stored["expires_at"] == int(clock.now) + 8 * 24 * 3600

@@ -26,6 +26,7 @@ from kinesis_eo.ledger.model import (
     CLAIM_EXPIRES_AT,
     DONE_STATUSES,
     EXPIRES_AT,
+    FAILURES,
     OWNER,
     PAYLOAD_HASH,
     POSITION,
@@ -38,6 +39,7 @@ from kinesis_eo.ledger.model import (
     ClaimExpiredFor,
     Delete,
     HeldBy,
+    Increment,
     Item,
     LedgerConfig,
     LedgerConflict,
@@ -142,6 +144,9 @@ class Ledger:
 
     def record_key(self, record: Record) -> str:
         return f"rec#{self.config.consumer_group}#{self.config.key_of(record)}"
+
+    def failure_key(self, record: Record) -> str:
+        return f"fail#{self.config.consumer_group}#{self.config.key_of(record)}"
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -421,6 +426,29 @@ class Ledger:
             result.mismatched.append(PayloadMismatchError(key, record, str(item.get(PAYLOAD_HASH))))
         else:
             result.duplicates.append(record)
+
+    # --- failed deliveries ---------------------------------------------------------------------
+
+    def record_failure(self, record: Record) -> Generator[Any, Any, int]:
+        """Count one more failed delivery of ``record``; returns the count so far.
+
+        For consumers that cannot keep a count in memory across deliveries (a
+        Lambda function is called afresh for each one). The count lives beside
+        the marks, keyed like them, and expires with ``record_ttl``; it is not
+        a mark: screening still sees the record as new.
+        """
+        key = self.failure_key(record)
+        now_ms = self._now_ms()
+        values: dict[str, Value] = {
+            POSITION: record.position.key(),
+            STREAM: record.stream,
+            SHARD: record.shard_id,
+            UPDATED_AT: now_ms,
+            EXPIRES_AT: now_ms // 1000 + int(self.config.record_ttl.total_seconds()),
+        }
+        yield from self.store.apply([Increment(key, FAILURES, 1, values)])
+        found = yield from self.store.get([key])
+        return int(found[key][FAILURES])
 
     # --- claim, act, complete ------------------------------------------------------------------
 

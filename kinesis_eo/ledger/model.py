@@ -32,6 +32,7 @@ EXPIRES_AT = "expires_at"  # the table's TTL attribute
 UPDATED_AT = "updated_at"
 STREAM = "stream"
 SHARD = "shard"
+FAILURES = "failures"
 
 
 class LedgerMode(Enum):
@@ -183,7 +184,22 @@ class Delete:
     condition: Condition | None = None
 
 
-Op = Put | Update | Delete
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """Add ``by`` to the number ``attribute`` of the item under ``key`` and set ``values``.
+
+    An absent item or attribute counts from 0, so concurrent increments never
+    lose one: counting needs no read-modify-write.
+    """
+
+    key: str
+    attribute: str
+    by: int = 1
+    values: Item = field(default_factory=dict)
+    condition: Condition | None = None
+
+
+Op = Put | Update | Delete | Increment
 
 
 class LedgerConflict(KinesisEOError):

@@ -27,6 +27,7 @@ from kinesis_eo.ledger.model import (
     AbsentOrClaimExpired,
     Condition,
     HeldBy,
+    Increment,
     Item,
     LedgerConflict,
     MarkStatus,
@@ -129,6 +130,10 @@ class MemoryLedgerStore(LedgerStore):
                     self.items[op.key] = {KEY: op.key, **op.item}
                 elif isinstance(op, Update):
                     self.items.setdefault(op.key, {KEY: op.key}).update(op.values)
+                elif isinstance(op, Increment):
+                    item = self.items.setdefault(op.key, {KEY: op.key})
+                    item[op.attribute] = int(item.get(op.attribute, 0)) + op.by
+                    item.update(op.values)
                 else:
                     self.items.pop(op.key, None)
             for write in extra:
@@ -302,6 +307,16 @@ class DynamoDBLedgerStore(LedgerStore):
             request["Item"] = {**key, **{k: to_attribute(v) for k, v in op.item.items()}}
             return {"Put": expression.add_to(request)}
         request["Key"] = key
+        if isinstance(op, Increment):
+            # ADD treats a missing attribute (or item) as 0: atomic without a read.
+            expression_text = f"ADD {expression.name(op.attribute)} {expression.value(op.by)}"
+            assignments = [
+                f"{expression.name(k)} = {expression.value(v)}" for k, v in op.values.items()
+            ]
+            if assignments:
+                expression_text += " SET " + ", ".join(assignments)
+            request["UpdateExpression"] = expression_text
+            return {"Update": expression.add_to(request)}
         if isinstance(op, Update):
             assignments = [
                 f"{expression.name(k)} = {expression.value(v)}" for k, v in op.values.items()
