@@ -1,0 +1,24 @@
+"""Leases: one worker per shard at a time, with a fencing token that reaches the sink."""
+
+from kinesis_eo.leases.manager import LeaseManager, Observations, plan_takes
+from kinesis_eo.leases.model import Lease, LeaseConfig, LeaseLostError, Sentinel
+from kinesis_eo.leases.store import (
+    DynamoDBLeaseStore,
+    LeaseStore,
+    MemoryLeaseStore,
+    create_lease_table,
+)
+
+__all__ = [
+    "DynamoDBLeaseStore",
+    "Lease",
+    "LeaseConfig",
+    "LeaseLostError",
+    "LeaseManager",
+    "LeaseStore",
+    "MemoryLeaseStore",
+    "Observations",
+    "Sentinel",
+    "create_lease_table",
+    "plan_takes",
+]

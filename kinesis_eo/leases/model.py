@@ -1,0 +1,114 @@
+"""Leases: which worker owns which shard, in the Java KCL's lease-table schema.
+
+| attribute | type | meaning |
+| --- | --- | --- |
+| ``leaseKey`` | S | the shard id (table key) |
+| ``leaseOwner`` | S | the worker holding the lease; absent when free |
+| ``leaseCounter`` | N | bumped by every take, renewal and release: others judge expiry by it |
+| ``checkpoint`` | S | a sequence number, ``TRIM_HORIZON``, ``LATEST`` or ``SHARD_END`` |
+| ``checkpointSubSequenceNumber`` | N | position inside a KPL aggregate |
+| ``ownerSwitchesSinceCheckpoint`` | N | owner changes since the last checkpoint |
+| ``parentShardId`` | SS | parents; the lease is not taken before they reach ``SHARD_END`` |
+| ``childShardIds`` | SS | children, recorded when the shard ends |
+| ``startingHashKey``, ``endingHashKey`` | S | the shard's hash key range |
+| ``eoOwnerToken`` | S | kinesis_eo: a fresh token per acquisition, the fencing token |
+| ``eoMillisBehindLatest`` | N | kinesis_eo: the owner's last lag, for ``kinesis-eo status`` |
+
+The KCL ignores attributes it does not know, so a table moves between the two.
+The fencing token is separate from the counter on purpose: a renewal bumps the
+counter, and a routine renewal must not make an honest commit fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from kinesis_eo.errors import KinesisEOError
+from kinesis_eo.records import HashKeyRange, Position
+
+LEASE_KEY = "leaseKey"
+OWNER = "leaseOwner"
+COUNTER = "leaseCounter"
+CHECKPOINT = "checkpoint"
+SUB_SEQUENCE = "checkpointSubSequenceNumber"
+OWNER_SWITCHES = "ownerSwitchesSinceCheckpoint"
+PARENTS = "parentShardId"
+CHILDREN = "childShardIds"
+STARTING_HASH_KEY = "startingHashKey"
+ENDING_HASH_KEY = "endingHashKey"
+TOKEN = "eoOwnerToken"
+MILLIS_BEHIND = "eoMillisBehindLatest"
+
+
+class Sentinel(Enum):
+    """Checkpoint values that are not sequence numbers (the KCL's spelling)."""
+
+    TRIM_HORIZON = "TRIM_HORIZON"
+    LATEST = "LATEST"
+    SHARD_END = "SHARD_END"
+
+
+class LeaseLostError(KinesisEOError):
+    """A lease write found the lease in other hands: stop working on the shard."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    shard_id: str
+    counter: int = 0
+    owner: str | None = None
+    token: str | None = None
+    checkpoint: str = Sentinel.TRIM_HORIZON.value
+    checkpoint_sub_sequence: int = 0
+    owner_switches: int = 0
+    parents: frozenset[str] = field(default_factory=frozenset)
+    children: frozenset[str] = field(default_factory=frozenset)
+    hash_range: HashKeyRange | None = None
+    millis_behind_latest: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.checkpoint == Sentinel.SHARD_END.value
+
+    @property
+    def position(self) -> Position | None:
+        """The checkpointed position, if the checkpoint is a sequence number."""
+        if self.checkpoint.isdigit():
+            return Position(self.checkpoint, self.checkpoint_sub_sequence)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """Timing of lease ownership, near the KCL's defaults.
+
+    A lease is expired when its counter has not moved for ``failover_s`` as
+    measured on the observer's own monotonic clock, so hosts' clocks are never
+    compared. Owners renew every ``renew_interval_s`` (a third of the failover
+    time leaves two renewals of slack); takers look every ``take_interval_s``.
+    """
+
+    table_name: str
+    failover_s: float = 10.0
+    renew_interval_s: float | None = None
+    take_interval_s: float | None = None
+    max_steals_per_round: int = 1
+    max_leases_per_worker: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.failover_s <= 0:
+            raise ValueError("failover_s must be positive")
+        renew = self.renew_interval
+        if not 0 < renew < self.failover_s:
+            raise ValueError("renew_interval_s must be positive and below failover_s")
+        if self.max_steals_per_round < 0:
+            raise ValueError("max_steals_per_round cannot be negative")
+
+    @property
+    def renew_interval(self) -> float:
+        return self.renew_interval_s or self.failover_s / 3
+
+    @property
+    def take_interval(self) -> float:
+        return self.take_interval_s or self.renew_interval
