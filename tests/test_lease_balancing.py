@@ -1,0 +1,127 @@
+"""How leases spread over workers and move when one dies, with simulated time."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from kinesis_eo.flow import run_sync
+from kinesis_eo.leases import (
+    Lease,
+    LeaseConfig,
+    LeaseManager,
+    MemoryLeaseStore,
+    Observations,
+    plan_takes,
+)
+from kinesis_eo.retry import RetryConfig
+
+CONFIG = LeaseConfig(table_name="-", failover_s=9.0, renew_interval_s=3.0)
+RETRY = RetryConfig(max_attempts=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def store_with(count: int) -> MemoryLeaseStore:
+    store = MemoryLeaseStore()
+    for i in range(count):
+        run_sync(store.create(Lease(f"shard-{i:02d}")), None, RETRY)
+    return store
+
+
+def owners(store: MemoryLeaseStore) -> Counter[str | None]:
+    return Counter(lease.owner for lease in store.leases.values())
+
+
+def round_of(managers: list[LeaseManager]) -> None:
+    for manager in managers:
+        run_sync(manager.renew_all(), None, RETRY)
+        run_sync(manager.take_round(), None, RETRY)
+
+
+def test_three_workers_on_eight_shards_settle_to_three_three_two() -> None:
+    store, clock = store_with(8), Clock()
+    workers = [LeaseManager(store, CONFIG, f"w{i}", clock) for i in range(3)]
+
+    for _ in range(12):
+        round_of(workers)
+        clock.now += CONFIG.renew_interval
+
+    assert sorted(owners(store).values()) == [2, 3, 3]
+    assert None not in owners(store)
+
+
+def test_a_dead_workers_leases_move_within_failover_plus_one_renew_interval() -> None:
+    store, clock = store_with(8), Clock()
+    workers = [LeaseManager(store, CONFIG, f"w{i}", clock) for i in range(3)]
+    for _ in range(12):
+        round_of(workers)
+        clock.now += CONFIG.renew_interval
+    dead = workers.pop(0)
+    orphaned = {shard for shard, lease in store.leases.items() if lease.owner == dead.worker_id}
+    died_at = clock.now
+
+    while any(store.leases[s].owner == dead.worker_id for s in orphaned):
+        round_of(workers)
+        clock.now += CONFIG.renew_interval
+        assert clock.now - died_at <= CONFIG.failover_s + 2 * CONFIG.renew_interval
+
+    assert sorted(owners(store).values()) == [4, 4]
+
+
+def test_a_live_lease_is_not_taken_before_the_failover_time() -> None:
+    store, clock = store_with(1), Clock()
+    a = LeaseManager(store, CONFIG, "a", clock)
+    b = LeaseManager(store, CONFIG, "b", clock)
+    run_sync(a.take_round(), None, RETRY)
+    run_sync(b.refresh(), None, RETRY)
+
+    clock.now += CONFIG.failover_s - 0.5
+    assert run_sync(b.take_round(), None, RETRY) == []
+    run_sync(a.renew_all(), None, RETRY)  # a renews in time...
+    run_sync(b.refresh(), None, RETRY)  # ...and b's clock starts again when it sees that
+    clock.now += CONFIG.failover_s - 0.5
+    assert run_sync(b.take_round(), None, RETRY) == []
+    clock.now += 1.0
+    assert [lease.shard_id for lease in run_sync(b.take_round(), None, RETRY)] == ["shard-00"]
+
+
+def test_a_child_lease_waits_until_every_parent_reached_shard_end() -> None:
+    leases = [
+        Lease("p1", owner=None),
+        Lease("p2", checkpoint="SHARD_END"),
+        Lease("child", parents=frozenset({"p1", "p2"})),
+    ]
+    observations = Observations()
+    observations.update(leases, 0.0)
+
+    first = plan_takes(leases, "w", observations, 0.0, CONFIG)
+    leases[0] = Lease("p1", checkpoint="SHARD_END", counter=3)
+    after = plan_takes(leases, "w", observations, 0.0, CONFIG)
+
+    assert [lease.shard_id for lease in first] == ["p1"]
+    assert [lease.shard_id for lease in after] == ["child"]
+
+
+def test_stealing_is_limited_per_round_and_stops_at_the_target() -> None:
+    leases = [Lease(f"s{i}", owner="busy", counter=1) for i in range(6)]
+    observations = Observations()
+    observations.update(leases, 0.0)
+
+    one = plan_takes(leases, "idle", observations, 1.0, CONFIG)
+    two = plan_takes(
+        leases,
+        "idle",
+        observations,
+        1.0,
+        LeaseConfig(table_name="-", failover_s=9.0, max_steals_per_round=5),
+    )
+
+    assert len(one) == 1
+    assert len(two) == 3  # the target is 3 each: never take the victim below it
+    assert all(lease.owner == "busy" for lease in two)
