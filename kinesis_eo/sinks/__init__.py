@@ -5,6 +5,7 @@ from kinesis_eo.sinks.base import (
     DeadLetterSink,
     EffectContext,
     FailurePolicy,
+    Gate,
     PoisonRecordError,
     idempotency_key,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "DeadLetterSink",
     "EffectContext",
     "FailurePolicy",
+    "Gate",
     "IdempotentKeySink",
     "PoisonRecordError",
     "TransactionalSink",

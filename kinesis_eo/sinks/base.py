@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kinesis_eo.aggregation import MAGIC
 from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
 from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.flow import Invoke, Sleep
-from kinesis_eo.ledger import Entry, Ledger, MarkStatus, PayloadMismatchError
+from kinesis_eo.ledger import Entry, Ledger, LedgerMode, MarkStatus, PayloadMismatchError
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig, backoff_delay
 
@@ -86,6 +87,27 @@ class BatchHandler(Protocol):
     def __call__(self, records: list[Record], contexts: list[EffectContext], /) -> Any: ...
 
 
+class Gate(Protocol):
+    """Lets the caller of a sink stop a batch part-way, to finish it in a later delivery.
+
+    A Lambda function uses it to stop before its deadline and to leave a failed
+    record to the event source mapping's next delivery instead of
+    dead-lettering it at once. Both methods are flows. ``admit`` is asked
+    before each handler call (and before waiting on another owner's claim);
+    ``on_failure`` after a record failed every attempt of the policy, and says
+    whether to dead-letter it now (True) or defer it (False). Records refused
+    or deferred are not committed and come back in :attr:`BatchReport.deferred`.
+    A gate that refused or deferred one record must refuse every later record
+    that has to stay in order after it.
+    """
+
+    def admit(self, record: Record) -> Generator[Any, Any, bool]: ...
+
+    def on_failure(
+        self, record: Record, error: BaseException, attempts: int
+    ) -> Generator[Any, Any, bool]: ...
+
+
 class DeadLetterSink(Protocol):
     """A dead-letter target: sync (``send`` returns None) or async (``send`` is awaitable)."""
 
@@ -100,6 +122,8 @@ class BatchReport:
     duplicates: list[Record] = field(default_factory=list)
     dead_lettered: list[DeadLetter] = field(default_factory=list)
     mismatched: list[PayloadMismatchError] = field(default_factory=list)
+    # Records a gate stopped: neither applied nor marked; deliver them again.
+    deferred: list[Record] = field(default_factory=list)
     attempts: int = 0
     ledger_writes: int = 0
 
@@ -108,6 +132,7 @@ class BatchReport:
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
         self.mismatched += other.mismatched
+        self.deferred += other.deferred
         self.attempts += other.attempts
         self.ledger_writes += other.ledger_writes
 
@@ -124,6 +149,8 @@ class Attempted:
     value: Any = None
     error: BaseException | None = None
     attempts: int = 0
+    # A gate left the record for a later delivery (before or after running it).
+    deferred: bool = False
 
     @property
     def ok(self) -> bool:
@@ -183,12 +210,14 @@ class SinkBase:
         return EffectContext(self.key_of(record), attempt_number)
 
     def run_handlers(
-        self, records: Sequence[Record], report: BatchReport
+        self, records: Sequence[Record], report: BatchReport, gate: Gate | None = None
     ) -> Generator[Any, Any, list[Attempted]]:
         """One outcome per record, in order: the whole batch at once where the
         handler takes batches, one record at a time to single out a poison record."""
-        if self.batch_handler is not None and len(records) > 1:
-            batch = list(records)
+        batch = list(records)
+        if gate is not None and self.batch_handler is not None and len(batch) > 1:
+            batch = yield from self._admitted(batch, gate)
+        if self.batch_handler is not None and len(batch) > 1:
             whole = yield from attempt(
                 self.batch_handler,
                 lambda n: (batch, [self.context(r, n) for r in batch]),
@@ -201,13 +230,30 @@ class SinkBase:
                     raise TypeError(
                         f"a batch handler returned {len(values)} results for {len(batch)} records"
                     )
-                return [Attempted(value, None, whole.attempts) for value in values]
+                refused = [Attempted(deferred=True) for _ in range(len(records) - len(batch))]
+                return [Attempted(value, None, whole.attempts) for value in values] + refused
         outcomes = []
         for record in records:
+            if gate is not None and not (yield from gate.admit(record)):
+                outcomes.append(Attempted(deferred=True))
+                continue
             outcome = yield from self.run_handler(record)
             report.attempts += outcome.attempts
+            if outcome.error is not None and gate is not None:
+                dead_letter_now = yield from gate.on_failure(
+                    record, outcome.error, outcome.attempts
+                )
+                outcome.deferred = not dead_letter_now
             outcomes.append(outcome)
         return outcomes
+
+    @staticmethod
+    def _admitted(records: list[Record], gate: Gate) -> Generator[Any, Any, list[Record]]:
+        """The records ``gate`` admits before it refuses one."""
+        for index, record in enumerate(records):
+            if not (yield from gate.admit(record)):
+                return records[:index]
+        return records
 
     def run_handler(self, record: Record, first_attempt: int = 1) -> Generator[Any, Any, Attempted]:
         """Run the handler for one record under the failure policy."""
@@ -239,9 +285,10 @@ class SinkBase:
         self, records: Sequence[Record], report: BatchReport
     ) -> Generator[Any, Any, tuple[list[Record], list[Entry]]]:
         """Screen a batch: the new records, and marks for the ones dead-lettered on sight."""
-        undecodable = [r for r in records if r.deaggregation_error is not None]
-        decodable = [r for r in records if r.deaggregation_error is None]
-        screened = yield from self.ledger.screen(decodable, read=not self.commit_detects_duplicates)
+        # Undecodable records are screened too: a replay must not dead-letter them again.
+        screened = yield from self.ledger.screen(records, read=not self.commit_detects_duplicates)
+        undecodable = [r for r in screened.new if r.deaggregation_error is not None]
+        decodable = [r for r in screened.new if r.deaggregation_error is None]
         report.duplicates += screened.duplicates
         report.mismatched += screened.mismatched
         # A clashing payload cannot be marked (its key is taken): dead-letter it so it is seen.
@@ -251,10 +298,12 @@ class SinkBase:
             )
         marks: list[Entry] = []
         for record in undecodable:
-            error = ValueError(f"corrupt KPL aggregate: {record.deaggregation_error}")
+            kpl = record.data.startswith(MAGIC)
+            what = "corrupt KPL aggregate" if kpl else "undecodable record"
+            error = ValueError(f"{what}: {record.deaggregation_error}")
             yield from self.dead_letter(record, DeadLetterReason.UNDECODABLE, error, 0, report)
             marks.append(Entry(record, status=MarkStatus.DEAD_LETTERED))
-        return screened.new, marks
+        return decodable, marks
 
     def dead_letter(
         self,
@@ -289,7 +338,7 @@ class SinkBase:
         | None = None,
     ) -> Generator[Any, Any, None]:
         """Commit marks and writes; a record whose writes are refused is tried again."""
-        pending = sorted(entries, key=lambda e: e.record.position)
+        pending = self.before_deferred(sorted(entries, key=lambda e: e.record.position), report)
         tries: dict[int, int] = {}
         while pending:
             dead = {id(e.record) for e in pending if e.status is MarkStatus.DEAD_LETTERED}
@@ -311,3 +360,17 @@ class SinkBase:
                 if entry is not None:
                     again.append(entry)
             pending = again + list(result.held_back)
+
+    def before_deferred(self, entries: Sequence[Entry], report: BatchReport) -> list[Entry]:
+        """The entries a watermark may cover while records of the batch are deferred.
+
+        A watermark past a deferred record would make its next delivery a
+        duplicate; what comes after it waits for that delivery too.
+        """
+        if not report.deferred or self.ledger.config.mode is not LedgerMode.WATERMARK:
+            return list(entries)
+        first = min(r.position for r in report.deferred)
+        withheld = [e.record for e in entries if e.record.position >= first]
+        known = {id(r) for r in report.deferred}
+        report.deferred += [r for r in withheld if id(r) not in known]
+        return [e for e in entries if e.record.position < first]

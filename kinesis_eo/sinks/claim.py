@@ -34,6 +34,7 @@ from kinesis_eo.sinks.base import (
     DeadLetterSink,
     EffectContext,
     FailurePolicy,
+    Gate,
     RecordHandler,
     SinkBase,
 )
@@ -83,24 +84,28 @@ class ClaimSink(SinkBase):
         return EffectContext(self.key_of(record), attempt_number, heartbeat)
 
     def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = ()
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
     ) -> Generator[Any, Any, BatchReport]:
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
         for record in new:
-            entry = yield from self._claim_and_act(record, report)
+            if gate is not None and not (yield from gate.admit(record)):
+                report.deferred.append(record)
+                continue
+            entry = yield from self._claim_and_act(record, report, gate)
             if entry is not None:
                 entries.append(entry)
         if self.ledger.config.mode is LedgerMode.WATERMARK:
-            # The claims are the per-record marks; the watermark only spares re-reading.
-            marks = [Entry(r) for r in records if r.deaggregation_error is None]
-            yield from self.ledger.commit(marks, guards)
+            # The claims are the per-record marks; the watermark only spares re-reading
+            # (and covers the undecodable records prepare dead-lettered).
+            marks = [Entry(r) for r in records]
+            yield from self.ledger.commit(self.before_deferred(marks, report), guards)
         else:
             yield from self.commit(entries, guards, report)
         return report
 
     def _claim_and_act(
-        self, record: Record, report: BatchReport
+        self, record: Record, report: BatchReport, gate: Gate | None = None
     ) -> Generator[Any, Any, Entry | None]:
         while True:
             outcome = yield from self.ledger.claim(
@@ -108,6 +113,9 @@ class ClaimSink(SinkBase):
             )
             if outcome is not ClaimOutcome.HELD:
                 break
+            if gate is not None and not (yield from gate.admit(record)):
+                report.deferred.append(record)
+                return None
             # Another owner (or our own earlier life) holds it: wait for it to finish or expire.
             yield Sleep(min(self.claim_for.total_seconds() / 4, 5.0))
         if outcome is ClaimOutcome.DONE:
@@ -135,6 +143,11 @@ class ClaimSink(SinkBase):
             return None
         assert acted.error is not None
         yield from self.ledger.release(record, self.owner)
+        if gate is not None and not (
+            yield from gate.on_failure(record, acted.error, acted.attempts)
+        ):
+            report.deferred.append(record)
+            return None
         yield from self.dead_letter(
             record, DeadLetterReason.PROCESSING_FAILED, acted.error, acted.attempts, report
         )

@@ -24,6 +24,7 @@ from kinesis_eo.sinks.base import (
     BatchReport,
     DeadLetterSink,
     FailurePolicy,
+    Gate,
     RecordHandler,
     SinkBase,
 )
@@ -125,12 +126,15 @@ class TransactionalSink(SinkBase):
         super().__init__(ledger, handler, batch_handler, policy, dead_letters)
 
     def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = ()
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
     ) -> Generator[Any, Any, BatchReport]:
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
-        outcomes = yield from self.run_handlers(new, report)
+        outcomes = yield from self.run_handlers(new, report, gate)
         for record, outcome in zip(new, outcomes, strict=True):
+            if outcome.deferred:
+                report.deferred.append(record)
+                continue
             entry = yield from self._entry(record, outcome, report)
             if entry is not None:
                 entries.append(entry)

@@ -20,6 +20,7 @@ from kinesis_eo.sinks.base import (
     BatchReport,
     DeadLetterSink,
     FailurePolicy,
+    Gate,
     RecordHandler,
     SinkBase,
 )
@@ -40,12 +41,15 @@ class IdempotentKeySink(SinkBase):
         super().__init__(ledger, handler, batch_handler, policy, dead_letters)
 
     def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = ()
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
     ) -> Generator[Any, Any, BatchReport]:
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
-        outcomes = yield from self.run_handlers(new, report)
+        outcomes = yield from self.run_handlers(new, report, gate)
         for record, outcome in zip(new, outcomes, strict=True):
+            if outcome.deferred:
+                report.deferred.append(record)
+                continue
             if outcome.ok:
                 entries.append(Entry(record))
                 continue
