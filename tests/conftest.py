@@ -12,6 +12,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from kinesis_eo.testing.backends import serialize_moto_requests
+
 REGION = "us-east-1"
 
 
@@ -28,6 +30,8 @@ def _fake_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def moto_aws(_fake_aws_environment: None) -> Iterator[None]:
+    # Worker tests call moto from several threads; moto itself is not thread-safe.
+    serialize_moto_requests()
     with mock_aws():
         yield
 

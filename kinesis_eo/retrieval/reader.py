@@ -283,7 +283,7 @@ class ShardCursor:
         )
 
 
-def _step(cursor: ShardCursor, clock: Callable[[], float]) -> Generator[Any, Any, Batch | None]:
+def step_flow(cursor: ShardCursor, clock: Callable[[], float]) -> Generator[Any, Any, Batch | None]:
     """One call for ``cursor``, waiting for its turn first; the batch if it read one."""
     wait = cursor.ready_at - clock()
     if wait > 0:
@@ -302,7 +302,7 @@ def read_shard_flow(
 ) -> Generator[Any, Any, None]:
     """Batches of one shard until its end (forever, for an open shard)."""
     while not cursor.finished:
-        batch = yield from _step(cursor, clock)
+        batch = yield from step_flow(cursor, clock)
         if batch is not None:
             yield batch
 
@@ -352,7 +352,7 @@ def read_stream_flow(
         if not state.cursors:
             return
         cursor = min(state.cursors.values(), key=lambda c: c.ready_at)
-        batch = yield from _step(cursor, clock)
+        batch = yield from step_flow(cursor, clock)
         if batch is None:
             continue
         yield batch

@@ -395,6 +395,33 @@ def _kill_group(process: subprocess.Popen[bytes], timeout: float) -> None:
     process.wait()
 
 
+_MOTO_LOCK = threading.RLock()
+
+
+def serialize_moto_requests() -> None:
+    """Let moto handle one request at a time, in process and behind its HTTP server.
+
+    moto's backends are not thread-safe: workers in threads calling it at
+    once crash it ("dictionary changed size during iteration" inside
+    TransactWriteItems). One lock around each request makes it behave like a
+    service that serialises internally. Idempotent.
+    """
+    from moto.core.botocore_stubber import BotocoreStubber
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    for cls in (BotocoreStubber, DomainDispatcherApplication):
+        original = cls.__call__
+        if getattr(original, "_kinesis_eo_serialized", False):
+            continue
+
+        def serialized(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with _MOTO_LOCK:
+                return _original(self, *args, **kwargs)
+
+        serialized._kinesis_eo_serialized = True  # type: ignore[attr-defined]
+        cls.__call__ = serialized  # type: ignore[method-assign]
+
+
 class MotoServer:
     """moto's HTTP server in a daemon thread of this process, on a free 127.0.0.1 port.
 
@@ -437,6 +464,8 @@ class MotoServer:
         if self._server is not None:
             raise RuntimeError("MotoServer is already started")
         from moto.server import ThreadedMotoServer
+
+        serialize_moto_requests()
 
         # werkzeug logs every request at INFO, to stderr if logging is not set
         # up; keep that out of demos and benchmarks unless a level was chosen.

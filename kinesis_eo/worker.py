@@ -1,0 +1,328 @@
+"""The long-running worker: many processes on many hosts share a stream through leases.
+
+Two flows make a worker, and both run unchanged under threads (:class:`Worker`)
+and under asyncio (:class:`AsyncWorker`):
+
+- :func:`coordinator_flow` keeps the lease table: creates leases for new
+  shards, renews what it holds, takes and steals per the balancing plan, and
+  hands each acquired lease to the front, which starts a shard loop;
+- :func:`shard_flow` reads one shard from its checkpoint, lets the sink
+  process each batch with the lease's *fence* in the commit, checkpoints in
+  the lease, follows the shard's end to its children, and on stop
+  checkpoints and releases the lease so another worker takes it at once.
+
+A worker that paused past its lease (GC, SIGSTOP, a partition) cannot commit:
+its fence names an acquisition that no longer holds the lease, so the
+transaction fails and nothing is written; the fenced commit is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
+from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
+from kinesis_eo.ledger import FencedError
+from kinesis_eo.records import Position
+from kinesis_eo.retrieval import ReaderConfig, ShardCursor, StartingPosition, StreamRef
+from kinesis_eo.retrieval.reader import step_flow
+from kinesis_eo.retrieval.shards import list_shards_flow
+from kinesis_eo.retry import RetryConfig
+from kinesis_eo.sinks import BatchReport, ClaimSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    leases: LeaseConfig
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    # Where a shard without a checkpoint starts (children always start at TRIM_HORIZON).
+    initial_position: Sentinel = Sentinel.TRIM_HORIZON
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    checkpoint_interval_s: float = 5.0
+    # How often to look for new shards besides the ends of closed shards.
+    shard_sync_interval_s: float = 60.0
+    # Touched by the coordinator on every round; `kinesis-eo health` reads it.
+    health_file: str | None = None
+
+
+@dataclass
+class WorkerMetrics:
+    leases_taken: int = 0
+    leases_lost: int = 0
+    batches: int = 0
+    delivered: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    fenced_commits: int = 0
+    shards_ended: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+@dataclass
+class WorkerState:
+    """What the coordinator and the shard loops of one worker share."""
+
+    stopping: bool = False
+    # Stands for SIGSTOP in tests and the harness: nothing is renewed or read.
+    paused: bool = False
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """Output of the coordinator: start a shard loop for this lease."""
+
+    lease: Lease
+
+
+def starting_position(lease: Lease) -> StartingPosition:
+    position = lease.position
+    if position is not None:
+        return StartingPosition.after(position)
+    if lease.checkpoint == Sentinel.LATEST.value:
+        return StartingPosition.latest()
+    return StartingPosition.trim_horizon()
+
+
+def _wait_while_paused(state: WorkerState) -> Generator[Any, Any, None]:
+    while state.paused and not state.stopping:
+        yield Sleep(0.01)
+
+
+def coordinator_flow(
+    manager: LeaseManager,
+    stream: StreamRef,
+    config: WorkerConfig,
+    state: WorkerState,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[Any, Any, None]:
+    """Keep the lease table and yield :class:`Acquired` for every lease taken."""
+    lease_config = manager.config
+    next_renew = next_take = next_sync = clock()
+    while not state.stopping:
+        yield from _wait_while_paused(state)
+        now = clock()
+        if now >= next_sync:
+            graph = yield from list_shards_flow(stream, config.reader.list_shards_page_size)
+            yield from manager.sync_shards(graph, config.initial_position)
+            next_sync = now + config.shard_sync_interval_s
+        if now >= next_renew:
+            lost = yield from manager.renew_all()
+            state.metrics.count(leases_lost=len(lost))
+            next_renew = now + lease_config.renew_interval
+        if now >= next_take and not state.stopping:
+            for lease in (yield from manager.take_round()):
+                state.metrics.count(leases_taken=1)
+                yield Acquired(lease)
+            next_take = now + lease_config.take_interval
+        if config.health_file:
+            _write_health(config.health_file, manager, state)
+        yield Sleep(max(0.0, min(next_renew, next_take, next_sync) - clock()))
+
+
+def _write_health(path: str, manager: LeaseManager, state: WorkerState) -> None:
+    # Written whole and renamed, so a reader never sees half a file.
+    payload = {
+        "worker": manager.worker_id,
+        "time": time.time(),
+        "leases": sorted(manager.held),
+        "metrics": state.metrics.as_dict(),
+    }
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle)
+    os.replace(temporary, path)
+
+
+def shard_flow(
+    manager: LeaseManager,
+    lease: Lease,
+    stream: StreamRef,
+    sink: Any,
+    config: WorkerConfig,
+    state: WorkerState,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[Any, Any, None]:
+    """Process one shard while this acquisition of its lease lasts."""
+    shard_id, token = lease.shard_id, lease.token
+    cursor = ShardCursor(
+        stream, shard_id, starting_position(lease), config.reader, lease.hash_range
+    )
+    unsaved: Position | None = None
+    saved_at = clock()
+
+    def still_ours() -> bool:
+        held = manager.held.get(shard_id)
+        return held is not None and held.token == token
+
+    while not state.stopping and still_ours():
+        yield from _wait_while_paused(state)
+        batch = yield from step_flow(cursor, clock)
+        if batch is None:
+            continue
+        state.metrics.count(batches=1, delivered=len(batch.records))
+        if batch.records:
+            try:
+                fence = manager.fence(shard_id)
+                report: BatchReport = yield from sink.process(batch.records, guards=[fence])
+            except FencedError:
+                state.metrics.count(fenced_commits=1)
+                log.warning("commit on %s fenced: the lease has a new owner", shard_id)
+                return
+            except LeaseLostError:
+                return
+            state.metrics.count(
+                applied=len(report.applied),
+                duplicates=len(report.duplicates),
+                dead_lettered=len(report.dead_lettered),
+            )
+            unsaved = batch.last_position
+        try:
+            if batch.shard_end:
+                yield from manager.end_shard(shard_id, batch.child_shards)
+                state.metrics.count(shards_ended=1)
+                yield from manager.release(shard_id)
+                return
+            if unsaved is not None and clock() - saved_at >= config.checkpoint_interval_s:
+                yield from manager.checkpoint(shard_id, unsaved, batch.millis_behind_latest)
+                unsaved, saved_at = None, clock()
+        except LeaseLostError:
+            return
+    if state.stopping and still_ours():
+        # Hand over at once: checkpoint what is done, then free the lease.
+        with contextlib.suppress(LeaseLostError):
+            if unsaved is not None:
+                yield from manager.checkpoint(shard_id, unsaved, cursor.millis_behind_latest)
+        yield from manager.release(shard_id)
+
+
+class _WorkerBase:
+    def __init__(
+        self,
+        kinesis: Any,
+        dynamodb: Any,
+        stream: str,
+        sink: Any,
+        manager: LeaseManager,
+        config: WorkerConfig,
+    ) -> None:
+        self.clients = {"kinesis": kinesis, "dynamodb": dynamodb}
+        self.stream = StreamRef.of(stream)
+        self.sink = sink
+        self.manager = manager
+        self.config = config
+        self.state = WorkerState()
+
+    @property
+    def worker_id(self) -> str:
+        return self.manager.worker_id
+
+    @property
+    def metrics(self) -> WorkerMetrics:
+        return self.state.metrics
+
+    def stop(self) -> None:
+        """Finish the batches in flight, checkpoint, release every lease, and return from run."""
+        self.state.stopping = True
+
+    def pause(self) -> None:
+        """Freeze renewals and reading, as SIGSTOP would (for tests and the chaos harness)."""
+        self.state.paused = True
+
+    def resume(self) -> None:
+        self.state.paused = False
+
+    def _coordinator(self) -> Generator[Any, Any, None]:
+        return coordinator_flow(self.manager, self.stream, self.config, self.state)
+
+    def _shard(self, lease: Lease) -> Generator[Any, Any, None]:
+        return shard_flow(self.manager, lease, self.stream, self.sink, self.config, self.state)
+
+
+class Worker(_WorkerBase):
+    """The worker with boto3 clients: a thread per owned shard."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._threads: list[threading.Thread] = []
+        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
+            self.sink.run_flow = lambda flow: run_sync(flow, self.clients, self.config.retry)
+
+    def _run_shard(self, lease: Lease) -> None:
+        try:
+            run_sync(self._shard(lease), self.clients, self.config.retry)
+        except Exception:
+            # The lease expires and another worker (or this one) takes the shard again.
+            log.exception("the loop of %s stopped", lease.shard_id)
+
+    def run(self, handle_signals: bool = False) -> WorkerMetrics:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``)."""
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
+        try:
+            for output in drive_sync(self._coordinator(), self.clients, self.config.retry):
+                lease = output.lease
+                thread = threading.Thread(
+                    target=self._run_shard, args=(lease,), name=f"shard-{lease.shard_id}"
+                )
+                self._threads.append(thread)
+                thread.start()
+        finally:
+            self.state.stopping = True
+            for thread in self._threads:
+                thread.join()
+        return self.metrics
+
+
+class AsyncWorker(_WorkerBase):
+    """The worker with aiobotocore/aioboto3 clients: a task per owned shard."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tasks: set[asyncio.Task[None]] = set()
+        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
+            self.sink.run_flow = lambda flow: run_async(flow, self.clients, self.config.retry)
+
+    async def _run_shard(self, lease: Lease) -> None:
+        try:
+            await run_async(self._shard(lease), self.clients, self.config.retry)
+        except Exception:
+            log.exception("the loop of %s stopped", lease.shard_id)
+
+    async def run(self, handle_signals: bool = False) -> WorkerMetrics:
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+        try:
+            async for output in drive_async(self._coordinator(), self.clients, self.config.retry):
+                task = asyncio.create_task(self._run_shard(output.lease))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            self.state.stopping = True
+            if self._tasks:
+                await asyncio.gather(*self._tasks)
+        return self.metrics

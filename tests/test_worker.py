@@ -1,0 +1,122 @@
+"""Workers sharing a stream through leases, on moto: balance, failover, fencing, effects once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from kinesis_eo.records import Record
+from kinesis_eo.sinks import EffectContext
+from tests.streams import make_stream
+from tests.workers import (
+    LEASES,
+    applied,
+    create_tables,
+    effect,
+    lease_owners,
+    produce,
+    sink,
+    start,
+    stop,
+    wait_for,
+    worker,
+)
+
+
+def test_three_workers_settle_to_3_3_2_and_a_killed_ones_shards_move_within_failover(
+    kinesis: Any, dynamodb: Any
+) -> None:
+    make_stream(kinesis, "orders", 8)
+    create_tables(dynamodb)
+    ids = produce(kinesis, "orders", 0, 400)
+    workers = [worker(kinesis, dynamodb, "orders", f"w{i}") for i in range(3)]
+    threads = start(workers)
+    try:
+        wait_for(
+            lambda: sorted(lease_owners(dynamodb).values()) == [2, 3, 3],
+            timeout=20,
+            what="leases to settle to 3/3/2",
+        )
+        wait_for(lambda: len(applied(dynamodb)) == 400, timeout=30, what="the first 400 effects")
+        victim = workers[0]
+        victim.pause()  # as good as dead: no renewal, no reading, no release
+        moved = wait_for(
+            lambda: victim.worker_id not in lease_owners(dynamodb),
+            timeout=20,
+            what="the dead worker's leases to move",
+        )
+        ids += produce(kinesis, "orders", 400, 200)
+        wait_for(lambda: len(applied(dynamodb)) == 600, timeout=30, what="all 600 effects")
+    finally:
+        stop(workers, threads)
+
+    assert moved <= LEASES.failover_s + LEASES.renew_interval + 0.5, moved
+    assert lease_owners(dynamodb) == {None: 8}  # stopping released every lease
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+
+
+def test_a_worker_paused_past_its_lease_cannot_commit_when_it_resumes(
+    kinesis: Any, dynamodb: Any
+) -> None:
+    make_stream(kinesis, "orders", 1)
+    create_tables(dynamodb)
+    ids = produce(kinesis, "orders", 0, 50)
+    in_handler = threading.Event()
+    release_handler = threading.Event()
+
+    def slow_effect(record: Record, ctx: EffectContext) -> list[Any]:
+        if not release_handler.is_set():
+            in_handler.set()
+            release_handler.wait(timeout=30)
+        return effect(record, ctx)
+
+    zombie = worker(kinesis, dynamodb, "orders", "zombie", sink=sink(slow_effect))
+    threads = start([zombie])
+    try:
+        assert in_handler.wait(timeout=20)
+        zombie.pause()  # the whole process stops, mid-batch, holding its writes
+        rescuer = worker(kinesis, dynamodb, "orders", "rescuer")
+        threads += start([rescuer])
+        wait_for(lambda: len(applied(dynamodb)) == 50, timeout=30, what="the rescuer's effects")
+        zombie.resume()
+        release_handler.set()  # the zombie's handler returns its writes and it tries to commit
+        wait_for(lambda: zombie.metrics.fenced_commits == 1, timeout=10, what="the fenced commit")
+        time.sleep(0.5)
+    finally:
+        release_handler.set()
+        stop([zombie, rescuer], threads)
+
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+    assert zombie.metrics.applied == 0
+    assert rescuer.metrics.applied == 50
+
+
+def test_stopping_hands_the_leases_over_at_once_with_no_gap_and_no_duplicate(
+    kinesis: Any, dynamodb: Any
+) -> None:
+    make_stream(kinesis, "orders", 4)
+    create_tables(dynamodb)
+    ids = produce(kinesis, "orders", 0, 200)
+    leaving = worker(kinesis, dynamodb, "orders", "leaving")
+    threads = start([leaving])
+    wait_for(lambda: len(applied(dynamodb)) == 200, timeout=30, what="the first effects")
+    staying = worker(kinesis, dynamodb, "orders", "staying")
+    threads += start([staying])
+    try:
+        leaving.stop()
+        threads[0].join(timeout=10)
+        handed_over = wait_for(
+            lambda: lease_owners(dynamodb) == {"staying": 4},
+            timeout=10,
+            what="the leases to reach the staying worker",
+        )
+        ids += produce(kinesis, "orders", 200, 100)
+        wait_for(lambda: len(applied(dynamodb)) == 300, timeout=30, what="all effects")
+    finally:
+        stop([leaving, staying], threads)
+
+    # Released leases are free at once: no waiting for the failover time.
+    assert handed_over < LEASES.failover_s
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+    assert staying.metrics.duplicates == 0
