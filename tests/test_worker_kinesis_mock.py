@@ -1,0 +1,91 @@
+"""Workers through a split and a merge on kinesis-mock (moto cannot close a parent shard).
+
+Kinesis is kinesis-mock; the lease, ledger and effect tables are on the moto server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kinesis_eo.records import Record
+from kinesis_eo.retrieval import list_shards
+from kinesis_eo.sinks import EffectContext
+from tests.test_reader_kinesis_mock import new_stream, wait_active
+from tests.workers import (
+    applied,
+    create_tables,
+    effect,
+    produce,
+    sink,
+    start,
+    stop,
+    wait_for,
+    worker,
+)
+
+pytestmark = pytest.mark.kinesis_mock
+
+
+def test_a_split_and_a_merge_mid_run_apply_every_effect_once_parents_first(
+    kinesis_mock: Any, moto_server_reset: Any
+) -> None:
+    kinesis = kinesis_mock.client("kinesis")
+    dynamodb = moto_server_reset.client("dynamodb")
+    stream = new_stream(kinesis, 2)
+    create_tables(dynamodb)
+    seen: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def logged_effect(record: Record, ctx: EffectContext) -> list[Any]:
+        with lock:
+            seen.append((record.shard_id, time.monotonic()))
+        return effect(record, ctx)
+
+    workers = [
+        worker(kinesis, dynamodb, stream, f"w{i}", sink=sink(logged_effect)) for i in range(2)
+    ]
+    threads = start(workers)
+    try:
+        ids = produce(kinesis, stream, 0, 200)
+        wait_for(lambda: len(applied(dynamodb)) == 200, 30, "effects before the split")
+        first, second = list_shards(kinesis, stream).shards
+        middle = (first.hash_range.start + first.hash_range.end) // 2
+        kinesis.split_shard(
+            StreamName=stream, ShardToSplit=first.shard_id, NewStartingHashKey=str(middle + 1)
+        )
+        wait_active(kinesis, stream)
+        ids += produce(kinesis, stream, 200, 200)
+        wait_for(lambda: len(applied(dynamodb)) == 400, 30, "effects after the split")
+        upper = next(
+            s
+            for s in list_shards(kinesis, stream).shards
+            if first.shard_id in s.parent_ids and s.hash_range.end == first.hash_range.end
+        )
+        kinesis.merge_shards(
+            StreamName=stream, ShardToMerge=upper.shard_id, AdjacentShardToMerge=second.shard_id
+        )
+        wait_active(kinesis, stream)
+        ids += produce(kinesis, stream, 400, 200)
+        wait_for(lambda: len(applied(dynamodb)) == 600, 40, "effects after the merge")
+    finally:
+        stop(workers, threads)
+
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+    graph = list_shards(kinesis, stream)
+    assert len(graph) == 5
+    times: dict[str, list[float]] = {}
+    for shard_id, at in seen:
+        times.setdefault(shard_id, []).append(at)
+    for shard in graph.shards:
+        for parent in graph.parents_of(shard.shard_id):
+            if times.get(shard.shard_id) and times.get(parent):
+                assert max(times[parent]) < min(times[shard.shard_id]), (
+                    f"{shard.shard_id} was processed before its parent {parent} ended"
+                )
+    merged = next(s for s in graph.shards if len(s.parent_ids) == 2)
+    assert times.get(merged.shard_id), "the merged child was never processed"
+    assert sum(w.metrics.shards_ended for w in workers) == 3
