@@ -5,17 +5,23 @@ Kinesis is kinesis-mock; the lease, ledger and effect tables are on the moto ser
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
 
 import pytest
+from aiobotocore.session import get_session
 
+from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import list_shards
 from kinesis_eo.sinks import EffectContext
+from kinesis_eo.worker import AsyncWorker
 from tests.test_reader_kinesis_mock import new_stream, wait_active
 from tests.workers import (
+    CONFIG,
+    LEASES,
     applied,
     create_tables,
     effect,
@@ -89,3 +95,51 @@ def test_a_split_and_a_merge_mid_run_apply_every_effect_once_parents_first(
     merged = next(s for s in graph.shards if len(s.parent_ids) == 2)
     assert times.get(merged.shard_id), "the merged child was never processed"
     assert sum(w.metrics.shards_ended for w in workers) == 3
+
+
+@pytest.mark.asyncio
+async def test_async_workers_follow_a_split_to_the_children_with_every_effect_once(
+    kinesis_mock: Any, moto_server_reset: Any
+) -> None:
+    kinesis = kinesis_mock.client("kinesis")
+    dynamodb = moto_server_reset.client("dynamodb")
+    stream = new_stream(kinesis, 1)
+    create_tables(dynamodb)
+    session = get_session()
+    async with (
+        session.create_client("kinesis", **kinesis_mock.client_kwargs()) as async_kinesis,
+        session.create_client("dynamodb", **moto_server_reset.client_kwargs()) as async_dynamodb,
+    ):
+        workers = [
+            AsyncWorker(
+                async_kinesis,
+                async_dynamodb,
+                stream,
+                sink(),
+                LeaseManager(DynamoDBLeaseStore("leases"), LEASES, f"a{i}"),
+                CONFIG,
+            )
+            for i in range(2)
+        ]
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            ids = produce(kinesis, stream, 0, 100)
+            (parent,) = list_shards(kinesis, stream).shards
+            middle = (parent.hash_range.start + parent.hash_range.end) // 2
+            kinesis.split_shard(
+                StreamName=stream, ShardToSplit=parent.shard_id, NewStartingHashKey=str(middle)
+            )
+            wait_active(kinesis, stream)
+            ids += produce(kinesis, stream, 100, 200)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 40
+            while len(applied(dynamodb)) < 300:
+                assert loop.time() < deadline, "effects after the split did not all arrive"
+                await asyncio.sleep(0.1)
+        finally:
+            for w in workers:
+                w.stop()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+    assert sum(w.metrics.shards_ended for w in workers) == 1
