@@ -1,0 +1,474 @@
+"""The Lambda handler: a Kinesis event in, the core's sinks and ledger, ``batchItemFailures`` out.
+
+The event source mapping (ESM) owns the shards and hands the function one
+shard's batch at a time; the handler brings the exactly-once part. It parses
+the event into user records (base64, KPL aggregates, event ids), lets the
+sink drop what the ledger already holds, runs the user's handler, commits
+effects and marks through the same sinks the worker uses, and reports what
+is not done so that the ESM delivers it again (``ReportBatchItemFailures``).
+
+What the ESM cannot tell the function, the handler keeps in the ledger or is
+told in :class:`LambdaConfig`:
+
+- how often a record failed: a Lambda invocation has no memory of the last
+  one, so each failed delivery is counted in the ledger table
+  (:meth:`~kinesis_eo.ledger.Ledger.record_failure`). A record that failed in
+  ``max_failed_deliveries`` deliveries is dead-lettered with its payload and
+  marked done, so the next delivery moves past it;
+- the ESM's ``ParallelizationFactor``: declare it in
+  ``LambdaConfig.parallelization_factor``. Above 1 the ESM processes one
+  shard's records in several batches at once, out of order, and the handler
+  refuses a watermark ledger.
+
+Set the ESM's ``MaximumRetryAttempts`` above ``max_failed_deliveries`` (or
+to -1): if the ESM gives up first, it skips the batch and its on-failure
+destination gets only the batch's shard and sequence numbers, not the payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from typing import Any, Protocol
+
+from kinesis_eo.errors import ConfigurationError
+from kinesis_eo.flow import run_async, run_sync
+from kinesis_eo.ledger import ExpiredClaimPolicy, Ledger, LedgerMode
+from kinesis_eo.records import Record
+from kinesis_eo.retry import RetryConfig
+from kinesis_eo.sinks import (
+    BatchReport,
+    ClaimSink,
+    DeadLetterSink,
+    FailurePolicy,
+    IdempotentKeySink,
+    TransactionalSink,
+)
+from kinesis_eo.sinks.base import BatchHandler, RecordHandler
+from lambda_handlers.decisions import (
+    Ordering,
+    batch_item_failures,
+    dead_letter_now,
+    deadline_reached,
+    items_to_report,
+    lanes,
+    order_scope,
+    segments,
+)
+from lambda_handlers.events import ShardDelivery, parse_event
+
+log = logging.getLogger(__name__)
+
+Response = dict[str, list[dict[str, str]]]
+Flow = Generator[Any, Any, Any]
+
+# The ESM allows ParallelizationFactor 1 to 10.
+_MAX_PARALLELIZATION_FACTOR = 10
+
+
+class SinkKind(Enum):
+    """Which sink commits the effects (see :mod:`kinesis_eo.sinks`)."""
+
+    TRANSACTIONAL = "transactional"
+    IDEMPOTENT_KEY = "idempotent_key"
+    CLAIM = "claim"
+
+
+@dataclass(frozen=True, slots=True)
+class LambdaConfig:
+    """How the handler processes a delivery.
+
+    ``parallelization_factor``: the ESM's ``ParallelizationFactor``, which the
+    function cannot see; declare it here (the sample reads it from an
+    environment variable that the template sets from the same parameter).
+    ``ordering`` / ``max_concurrency``: see :class:`Ordering`; lanes of
+    partition keys run in threads (or tasks) at once, so the user's handler
+    must then be thread-safe.
+    ``policy``: tries of a record within one delivery; ``max_failed_deliveries``:
+    deliveries that may fail before the record is dead-lettered. A poison record
+    thus runs ``policy.max_attempts * max_failed_deliveries`` times in all.
+    ``deadline_margin``: no record is started once less time than this is
+    left of the invocation; keep it above the longest record plus a commit.
+    ``claim_for`` / ``expired_claims``: the claim sink's claim lifetime and what
+    happens to a claim whose invocation died. A claim at least as long as the
+    function's timeout cannot expire while its invocation still runs.
+    ``retry``: AWS calls of the ledger and the sinks.
+    """
+
+    sink: SinkKind = SinkKind.TRANSACTIONAL
+    ordering: Ordering = Ordering.SHARD
+    max_concurrency: int = 1
+    parallelization_factor: int = 1
+    policy: FailurePolicy = field(default_factory=FailurePolicy)
+    max_failed_deliveries: int = 3
+    deadline_margin: timedelta = timedelta(seconds=5)
+    claim_for: timedelta = timedelta(minutes=15)
+    expired_claims: ExpiredClaimPolicy = ExpiredClaimPolicy.QUARANTINE
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.parallelization_factor <= _MAX_PARALLELIZATION_FACTOR:
+            raise ValueError(
+                f"parallelization_factor is 1 to {_MAX_PARALLELIZATION_FACTOR}, as the ESM "
+                f"allows; got {self.parallelization_factor}"
+            )
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {self.max_concurrency}")
+        if self.max_concurrency > 1 and self.ordering is not Ordering.PARTITION_KEY:
+            raise ValueError(
+                "max_concurrency above 1 needs ordering=Ordering.PARTITION_KEY: "
+                "with SHARD ordering a shard's records run one after the other"
+            )
+        if self.max_failed_deliveries < 1:
+            raise ValueError(
+                f"max_failed_deliveries must be at least 1, got {self.max_failed_deliveries}"
+            )
+        if self.deadline_margin < timedelta(0):
+            raise ValueError("deadline_margin cannot be negative")
+        if self.claim_for <= timedelta(0):
+            raise ValueError("claim_for must be positive")
+
+    @property
+    def deadline_margin_ms(self) -> int:
+        return int(self.deadline_margin.total_seconds() * 1000)
+
+
+def check_ledger_mode(config: LambdaConfig, mode: LedgerMode) -> None:
+    """Refuse a watermark ledger where a shard's records are committed out of order."""
+    if mode is not LedgerMode.WATERMARK:
+        return
+    fix = "use LedgerConfig(mode=LedgerMode.PER_RECORD)"
+    if config.parallelization_factor > 1:
+        raise ConfigurationError(
+            f"LambdaConfig(parallelization_factor={config.parallelization_factor}) says the "
+            f"event source mapping's ParallelizationFactor is {config.parallelization_factor}: "
+            "Lambda then processes one shard's records in several batches at once, out of "
+            f"order, which a watermark ledger cannot follow; {fix}"
+        )
+    if config.ordering is Ordering.PARTITION_KEY:
+        raise ConfigurationError(
+            "LambdaConfig(ordering=Ordering.PARTITION_KEY) commits a shard's records out of "
+            f"order, which a watermark ledger cannot follow; {fix}"
+        )
+
+
+class DeliveryGate:
+    """The gate of one lane of one delivery: the deadline, and the scopes a failure stopped.
+
+    A record's failure is counted in the ledger; below the config's limit the
+    record is deferred (reported to the ESM) and so is every later record of
+    its order scope; at the limit it is dead-lettered. Once the deadline is
+    reached, nothing more is admitted.
+    """
+
+    def __init__(
+        self, ledger: Ledger, config: LambdaConfig, remaining_ms: Callable[[], int | None]
+    ) -> None:
+        self.ledger = ledger
+        self.config = config
+        self.remaining_ms = remaining_ms
+        self.blocked: set[Hashable] = set()
+        self.deadline_hit = False
+
+    @property
+    def open(self) -> bool:
+        """Whether any later record may still be admitted."""
+        if self.deadline_hit:
+            return False
+        return self.config.ordering is Ordering.PARTITION_KEY or not self.blocked
+
+    def admits(self, record: Record) -> bool:
+        if self.deadline_hit or order_scope(record, self.config.ordering) in self.blocked:
+            return False
+        if deadline_reached(self.remaining_ms(), self.config.deadline_margin_ms):
+            self.deadline_hit = True
+            log.warning(
+                "less than %s ms left: stopping before %s %s",
+                self.config.deadline_margin_ms,
+                record.shard_id,
+                record.position,
+            )
+            return False
+        return True
+
+    def admit(self, record: Record) -> Generator[Any, Any, bool]:
+        return self.admits(record)
+        yield  # a flow that makes no calls
+
+    def on_failure(
+        self, record: Record, error: BaseException, attempts: int
+    ) -> Generator[Any, Any, bool]:
+        failed = yield from self.ledger.record_failure(record)
+        if dead_letter_now(failed, self.config.max_failed_deliveries):
+            return True
+        self.blocked.add(order_scope(record, self.config.ordering))
+        log.warning(
+            "%s %s failed in %d of %d deliveries (%s): reported for the next delivery",
+            record.shard_id,
+            record.position,
+            failed,
+            self.config.max_failed_deliveries,
+            error,
+        )
+        return False
+
+
+class GatedSink(Protocol):
+    def process(
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Any = None
+    ) -> Generator[Any, Any, BatchReport]: ...
+
+
+def lane_flow(sink: GatedSink, records: Sequence[Record], gate: DeliveryGate) -> Flow:
+    """Process one lane's records in order through ``sink``; returns a BatchReport."""
+    report = BatchReport()
+    for segment in segments(records):
+        if not gate.open:
+            report.deferred += segment
+            continue
+        if segment[0].deaggregation_error is not None and not gate.admits(segment[0]):
+            report.deferred += segment
+            continue
+        report.merge((yield from sink.process(segment, gate=gate)))
+    return report
+
+
+@dataclass
+class InvocationReport:
+    """What one invocation did: for logs, metrics and tests."""
+
+    records: int = 0
+    report: BatchReport = field(default_factory=BatchReport)
+    reported: list[str] = field(default_factory=list)
+    stopped_for_deadline: bool = False
+
+    def summary(self) -> str:
+        r = self.report
+        return (
+            f"{self.records} records: {len(r.applied)} applied, {len(r.duplicates)} duplicates, "
+            f"{len(r.dead_lettered)} dead-lettered, {len(r.deferred)} deferred, "
+            f"{len(self.reported)} sequence numbers reported"
+            + (" (stopped for the deadline)" if self.stopped_for_deadline else "")
+        )
+
+
+def remaining_time(context: Any) -> Callable[[], int | None]:
+    """The context's ``get_remaining_time_in_millis`` (no deadline without one)."""
+    get = getattr(context, "get_remaining_time_in_millis", None)
+    if get is None:
+        return lambda: None
+    return lambda: int(get())
+
+
+def build_sink(
+    ledger: Ledger,
+    handler: RecordHandler | None,
+    batch_handler: BatchHandler | None,
+    dead_letters: DeadLetterSink | None,
+    config: LambdaConfig,
+) -> TransactionalSink | IdempotentKeySink | ClaimSink:
+    if config.sink is SinkKind.TRANSACTIONAL:
+        return TransactionalSink(
+            ledger,
+            handler,
+            batch_handler=batch_handler,
+            policy=config.policy,
+            dead_letters=dead_letters,
+        )
+    if config.sink is SinkKind.IDEMPOTENT_KEY:
+        return IdempotentKeySink(
+            ledger,
+            handler,
+            batch_handler=batch_handler,
+            policy=config.policy,
+            dead_letters=dead_letters,
+        )
+    if handler is None or batch_handler is not None:
+        raise ConfigurationError(
+            "the claim sink claims, acts and completes one record at a time: "
+            "give it a handler, not a batch_handler"
+        )
+    return ClaimSink(
+        ledger,
+        handler,
+        claim_for=config.claim_for,
+        expired_claims=config.expired_claims,
+        policy=config.policy,
+        dead_letters=dead_letters,
+    )
+
+
+class _HandlerBase:
+    def __init__(
+        self,
+        handler: RecordHandler | None = None,
+        *,
+        batch_handler: BatchHandler | None = None,
+        ledger: Ledger,
+        dead_letters: DeadLetterSink | None = None,
+        config: LambdaConfig | None = None,
+        dynamodb: Any,
+    ) -> None:
+        self.config = config or LambdaConfig()
+        check_ledger_mode(self.config, ledger.config.mode)
+        self.ledger = ledger
+        self.sink = build_sink(ledger, handler, batch_handler, dead_letters, self.config)
+        self.clients = {"dynamodb": dynamodb}
+        self.last_invocation: InvocationReport | None = None
+
+    def _plan(
+        self, event: Any, context: Any
+    ) -> tuple[list[ShardDelivery], list[tuple[list[Record], DeliveryGate]]]:
+        deliveries = parse_event(event)
+        remaining = remaining_time(context)
+        left = remaining()
+        margin = self.config.deadline_margin_ms
+        if deliveries and deadline_reached(left, margin):
+            # Reporting everything would only bring the same batch back with the same time.
+            raise ConfigurationError(
+                f"the invocation starts with {left} ms left, less than "
+                f"LambdaConfig.deadline_margin ({margin} ms): raise the function's Timeout "
+                "or lower deadline_margin"
+            )
+        work = []
+        for delivery in deliveries:
+            for lane in lanes(delivery.records, self.config.ordering, self.config.max_concurrency):
+                work.append((lane, DeliveryGate(self.ledger, self.config, remaining)))
+        return deliveries, work
+
+    def _finish(
+        self,
+        deliveries: list[ShardDelivery],
+        work: list[tuple[list[Record], DeliveryGate]],
+        reports: list[BatchReport],
+    ) -> Response:
+        invocation = InvocationReport()
+        for report in reports:
+            invocation.report.merge(report)
+        records = [r for d in deliveries for r in d.records]
+        invocation.records = len(records)
+        invocation.stopped_for_deadline = any(gate.deadline_hit for _, gate in work)
+        invocation.reported = items_to_report(
+            records, invocation.report.deferred, self.config.ordering
+        )
+        self.last_invocation = invocation
+        log.info("kinesis_eo: %s", invocation.summary())
+        return batch_item_failures(invocation.reported)
+
+
+class KinesisHandler(_HandlerBase):
+    """A Lambda entry point for the Python runtime: ``handler(event, context)``.
+
+    ``handler(record, ctx)`` or ``batch_handler(records, contexts)`` is the
+    user's code, as for the worker's sinks (``LambdaConfig.sink`` picks the
+    sink). ``dynamodb`` is the boto3 client for the ledger and a transactional
+    sink; by default one is made from the function's environment. Returns the
+    ``ReportBatchItemFailures`` response; raises :class:`MalformedEventError`
+    for an event it cannot read, and lets toolkit errors (a missing table, a
+    denied call) fail the invocation, so the ESM retries the batch.
+    """
+
+    def __init__(
+        self,
+        handler: RecordHandler | None = None,
+        *,
+        batch_handler: BatchHandler | None = None,
+        ledger: Ledger,
+        dead_letters: DeadLetterSink | None = None,
+        config: LambdaConfig | None = None,
+        dynamodb: Any = None,
+    ) -> None:
+        if dynamodb is None:
+            import boto3
+
+            dynamodb = boto3.client("dynamodb")
+        super().__init__(
+            handler,
+            batch_handler=batch_handler,
+            ledger=ledger,
+            dead_letters=dead_letters,
+            config=config,
+            dynamodb=dynamodb,
+        )
+        if isinstance(self.sink, ClaimSink):
+            self.sink.run_flow = self._run
+
+    def _run(self, flow: Flow) -> Any:
+        return run_sync(flow, self.clients, self.config.retry)
+
+    def __call__(self, event: Mapping[str, Any], context: Any) -> Response:
+        deliveries, work = self._plan(event, context)
+        flows = [lane_flow(self.sink, lane, gate) for lane, gate in work]
+        if len(flows) <= 1:
+            reports = [self._run(flow) for flow in flows]
+        else:
+            with ThreadPoolExecutor(self.config.max_concurrency) as pool:
+                reports = list(pool.map(self._run, flows))
+        return self._finish(deliveries, work, reports)
+
+
+class AsyncKinesisHandler(_HandlerBase):
+    """:class:`KinesisHandler` for asyncio: aiobotocore clients, handlers may be ``async def``.
+
+    The Lambda Python runtime calls plain functions; run it with
+    ``asyncio.run(handler(event, context))`` inside one, with clients made in
+    that event loop.
+    """
+
+    def __init__(
+        self,
+        handler: RecordHandler | None = None,
+        *,
+        batch_handler: BatchHandler | None = None,
+        ledger: Ledger,
+        dynamodb: Any,
+        dead_letters: DeadLetterSink | None = None,
+        config: LambdaConfig | None = None,
+    ) -> None:
+        super().__init__(
+            handler,
+            batch_handler=batch_handler,
+            ledger=ledger,
+            dead_letters=dead_letters,
+            config=config,
+            dynamodb=dynamodb,
+        )
+        if isinstance(self.sink, ClaimSink):
+            self.sink.run_flow = self._run
+
+    async def _run(self, flow: Flow) -> Any:
+        return await run_async(flow, self.clients, self.config.retry)
+
+    async def __call__(self, event: Mapping[str, Any], context: Any) -> Response:
+        deliveries, work = self._plan(event, context)
+        reports = await asyncio.gather(
+            *(self._run(lane_flow(self.sink, lane, gate)) for lane, gate in work)
+        )
+        return self._finish(deliveries, work, list(reports))
+
+
+def exactly_once(
+    *,
+    ledger: Ledger,
+    dead_letters: DeadLetterSink | None = None,
+    config: LambdaConfig | None = None,
+    dynamodb: Any = None,
+) -> Callable[[RecordHandler], KinesisHandler]:
+    """Turn a record handler into a Lambda entry point::
+
+    @exactly_once(ledger=ledger, dead_letters=queue)
+    def handler(record, ctx):
+        return [update(...)]
+    """
+
+    def wrap(handler: RecordHandler) -> KinesisHandler:
+        return KinesisHandler(
+            handler, ledger=ledger, dead_letters=dead_letters, config=config, dynamodb=dynamodb
+        )
+
+    return wrap
