@@ -273,8 +273,10 @@ class Worker(_WorkerBase):
         try:
             run_sync(self._shard(lease), self.clients, self.config.retry)
         except Exception:
-            # The lease expires and another worker (or this one) takes the shard again.
-            log.exception("the loop of %s stopped", lease.shard_id)
+            log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
+            # Renewing a lease nobody works on would stall the shard: let it go.
+            with contextlib.suppress(Exception):
+                run_sync(self.manager.release(lease.shard_id), self.clients, self.config.retry)
 
     def run(self, handle_signals: bool = False) -> WorkerMetrics:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``)."""
@@ -309,7 +311,11 @@ class AsyncWorker(_WorkerBase):
         try:
             await run_async(self._shard(lease), self.clients, self.config.retry)
         except Exception:
-            log.exception("the loop of %s stopped", lease.shard_id)
+            log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
+            with contextlib.suppress(Exception):
+                await run_async(
+                    self.manager.release(lease.shard_id), self.clients, self.config.retry
+                )
 
     async def run(self, handle_signals: bool = False) -> WorkerMetrics:
         if handle_signals:

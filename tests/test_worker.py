@@ -120,3 +120,27 @@ def test_stopping_hands_the_leases_over_at_once_with_no_gap_and_no_duplicate(
     assert handed_over < LEASES.failover_s
     assert applied(dynamodb) == dict.fromkeys(ids, 1)
     assert staying.metrics.duplicates == 0
+
+
+def test_a_shard_loop_that_fails_gives_its_lease_up_instead_of_holding_it_idle(
+    kinesis: Any, dynamodb: Any
+) -> None:
+    make_stream(kinesis, "orders", 1)
+    create_tables(dynamodb)
+    produce(kinesis, "orders", 0, 5)
+
+    def always_fails(record: Record, ctx: EffectContext) -> list[Any]:
+        raise RuntimeError("broken handler")
+
+    # No dead-letter target: a record that keeps failing stops its shard loop loudly.
+    failing = worker(kinesis, dynamodb, "orders", "failing", sink=sink(always_fails))
+    threads = start([failing])
+    try:
+        wait_for(
+            lambda: failing.metrics.leases_taken >= 2, 20, "the lease to be given up and retaken"
+        )
+    finally:
+        stop([failing], threads)
+
+    assert applied(dynamodb) == {}
+    assert failing.metrics.applied == 0
