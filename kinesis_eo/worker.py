@@ -34,7 +34,7 @@ from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
 from kinesis_eo.ledger import FencedError
 from kinesis_eo.records import Position
-from kinesis_eo.retrieval import ReaderConfig, ShardCursor, StartingPosition, StreamRef
+from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import step_flow
 from kinesis_eo.retrieval.shards import list_shards_flow
 from kinesis_eo.retry import RetryConfig
@@ -87,6 +87,10 @@ class WorkerState:
     # Stands for SIGSTOP in tests and the harness: nothing is renewed or read.
     paused: bool = False
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+
+
+AfterCommit = Callable[[Batch, BatchReport], None]
+"""Called after a batch's effects are committed and before its checkpoint (fault injection)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,7 @@ def shard_flow(
     config: WorkerConfig,
     state: WorkerState,
     clock: Callable[[], float] = time.monotonic,
+    after_commit: AfterCommit | None = None,
 ) -> Generator[Any, Any, None]:
     """Process one shard while this acquisition of its lease lasts."""
     shard_id, token = lease.shard_id, lease.token
@@ -198,6 +203,8 @@ def shard_flow(
                 dead_lettered=len(report.dead_lettered),
             )
             unsaved = batch.last_position
+            if after_commit is not None:
+                after_commit(batch, report)
         try:
             if batch.shard_end:
                 yield from manager.end_shard(shard_id, batch.child_shards)
@@ -226,8 +233,11 @@ class _WorkerBase:
         sink: Any,
         manager: LeaseManager,
         config: WorkerConfig,
+        *,
+        after_commit: AfterCommit | None = None,
     ) -> None:
         self.clients = {"kinesis": kinesis, "dynamodb": dynamodb}
+        self.after_commit = after_commit
         self.stream = StreamRef.of(stream)
         self.sink = sink
         self.manager = manager
@@ -257,7 +267,15 @@ class _WorkerBase:
         return coordinator_flow(self.manager, self.stream, self.config, self.state)
 
     def _shard(self, lease: Lease) -> Generator[Any, Any, None]:
-        return shard_flow(self.manager, lease, self.stream, self.sink, self.config, self.state)
+        return shard_flow(
+            self.manager,
+            lease,
+            self.stream,
+            self.sink,
+            self.config,
+            self.state,
+            after_commit=self.after_commit,
+        )
 
 
 class Worker(_WorkerBase):
