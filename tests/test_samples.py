@@ -20,3 +20,20 @@ def test_orders_sample_moves_each_balance_once_even_when_run_twice() -> None:
     )
 
     assert json.loads(done.stdout) == {"acct-0": 100, "acct-1": 100, "acct-2": 100}
+
+
+def test_lambda_sample_moves_each_balance_once_and_dead_letters_the_bad_order() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SAMPLES / "lambda_orders.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    assert json.loads(done.stdout) == {
+        "balances": {"acct-0": 100, "acct-1": 100, "acct-2": 100},
+        "dead_letters": ["not an order"],
+    }
+    # It was reported to the event source mapping before it was given up.
+    assert "failed in 2 of 3 deliveries" in done.stderr
