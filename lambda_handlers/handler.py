@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -401,7 +401,7 @@ class KinesisHandler(_HandlerBase):
     def _run(self, flow: Flow) -> Any:
         return run_sync(flow, self.clients, self.config.retry)
 
-    def __call__(self, event: Mapping[str, Any], context: Any) -> Response:
+    def __call__(self, event: Any, context: Any) -> Response:
         deliveries, work = self._plan(event, context)
         flows = [lane_flow(self.sink, lane, gate) for lane, gate in work]
         if len(flows) <= 1:
@@ -444,7 +444,7 @@ class AsyncKinesisHandler(_HandlerBase):
     async def _run(self, flow: Flow) -> Any:
         return await run_async(flow, self.clients, self.config.retry)
 
-    async def __call__(self, event: Mapping[str, Any], context: Any) -> Response:
+    async def __call__(self, event: Any, context: Any) -> Response:
         deliveries, work = self._plan(event, context)
         reports = await asyncio.gather(
             *(self._run(lane_flow(self.sink, lane, gate)) for lane, gate in work)
