@@ -51,6 +51,7 @@ __all__ = [
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+_MAX_EMPTY_PAGES = 50
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -117,10 +118,18 @@ def read_stream(kinesis: Any, stream: str) -> list[StreamRecord]:
         iterator = kinesis.get_shard_iterator(
             StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
+        empty_pages = 0
         while iterator:
             page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
             if not page["Records"]:
-                break
+                # An empty page is the end only at the tip; before it Kinesis may
+                # return a few while it skips gaps.
+                empty_pages += 1
+                if not page.get("MillisBehindLatest") or empty_pages >= _MAX_EMPTY_PAGES:
+                    break
+                iterator = page.get("NextShardIterator")
+                continue
+            empty_pages = 0
             for raw in page["Records"]:
                 arrival = raw.get("ApproximateArrivalTimestamp") or datetime.now(UTC)
                 records.append(
