@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
@@ -76,7 +76,9 @@ class WorkerMetrics:
                 setattr(self, name, getattr(self, name) + amount)
 
     def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        # Not dataclasses.asdict: it would try to deep-copy the lock.
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
 
 
 @dataclass

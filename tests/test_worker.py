@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from kinesis_eo.records import Record
@@ -144,3 +146,29 @@ def test_a_shard_loop_that_fails_gives_its_lease_up_instead_of_holding_it_idle(
 
     assert applied(dynamodb) == {}
     assert failing.metrics.applied == 0
+
+
+def test_the_coordinator_keeps_a_health_file_with_its_leases_and_counters(
+    kinesis: Any, dynamodb: Any, tmp_path: Any
+) -> None:
+    make_stream(kinesis, "orders", 2)
+    create_tables(dynamodb)
+    produce(kinesis, "orders", 0, 20)
+    health = tmp_path / "health.json"
+    healthy = worker(kinesis, dynamodb, "orders", "healthy")
+    healthy.config = replace(healthy.config, health_file=str(health))
+    threads = start([healthy])
+    try:
+        wait_for(lambda: len(applied(dynamodb)) == 20, 20, "the effects")
+        wait_for(
+            lambda: health.exists() and json.loads(health.read_text())["metrics"]["applied"] == 20,
+            10,
+            "the health file to show the effects",
+        )
+        state = json.loads(health.read_text())
+    finally:
+        stop([healthy], threads)
+
+    assert state["worker"] == "healthy"
+    assert len(state["leases"]) == 2
+    assert time.time() - state["time"] < 10
