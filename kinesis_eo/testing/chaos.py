@@ -1,0 +1,513 @@
+"""The fault-injection harness: the claim "no event lost, none applied twice", made runnable.
+
+:func:`run_chaos` starts the emulators (moto over HTTP in this process, and
+kinesis-mock for Kinesis if asked), creates a stream and the tables, starts N
+worker processes (:mod:`kinesis_eo.testing.chaos_worker`), produces events
+through a producer whose sends are sometimes stored twice, and meanwhile, on
+a seeded schedule: SIGKILLs workers (and restarts them), SIGSTOPs one past
+its lease expiry and SIGCONTs it (a zombie that wakes up and tries to
+commit), splits and merges the stream (kinesis-mock only: moto never closes
+a parent shard), while the workers throttle and drop their own calls and
+sometimes SIGKILL themselves between a sink commit and its checkpoint.
+
+Then a verifier reads the sink and the dead-letter table and counts, per
+produced event: applied once, applied twice, missing, dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from kinesis_eo.deadletter import create_dead_letter_table, read_dead_letters
+from kinesis_eo.leases import create_lease_table
+from kinesis_eo.ledger import create_ledger_table
+from kinesis_eo.producer import Event, Producer, ProducerConfig
+from kinesis_eo.retrieval import list_shards
+from kinesis_eo.retry import RetryConfig
+from kinesis_eo.tables import create_table, create_table_flow
+from kinesis_eo.testing.backends import FAKE_CREDENTIALS, REGION, KinesisMock, MotoServer
+from kinesis_eo.testing.chaos_worker import POISON_PREFIX, WorkerSpec
+from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
+
+__all__ = ["ChaosConfig", "ChaosReport", "KinesisBackend", "run_chaos"]
+
+# A quarter of the producer's sends are flipped to "failed": enough tries that none gives up.
+PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
+
+Progress = Callable[[str], None]
+
+
+class KinesisBackend(Enum):
+    MOTO = "moto"
+    KINESIS_MOCK = "kinesis-mock"
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    events: int = 2000
+    workers: int = 3
+    shards: int = 4
+    seed: int = 1
+    kinesis: KinesisBackend = KinesisBackend.MOTO
+    failover_s: float = 3.0
+    # Production is spread over this long, so that faults land while it runs.
+    produce_s: float = 20.0
+    # Mean seconds between SIGKILLs of a random worker, and between zombies.
+    kill_every_s: float = 5.0
+    zombie_every_s: float = 12.0
+    # Every n-th event is poison (its handler always fails): it must be dead-lettered.
+    poison_every: int = 500
+    # Share of PutRecords entries stored but reported failed: the producer sends them again.
+    producer_duplicate_rate: float = 0.02
+    throttle_probability: float = 0.02
+    disconnect_probability: float = 0.005
+    crash_after_commit_probability: float = 0.01
+    # Per handler call: the worker SIGSTOPs itself with a commit in hand; the
+    # harness lets it sleep past its lease and wakes it: a zombie.
+    pause_in_handler_probability: float = 0.0005
+    # Split one shard, then merge two, while events are produced (kinesis-mock only).
+    reshard: bool = True
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.events < 1 or self.workers < 1 or self.shards < 1:
+            raise ValueError("events, workers and shards must be positive")
+
+
+@dataclass
+class ChaosReport:
+    produced: int = 0
+    effects: int = 0
+    missing: int = 0
+    duplicated: int = 0
+    dead_lettered: int = 0
+    poison: int = 0
+    kills: int = 0
+    zombies: int = 0
+    zombies_fenced: int = 0
+    reshards: int = 0
+    throttles_injected: int = 0
+    connection_faults_injected: int = 0
+    producer_duplicates: int = 0
+    wall_s: float = 0.0
+    emulator: str = ""
+    seed: int = 0
+    workers: int = 0
+    missing_ids: list[str] = field(default_factory=list)
+    duplicated_ids: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.duplicated == 0
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "ok": self.ok}, indent=2, sort_keys=True)
+
+
+@dataclass
+class _Names:
+    stream: str
+    leases: str
+    ledger: str
+    effects: str
+    dead_letters: str
+    group: str
+
+    @classmethod
+    def fresh(cls) -> _Names:
+        suffix = uuid.uuid4().hex[:8]
+        return cls(
+            f"chaos-{suffix}",
+            f"chaos-leases-{suffix}",
+            f"chaos-ledger-{suffix}",
+            f"chaos-effects-{suffix}",
+            f"chaos-dead-{suffix}",
+            "chaos",
+        )
+
+
+class _Fleet:
+    """The worker processes: start, kill, stop, continue, restart; and their stats files."""
+
+    def __init__(self, base: WorkerSpec, count: int, directory: Path, rng: random.Random) -> None:
+        self.base = base
+        self.directory = directory
+        self.rng = rng
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.incarnations: dict[int, int] = {}
+        self.stopped: dict[int, float] = {}
+        self.kills = 0
+        self.stats_files: list[Path] = []
+        self.logs: list[Path] = []
+        for slot in range(count):
+            self.start(slot)
+
+    def start(self, slot: int) -> None:
+        incarnation = self.incarnations.get(slot, -1) + 1
+        self.incarnations[slot] = incarnation
+        stats = self.directory / f"stats-{slot}-{incarnation}.json"
+        log = self.directory / f"worker-{slot}-{incarnation}.log"
+        self.stats_files.append(stats)
+        self.logs.append(log)
+        spec = WorkerSpec(
+            **{
+                **asdict(self.base),
+                "worker_id": f"worker-{slot}.{incarnation}",
+                "stats_file": str(stats),
+                "seed": self.base.seed * 1000 + slot * 100 + incarnation,
+            }
+        )
+        env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "*"}
+        with open(log, "wb") as output:
+            self.processes[slot] = subprocess.Popen(
+                [sys.executable, "-m", "kinesis_eo.testing.chaos_worker", spec.to_json()],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def restart_dead(self) -> None:
+        for slot, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            if code == -signal.SIGKILL:
+                self.kills += 1
+            self.start(slot)
+
+    def kill_one(self) -> None:
+        slot = self.rng.choice(sorted(self.processes))
+        process = self.processes[slot]
+        if process.poll() is None:
+            self.stopped.pop(slot, None)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        # restart_dead counts it and starts the next incarnation
+
+    def stop_one(self, now: float, pause_s: float) -> bool:
+        running = [
+            s for s, p in self.processes.items() if p.poll() is None and s not in self.stopped
+        ]
+        if len(running) < 2:
+            return False  # someone must be left to take the leases over
+        slot = self.rng.choice(running)
+        self.processes[slot].send_signal(signal.SIGSTOP)
+        self.stopped[slot] = now + pause_s
+        return True
+
+    def notice_self_stopped(self, now: float, pause_s: float) -> int:
+        """Workers that stopped themselves: schedule their SIGCONT; how many were new."""
+        found = 0
+        for slot, process in self.processes.items():
+            if slot not in self.stopped and process.poll() is None and _is_stopped(process.pid):
+                self.stopped[slot] = now + pause_s
+                found += 1
+        return found
+
+    def continue_due(self, now: float) -> None:
+        for slot, until in list(self.stopped.items()):
+            if now >= until:
+                with contextlib.suppress(ProcessLookupError):
+                    self.processes[slot].send_signal(signal.SIGCONT)
+                del self.stopped[slot]
+
+    def shut_down(self, timeout_s: float = 30.0) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGCONT)
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes.values():
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for path in self.stats_files:
+            try:
+                stats = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # killed before its first report
+            for section in ("metrics", "injected"):
+                for name, value in stats[section].items():
+                    totals[name] = totals.get(name, 0) + int(value)
+        return totals
+
+
+def _is_stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _scan(client: Any, table: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = client.scan(**params)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _applied(client: Any, table: str) -> dict[str, int]:
+    return {i["id"]["S"]: int(i["applied"]["N"]) for i in _scan(client, table)}
+
+
+def _dead_lettered(client: Any, table: str) -> set[str]:
+    return {str(letter.record.event_id) for letter in read_dead_letters(client, table)}
+
+
+def _events(config: ChaosConfig) -> list[Event]:
+    rng = random.Random(config.seed)
+    events = []
+    for i in range(config.events):
+        poison = config.poison_every > 0 and i % config.poison_every == config.poison_every // 2
+        body = (POISON_PREFIX if poison else b"event") + b"-%d-%d" % (i, rng.getrandbits(32))
+        events.append(Event(body, f"key-{rng.randrange(10_000)}", f"ev-{config.seed}-{i:07d}"))
+    return events
+
+
+class _Resharder:
+    """One split, then one merge of two adjacent shards, while production runs."""
+
+    def __init__(self, kinesis: Any, stream: str) -> None:
+        self.kinesis = kinesis
+        self.stream = stream
+        self.done = 0
+
+    def _wait_active(self) -> None:
+        for _ in range(600):
+            summary = self.kinesis.describe_stream_summary(StreamName=self.stream)
+            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
+                return
+            time.sleep(0.05)
+
+    def step(self) -> None:
+        open_shards = list_shards(self.kinesis, self.stream).open_shards()
+        if self.done == 0:
+            target = open_shards[0]
+            middle = (target.hash_range.start + target.hash_range.end) // 2
+            self.kinesis.split_shard(
+                StreamName=self.stream, ShardToSplit=target.shard_id, NewStartingHashKey=str(middle)
+            )
+        else:
+            ordered = sorted(open_shards, key=lambda s: s.hash_range.start)
+            left, right = ordered[0], ordered[1]
+            self.kinesis.merge_shards(
+                StreamName=self.stream,
+                ShardToMerge=left.shard_id,
+                AdjacentShardToMerge=right.shard_id,
+            )
+        self._wait_active()
+        self.done += 1
+
+
+def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoServer, str, str]:
+    from kinesis_eo.testing import moto_transactions
+
+    emulator = "moto (stock transactions)"
+    with contextlib.suppress(RuntimeError):
+        moto_transactions.install()
+        stack.callback(moto_transactions.uninstall)
+        emulator = "moto with undo-log transactions"
+    moto = stack.enter_context(MotoServer())
+    kinesis_endpoint = moto.endpoint_url
+    if config.kinesis is KinesisBackend.KINESIS_MOCK:
+        kinesis_mock = stack.enter_context(KinesisMock())
+        kinesis_endpoint = kinesis_mock.endpoint_url
+        emulator = f"kinesis-mock (Kinesis) + {emulator} (DynamoDB)"
+    else:
+        emulator = f"{emulator} (Kinesis and DynamoDB)"
+    return moto, kinesis_endpoint, emulator
+
+
+def _client(service: str, endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        config=Config(proxies={}),
+        **FAKE_CREDENTIALS,
+    )
+
+
+@contextlib.contextmanager
+def _workspace() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="kinesis-eo-chaos-") as directory:
+        yield Path(directory)
+
+
+def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosReport:
+    """Run one seeded chaos scenario and verify the sink; see the module docstring."""
+    say = progress or (lambda _: None)
+    started = time.monotonic()
+    rng = random.Random(config.seed)
+    report = ChaosReport(seed=config.seed, workers=config.workers)
+    names = _Names.fresh()
+    with contextlib.ExitStack() as stack:
+        directory = stack.enter_context(_workspace())
+        moto, kinesis_endpoint, report.emulator = _backends(config, stack)
+        kinesis = _client("kinesis", kinesis_endpoint)
+        dynamodb = _client("dynamodb", moto.endpoint_url)
+        kinesis.create_stream(StreamName=names.stream, ShardCount=config.shards)
+        kinesis.get_waiter("stream_exists").wait(
+            StreamName=names.stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+        )
+        create_lease_table(dynamodb, names.leases)
+        create_ledger_table(dynamodb, names.ledger)
+        create_table(dynamodb, create_table_flow(names.effects, [("id", "HASH")]))
+        create_dead_letter_table(dynamodb, names.dead_letters)
+        say(f"emulators up ({report.emulator}); stream {names.stream} with {config.shards} shards")
+
+        base = WorkerSpec(
+            worker_id="",
+            stream=names.stream,
+            kinesis_endpoint=kinesis_endpoint,
+            dynamodb_endpoint=moto.endpoint_url,
+            lease_table=names.leases,
+            ledger_table=names.ledger,
+            effects_table=names.effects,
+            dead_letter_table=names.dead_letters,
+            consumer_group=names.group,
+            stats_file="",
+            seed=config.seed,
+            failover_s=config.failover_s,
+            throttle_probability=config.throttle_probability,
+            disconnect_probability=config.disconnect_probability,
+            crash_after_commit_probability=config.crash_after_commit_probability,
+            pause_in_handler_probability=config.pause_in_handler_probability,
+        )
+        fleet = _Fleet(base, config.workers, directory, rng)
+        stack.callback(fleet.shut_down)
+
+        events = _events(config)
+        poison = {str(e.event_id) for e in events if e.data.startswith(POISON_PREFIX)}
+        produced = threading.Event()
+        producer_faults = FaultInjector(seed=config.seed)
+        producer_client = _client("kinesis", kinesis_endpoint)
+        if config.producer_duplicate_rate:
+            producer_faults.fail_stored_entries(
+                entries=config.producer_duplicate_rate, schedule=Probability(0.5)
+            )
+        producer_faults.attach(producer_client)
+        producer = Producer(
+            producer_client,
+            names.stream,
+            ProducerConfig(
+                entry_retry=RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
+            ),
+        )
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                chunks = max(1, int(config.produce_s / 0.25))
+                size = max(1, -(-len(events) // chunks))
+                for offset in range(0, len(events), size):
+                    producer.put(events[offset : offset + size])
+                    time.sleep(config.produce_s / chunks)
+            except BaseException as exc:  # reported by the main loop
+                errors.append(exc)
+            finally:
+                produced.set()
+
+        threading.Thread(target=produce, name="chaos-producer", daemon=True).start()
+
+        resharder = (
+            _Resharder(kinesis, names.stream)
+            if config.reshard and config.kinesis is KinesisBackend.KINESIS_MOCK
+            else None
+        )
+        reshard_at = [started + config.produce_s * f for f in (0.3, 0.6)] if resharder else []
+        next_kill = (
+            started + rng.expovariate(1 / config.kill_every_s) if config.kill_every_s else None
+        )
+        next_zombie = (
+            started + rng.expovariate(1 / config.zombie_every_s) if config.zombie_every_s else None
+        )
+        expected = {str(e.event_id) for e in events} - poison
+        last_note = 0.0
+        while True:
+            now = time.monotonic()
+            if errors:
+                raise RuntimeError(f"the producer failed: {errors[0]}") from errors[0]
+            report.zombies += fleet.notice_self_stopped(now, config.failover_s * 1.6)
+            fleet.continue_due(now)
+            fleet.restart_dead()
+            faults_open = now < started + config.produce_s * 1.2
+            if faults_open and next_kill is not None and now >= next_kill:
+                fleet.kill_one()
+                fleet.restart_dead()
+                next_kill = now + rng.expovariate(1 / config.kill_every_s)
+            if faults_open and next_zombie is not None and now >= next_zombie:
+                if fleet.stop_one(now, config.failover_s * 1.6):
+                    report.zombies += 1
+                next_zombie = now + rng.expovariate(1 / config.zombie_every_s)
+            if resharder is not None and reshard_at and now >= reshard_at[0]:
+                reshard_at.pop(0)
+                resharder.step()
+                say(f"resharded ({'split' if resharder.done == 1 else 'merge'})")
+            if produced.is_set() and not fleet.stopped:
+                applied = _applied(dynamodb, names.effects)
+                dead = _dead_lettered(dynamodb, names.dead_letters)
+                if expected <= applied.keys() and poison <= dead:
+                    break
+                if now - last_note > 5:
+                    say(f"{len(applied)}/{len(expected)} effects, {len(dead)} dead-lettered")
+                    last_note = now
+            if now - started > config.timeout_s:
+                say("timed out: verifying what is there")
+                break
+            time.sleep(0.2)
+
+        fleet.shut_down()
+        report.kills = fleet.kills
+        report.reshards = resharder.done if resharder else 0
+        totals = fleet.totals()
+        report.zombies_fenced = totals.get("fenced_commits", 0)
+        report.throttles_injected = totals.get(FaultKind.ERROR_RESPONSE.value, 0)
+        report.connection_faults_injected = totals.get(
+            FaultKind.CONNECTION_REFUSED.value, 0
+        ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
+        report.producer_duplicates = producer_faults.injected[
+            FaultKind.ENTRY_STORED_REPORTED_FAILED
+        ]
+        applied = _applied(dynamodb, names.effects)
+        dead = _dead_lettered(dynamodb, names.dead_letters)
+        report.produced = len(events)
+        report.poison = len(poison)
+        report.effects = sum(1 for count in applied.values() if count >= 1)
+        report.dead_lettered = len(dead)
+        missing = sorted((expected - applied.keys()) | (poison - dead))
+        doubled = sorted(k for k, count in applied.items() if count > 1)
+        report.missing, report.missing_ids = len(missing), missing[:20]
+        report.duplicated, report.duplicated_ids = len(doubled), doubled[:20]
+        report.wall_s = round(time.monotonic() - started, 1)
+    return report

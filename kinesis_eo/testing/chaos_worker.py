@@ -1,0 +1,172 @@
+"""One worker process of the chaos harness: ``python -m kinesis_eo.testing.chaos_worker SPEC``.
+
+It runs the ordinary :class:`~kinesis_eo.worker.Worker` against the harness's
+emulators, with faults injected inside it: throttling and connection errors
+on its own AWS calls (seeded), and, now and then, a SIGKILL of itself right
+after a sink commit and before the checkpoint. Its sink applies an effect
+that is *not* idempotent (``ADD applied 1`` per event id), so the harness can
+see any effect applied twice. It writes its counters to a stats file every
+half second, which is all the harness learns from a process it may kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kinesis_eo.deadletter import DynamoDBDeadLetterTable
+from kinesis_eo.leases import DynamoDBLeaseStore, LeaseConfig, LeaseManager
+from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, LedgerMode
+from kinesis_eo.records import Record
+from kinesis_eo.retrieval import Batch, ReaderConfig
+from kinesis_eo.retry import RetryConfig
+from kinesis_eo.sinks import BatchReport, EffectContext, FailurePolicy, TransactionalSink, update
+from kinesis_eo.testing.backends import FAKE_CREDENTIALS, REGION
+from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
+from kinesis_eo.worker import Worker, WorkerConfig
+
+POISON_PREFIX = b"POISON"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a chaos worker needs, passed as one JSON argument."""
+
+    worker_id: str
+    stream: str
+    kinesis_endpoint: str
+    dynamodb_endpoint: str
+    lease_table: str
+    ledger_table: str
+    effects_table: str
+    dead_letter_table: str
+    consumer_group: str
+    stats_file: str
+    seed: int
+    failover_s: float = 3.0
+    throttle_probability: float = 0.02
+    disconnect_probability: float = 0.01
+    crash_after_commit_probability: float = 0.0
+    # A SIGSTOP of itself inside the handler, writes in hand and the commit
+    # next: a GC pause at the worst moment. The harness sends the SIGCONT.
+    pause_in_handler_probability: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def effect_handler(
+    effects_table: str, pause_probability: float = 0.0, rng: random.Random | None = None
+) -> Any:
+    chance = rng or random.Random()
+
+    def apply(record: Record, ctx: EffectContext) -> list[Any]:
+        if record.data.startswith(POISON_PREFIX):
+            raise ValueError(f"poison record {record.event_id}")
+        key = record.event_id or ctx.idempotency_key
+        writes = [update(effects_table, {"id": key}, "ADD applied :one", values={":one": 1})]
+        if pause_probability and chance.random() < pause_probability:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return writes
+
+    return apply
+
+
+def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
+    import boto3
+    from botocore.config import Config
+
+    def client(service: str, endpoint: str) -> Any:
+        return boto3.session.Session().client(
+            service,
+            endpoint_url=endpoint,
+            region_name=REGION,
+            config=Config(proxies={}, retries={"max_attempts": 2, "mode": "standard"}),
+            **FAKE_CREDENTIALS,
+        )
+
+    kinesis = client("kinesis", spec.kinesis_endpoint)
+    dynamodb = client("dynamodb", spec.dynamodb_endpoint)
+    injectors = []
+    for index, target in enumerate((kinesis, dynamodb)):
+        faults = FaultInjector(seed=spec.seed * 2 + index)
+        if spec.throttle_probability:
+            operation = "GetRecords" if target is kinesis else "TransactWriteItems"
+            faults.throttle(operation, schedule=Probability(spec.throttle_probability))
+        if spec.disconnect_probability:
+            faults.disconnect("*", schedule=Probability(spec.disconnect_probability))
+        injectors.append(faults.attach(target))
+
+    retry = RetryConfig(max_attempts=10, initial_backoff_s=0.02, max_backoff_s=0.5)
+    ledger = Ledger(
+        DynamoDBLedgerStore(spec.ledger_table, retry),
+        LedgerConfig(spec.consumer_group, LedgerMode.PER_RECORD),
+    )
+    rng = random.Random(spec.seed)
+    sink = TransactionalSink(
+        ledger,
+        effect_handler(spec.effects_table, spec.pause_in_handler_probability, rng),
+        policy=FailurePolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05),
+        dead_letters=DynamoDBDeadLetterTable(dynamodb, spec.dead_letter_table),
+    )
+    leases = LeaseConfig(table_name=spec.lease_table, failover_s=spec.failover_s)
+    config = WorkerConfig(
+        leases=leases,
+        reader=ReaderConfig(
+            max_records=200, min_read_interval_s=0.05, idle_interval_s=0.2, retry=retry
+        ),
+        retry=retry,
+        checkpoint_interval_s=1.0,
+        shard_sync_interval_s=2.0,
+    )
+
+    def maybe_die(batch: Batch, report: BatchReport) -> None:
+        if rng.random() < spec.crash_after_commit_probability:
+            # The effects of this batch are committed; its checkpoint is not.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    manager = LeaseManager(DynamoDBLeaseStore(spec.lease_table), leases, spec.worker_id)
+    worker = Worker(kinesis, dynamodb, spec.stream, sink, manager, config, after_commit=maybe_die)
+    return worker, injectors
+
+
+def write_stats(path: str, worker: Worker, injectors: list[FaultInjector]) -> None:
+    injected = {kind.value: sum(i.injected[kind] for i in injectors) for kind in FaultKind}
+    payload = {
+        "worker": worker.worker_id,
+        "metrics": worker.metrics.as_dict(),
+        "injected": injected,
+    }
+    temporary = f"{path}.tmp"
+    Path(temporary).write_text(json.dumps(payload), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = WorkerSpec(**json.loads(args[0]))
+    worker, injectors = build_worker(spec)
+    stopped = threading.Event()
+
+    def report_stats() -> None:
+        while not stopped.wait(0.5):
+            write_stats(spec.stats_file, worker, injectors)
+
+    threading.Thread(target=report_stats, daemon=True).start()
+    try:
+        worker.run(handle_signals=True)
+    finally:
+        stopped.set()
+        write_stats(spec.stats_file, worker, injectors)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""A short seeded chaos run in every CI: kills, zombies, throttling, producer duplicates, poison.
+
+The long run (100,000 events, 4 workers, 50+ kills, a split and a merge) is
+``kinesis-eo chaos`` as the README shows; this proves the same machinery on a
+small scale, on both Kinesis back-ends.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kinesis_eo.testing.chaos import ChaosConfig, KinesisBackend, run_chaos
+
+
+def test_a_short_chaos_run_on_moto_loses_nothing_and_applies_nothing_twice() -> None:
+    report = run_chaos(
+        ChaosConfig(
+            events=1500,
+            workers=3,
+            shards=4,
+            seed=11,
+            produce_s=12,
+            kill_every_s=3,
+            zombie_every_s=6,
+            pause_in_handler_probability=0.002,
+            throttle_probability=0.05,
+            timeout_s=180,
+        )
+    )
+
+    assert report.ok, report.to_json()
+    assert report.produced == 1500
+    assert report.dead_lettered == report.poison == 3
+    assert report.effects == 1500 - report.poison
+    # Every kind of fault really happened in this run.
+    assert report.kills > 0
+    assert report.zombies > 0
+    assert report.throttles_injected > 0
+    assert report.producer_duplicates > 0
+
+
+@pytest.mark.kinesis_mock
+def test_a_short_chaos_run_with_a_split_and_a_merge_on_kinesis_mock() -> None:
+    report = run_chaos(
+        ChaosConfig(
+            events=1200,
+            workers=3,
+            shards=3,
+            seed=12,
+            kinesis=KinesisBackend.KINESIS_MOCK,
+            produce_s=10,
+            kill_every_s=4,
+            zombie_every_s=8,
+            timeout_s=180,
+        )
+    )
+
+    assert report.ok, report.to_json()
+    assert report.reshards == 2
+    assert report.kills > 0
+    assert report.effects == 1200 - report.poison
