@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kinesis_eo import __version__
-from kinesis_eo.errors import KinesisEOError
+from kinesis_eo.errors import ConfigurationError, KinesisEOError
 
 PROG = "kinesis-eo"
 EXIT_OK = 0
@@ -105,6 +106,302 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+# --- AWS clients for run and status ----------------------------------------------------------
+
+
+def _add_aws_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("AWS")
+    group.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="send every AWS call here instead of AWS (an emulator such as moto); "
+        "default: the usual endpoints",
+    )
+    group.add_argument(
+        "--region",
+        metavar="R",
+        help="AWS region (default: from AWS_REGION, AWS_DEFAULT_REGION or the profile)",
+    )
+
+
+def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
+    """boto3 clients from the user's own credential chain: nothing is invented here."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, NoRegionError
+
+    # A worker shares each client among its shard threads; past the default pool of
+    # 10 connections urllib3 would drop and reopen connections on every round.
+    config = Config(max_pool_connections=64)
+    try:
+        session = boto3.session.Session(region_name=args.region)
+        return [
+            session.client(service, endpoint_url=args.endpoint_url, config=config)
+            for service in services
+        ]
+    except NoRegionError:
+        raise ConfigurationError(
+            "no AWS region is configured: pass --region or set AWS_REGION"
+        ) from None
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"cannot create AWS clients: {exc}") from exc
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from kinesis_eo.logs import FORMATS
+
+    parser = subcommands.add_parser(
+        "run",
+        help="run a long-running worker that applies a handler's effects exactly once",
+        description=(
+            "Read a stream with every other worker of the same --app, sharing its shards "
+            "through the lease table, and apply HANDLER's effects through an exactly-once "
+            "sink. SIGTERM or SIGINT stops it gracefully: the batches in flight finish, "
+            "each shard is checkpointed and its lease released, so other workers take "
+            "over at once; it then exits 0. Credentials come from the usual AWS chain "
+            "(environment, profile, task or instance role)."
+        ),
+    )
+    parser.add_argument("--stream", required=True, metavar="S", help="stream name or ARN")
+    parser.add_argument(
+        "--app",
+        required=True,
+        metavar="A",
+        help="application name: the consumer group of the ledger, and the prefix of "
+        "the default table names",
+    )
+    parser.add_argument(
+        "--handler",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="the effect, called as handler(record, ctx); MODULE is imported from the "
+        "current directory or sys.path. For --sink transactional it returns the "
+        "DynamoDB writes (kinesis_eo.sinks.put/update/delete/condition_check)",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=("transactional", "keyed", "claim"),
+        default="transactional",
+        help="transactional: writes committed with the ledger mark in one DynamoDB "
+        "transaction; keyed: the handler uses ctx.idempotency_key with a target that "
+        "deduplicates; claim: claim, act, complete for effects that can do neither "
+        "(default: transactional)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("watermark", "per-record"),
+        default="watermark",
+        help="ledger mode: one watermark per shard (fast), or one item per event id, "
+        "which also drops duplicates the producer sent (default: watermark)",
+    )
+    parser.add_argument(
+        "--expired-claims",
+        choices=("quarantine", "run-again"),
+        default="quarantine",
+        help="--sink claim: what to do with a claim whose worker died mid-effect: "
+        "dead-letter it for a person (at most once) or run it again (at least once) "
+        "(default: quarantine)",
+    )
+    parser.add_argument(
+        "--lease-table", metavar="T", help="lease table (KCL schema; default: APP-leases)"
+    )
+    parser.add_argument("--ledger-table", metavar="T", help="ledger table (default: APP-ledger)")
+    dead = parser.add_mutually_exclusive_group()
+    dead.add_argument(
+        "--dead-letter-table",
+        metavar="T",
+        help="DynamoDB table for records that keep failing (default: none, a failing "
+        "record stops its shard until fixed)",
+    )
+    dead.add_argument(
+        "--dead-letter-queue", metavar="URL", help="SQS queue URL for records that keep failing"
+    )
+    parser.add_argument(
+        "--failover-seconds",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="N",
+        help="a lease whose owner has not renewed it for N seconds is taken by another "
+        "worker; owners renew every N/3 (default: 10)",
+    )
+    parser.add_argument(
+        "--initial-position",
+        choices=("trim-horizon", "latest"),
+        default="trim-horizon",
+        help="where a shard with no checkpoint starts (default: trim-horizon)",
+    )
+    parser.add_argument(
+        "--worker-id",
+        metavar="ID",
+        help="this worker's name in the lease table; must be unique per process "
+        "(default: host-pid-random)",
+    )
+    parser.add_argument(
+        "--health-file",
+        metavar="PATH",
+        help="rewrite PATH (JSON with 'time') on every coordinator round, for "
+        "`kinesis-eo health` (default: none)",
+    )
+    parser.add_argument(
+        "--create-tables",
+        action="store_true",
+        help="create the lease, ledger and dead-letter tables if missing (on-demand "
+        "billing) instead of failing; for development: production tables come from "
+        "infra/worker.yaml",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text, or json: one JSON object per line (default: text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="INFO",
+        type=str.upper,
+        help="lowest level logged (default: INFO)",
+    )
+    _add_aws_options(parser)
+    parser.set_defaults(command=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kinesis_eo import runner
+    from kinesis_eo.logs import configure_logging
+
+    configure_logging(args.log_format, args.log_level)
+    options = runner.RunOptions(
+        stream=args.stream,
+        app=args.app,
+        handler=args.handler,
+        sink=args.sink,
+        mode=args.mode,
+        lease_table=args.lease_table,
+        ledger_table=args.ledger_table,
+        dead_letter_table=args.dead_letter_table,
+        dead_letter_queue=args.dead_letter_queue,
+        expired_claims=args.expired_claims,
+        failover_s=args.failover_seconds,
+        initial_position=args.initial_position,
+        worker_id=args.worker_id,
+        health_file=args.health_file,
+        create_tables=args.create_tables,
+    )
+    # A handler that cannot be loaded is reported before any AWS client is made.
+    runner.load_handler(options.handler)
+    services = ["kinesis", "dynamodb"] + (["sqs"] if options.dead_letter_queue else [])
+    clients = _aws_clients(args, *services)
+    runner.run(options, *clients)
+    return EXIT_OK
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def _add_status(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "status",
+        help="show who owns each shard, its checkpoint and lag",
+        description=(
+            "Read the lease table of APP and print one line per shard: owner, checkpoint "
+            "(sequence number abbreviated, or SHARD_END / TRIM_HORIZON / LATEST), the "
+            "owner's last reported lag, state (owned, free, finished, waiting for "
+            "parents) and parents. With --stream, shards that have no lease yet are "
+            "listed too."
+        ),
+    )
+    parser.add_argument("--app", required=True, metavar="A", help="application name")
+    parser.add_argument("--lease-table", metavar="T", help="lease table (default: APP-leases)")
+    parser.add_argument(
+        "--stream", metavar="S", help="also list the stream's shards that have no lease yet"
+    )
+    parser.add_argument("--json", action="store_true", help="print the same as one JSON document")
+    _add_aws_options(parser)
+    parser.set_defaults(command=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from kinesis_eo.flow import run_sync
+    from kinesis_eo.leases import DynamoDBLeaseStore
+    from kinesis_eo.retrieval.shards import StreamRef, list_shards_flow
+    from kinesis_eo.retry import RetryConfig
+    from kinesis_eo.status import format_table, shard_statuses
+
+    table = args.lease_table or f"{args.app}-leases"
+    services = ["dynamodb"] + (["kinesis"] if args.stream else [])
+    clients = dict(zip(services, _aws_clients(args, *services), strict=True))
+    leases = run_sync(DynamoDBLeaseStore(table).list_leases(), clients, RetryConfig())
+    graph = None
+    if args.stream:
+        graph = run_sync(list_shards_flow(StreamRef.of(args.stream)), clients, RetryConfig())
+    rows = shard_statuses(leases, graph)
+    if args.json:
+        document = {
+            "app": args.app,
+            "lease_table": table,
+            "stream": args.stream,
+            "shards": [row.as_dict() for row in rows],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_table(rows))
+    return EXIT_OK
+
+
+# --- health -----------------------------------------------------------------------------------
+
+DEFAULT_HEALTH_MAX_AGE_S = 30.0
+
+
+def _add_health(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "health",
+        help="exit 0 if a worker's health file is fresh, 1 if not (a container health check)",
+        description=(
+            "Judge the health file that `kinesis-eo run --health-file PATH` rewrites on "
+            "every coordinator round (at least every failover/3 seconds). Exit 0 if it was "
+            "written within --max-age seconds; 1, with one line saying why, if it is "
+            "stale, missing or unreadable."
+        ),
+    )
+    parser.add_argument("--file", required=True, metavar="PATH", help="the worker's health file")
+    parser.add_argument(
+        "--max-age",
+        type=_positive_seconds,
+        default=DEFAULT_HEALTH_MAX_AGE_S,
+        metavar="SECONDS",
+        help="oldest acceptable report; keep it a few times the renewal interval "
+        f"(default: {DEFAULT_HEALTH_MAX_AGE_S:g})",
+    )
+    parser.set_defaults(command=_cmd_health)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from kinesis_eo.status import check_health
+
+    problem = check_health(args.file, args.max_age)
+    if problem is not None:
+        print(f"{PROG}: unhealthy: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -115,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_demo(subcommands)
+    _add_run(subcommands)
+    _add_status(subcommands)
+    _add_health(subcommands)
     return parser
 
 

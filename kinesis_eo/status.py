@@ -1,0 +1,177 @@
+"""What ``kinesis-eo status`` and ``kinesis-eo health`` report, as plain functions over data.
+
+``status`` reads the lease table (and, given the stream, its shards) and
+says per shard who owns it, how far it is checkpointed, how far behind the
+owner last was, and whether it can be worked on. ``health`` judges a
+worker's health file, which its coordinator rewrites every round: a file
+that stopped changing means a coordinator that stopped going round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kinesis_eo.leases import Lease, Sentinel
+from kinesis_eo.retrieval.shards import ShardGraph
+
+OWNED = "owned"
+FREE = "free"
+FINISHED = "finished"
+WAITING = "waiting for parents"
+NO_LEASE = "no lease yet"
+
+_SENTINELS = frozenset(s.value for s in Sentinel)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStatus:
+    shard_id: str
+    state: str
+    owner: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sub_sequence: int = 0
+    millis_behind_latest: int | None = None
+    parents: tuple[str, ...] = ()
+    lease_counter: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shard_id": self.shard_id,
+            "state": self.state,
+            "owner": self.owner,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sub_sequence": self.checkpoint_sub_sequence,
+            "millis_behind_latest": self.millis_behind_latest,
+            "lag": human_lag(self.millis_behind_latest),
+            "parents": list(self.parents),
+            "lease_counter": self.lease_counter,
+        }
+
+
+def shard_statuses(leases: Iterable[Lease], graph: ShardGraph | None = None) -> list[ShardStatus]:
+    """One row per lease, plus one per listed shard that has no lease yet."""
+    by_shard = {lease.shard_id: lease for lease in leases}
+
+    def state(lease: Lease) -> str:
+        if lease.finished:
+            return FINISHED
+        # As the lease manager judges it: only parents still in the table count.
+        if any(not by_shard[p].finished for p in lease.parents if p in by_shard):
+            return WAITING
+        return OWNED if lease.owner else FREE
+
+    rows = [
+        ShardStatus(
+            shard_id=lease.shard_id,
+            state=state(lease),
+            owner=lease.owner,
+            checkpoint=lease.checkpoint,
+            checkpoint_sub_sequence=lease.checkpoint_sub_sequence,
+            millis_behind_latest=lease.millis_behind_latest,
+            parents=tuple(sorted(lease.parents)),
+            lease_counter=lease.counter,
+        )
+        for lease in by_shard.values()
+    ]
+    if graph is not None:
+        rows += [
+            ShardStatus(shard.shard_id, NO_LEASE, parents=graph.parents_of(shard.shard_id))
+            for shard in graph.shards
+            if shard.shard_id not in by_shard
+        ]
+    return sorted(rows, key=lambda row: row.shard_id)
+
+
+def abbreviate_checkpoint(checkpoint: str | None, sub_sequence: int = 0, width: int = 20) -> str:
+    """A sequence number short enough for a table column; sentinels as they are.
+
+    Sequence numbers of one shard share a long prefix and differ at the end,
+    so the end is kept: ``4959...2785093634``.
+    """
+    if checkpoint is None:
+        return "-"
+    if checkpoint in _SENTINELS:
+        return checkpoint
+    text = checkpoint
+    if len(text) > width:
+        keep = width - 7
+        text = f"{text[:4]}...{text[-keep:]}"
+    return f"{text}/{sub_sequence}" if sub_sequence else text
+
+
+def human_lag(millis: int | None) -> str:
+    """``eoMillisBehindLatest`` for people: 0 s, 850 ms, 4.2 s, 3 min 04 s, 2 h 05 min, 1 d 03 h."""
+    if millis is None:
+        return "-"
+    if millis == 0:
+        return "0 s"
+    if millis < 1000:
+        return f"{millis} ms"
+    seconds = millis / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = math.floor(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    if whole < 86400:
+        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    return f"{whole // 86400} d {whole % 86400 // 3600:02d} h"
+
+
+COLUMNS = ("SHARD", "OWNER", "CHECKPOINT", "LAG", "STATE", "PARENTS")
+
+
+def format_table(rows: Sequence[ShardStatus]) -> str:
+    """A fixed-width table, one shard a line, and a count of states under it."""
+    cells = [
+        (
+            row.shard_id,
+            row.owner or "-",
+            abbreviate_checkpoint(row.checkpoint, row.checkpoint_sub_sequence),
+            human_lag(row.millis_behind_latest),
+            row.state,
+            ",".join(row.parents) or "-",
+        )
+        for row in rows
+    ]
+    widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+        for line in [COLUMNS, *cells]
+    ]
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no shards"
+    owners = len({row.owner for row in rows if row.state == OWNED})
+    lines.append(f"{len(rows)} shard(s): {summary}; {owners} worker(s) own leases")
+    return "\n".join(lines)
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+def check_health(path: str, max_age_s: float, now: float | None = None) -> str | None:
+    """None if the health file at ``path`` was written within ``max_age_s``; else why not."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        return f"no health file at {path}: the worker has not started its coordinator"
+    except (OSError, ValueError) as exc:
+        return f"the health file {path} cannot be read: {exc}"
+    written = document.get("time") if isinstance(document, dict) else None
+    if not isinstance(written, int | float) or isinstance(written, bool):
+        return f"the health file {path} has no numeric 'time': not a kinesis-eo health file"
+    age = (time.time() if now is None else now) - written
+    if age > max_age_s:
+        return (
+            f"the worker last reported {age:.0f} s ago (allowed: {max_age_s:g} s): "
+            "its coordinator is stuck or gone"
+        )
+    return None
