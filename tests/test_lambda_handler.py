@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from kinesis_eo.aggregation import UserRecord, aggregate
+from kinesis_eo.aggregation import MAGIC, UserRecord, aggregate
 from kinesis_eo.deadletter import DeadLetterReason, SqsDeadLetterQueue, reassemble
 from kinesis_eo.envelope import wrap
 from kinesis_eo.errors import ConfigurationError, InvalidRecordError
@@ -272,6 +272,43 @@ def test_a_record_whose_data_is_not_base64_is_dead_lettered_and_the_batch_goes_o
     assert letter.record.data == b"not base64!"
     assert letter.record.sequence_number == "3"
     assert effects(tables) == {"e-1": 1, "e-2": 1, "e-4": 1, "e-5": 1}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_corrupt_kpl_aggregate_is_dead_lettered_in_its_turn_and_once(
+    tables: Any, mode: LedgerMode
+) -> None:
+    shard = "shardId-000000000000"
+    corrupt = MAGIC + b"\x0a\xff not a protobuf" + bytes(16)
+    records = [
+        StreamRecord(shard, "1", "p", wrap("e-1", b"one")),
+        StreamRecord(shard, "2", "p", wrap("e-2", b"two")),
+        StreamRecord(shard, "3", "p", corrupt),
+        StreamRecord(shard, "4", "p", wrap("e-4", b"four")),
+    ]
+    flaky = {"e-2"}
+
+    def fails_once(record: Record, ctx: EffectContext) -> list[Any]:
+        if record.event_id in flaky:
+            flaky.clear()
+            raise ConnectionError("try again")
+        return apply_once(record, ctx)
+
+    dead = DeadLetterQueue()
+    handler = lambda_handler(tables, mode, fails_once, dead_letters=dead)
+    first = handler(kinesis_event(records, stream_arn("orders")), FakeContext())
+    letters_after_first = len(dead.letters)
+    again = handler(kinesis_event(records[1:], stream_arn("orders")), FakeContext())
+    replay = handler(kinesis_event(records, stream_arn("orders")), FakeContext())
+
+    # Record 2 failed first: the corrupt record after it waits its turn.
+    assert failures(first) == ["2", "3", "4"]
+    assert letters_after_first == 0
+    assert failures(again) == failures(replay) == []
+    (letter,) = dead.letters
+    assert letter.reason is DeadLetterReason.UNDECODABLE
+    assert letter.record.data == corrupt
+    assert effects(tables) == {"e-1": 1, "e-2": 1, "e-4": 1}
 
 
 # --- deadline ----------------------------------------------------------------------------------
