@@ -119,7 +119,7 @@ def drive_sync(
     flow: Flow,
     client: Any,
     retry: RetryConfig,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], Any] = time.sleep,
 ) -> Generator[Any, None, Any]:
     """Run ``flow`` with a boto3 client; yields its outputs, returns its return value."""
     send: Any = None
@@ -156,9 +156,14 @@ def drive_sync(
             yield step
 
 
-def run_sync(flow: Flow, client: Any, retry: RetryConfig) -> Any:
+def run_sync(
+    flow: Flow,
+    client: Any,
+    retry: RetryConfig,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> Any:
     """Run a flow that has no outputs to the end and return its value."""
-    driver = drive_sync(flow, client, retry)
+    driver = drive_sync(flow, client, retry, sleep)
     try:
         output = next(driver)
     except StopIteration as stop:

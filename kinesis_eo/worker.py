@@ -286,17 +286,26 @@ class Worker(_WorkerBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._threads: list[threading.Thread] = []
+        # Every wait of the worker's flows ends early when stop() is called.
+        self._wake = threading.Event()
         if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
-            self.sink.run_flow = lambda flow: run_sync(flow, self.clients, self.config.retry)
+            self.sink.run_flow = self._run
+
+    def _run(self, flow: Generator[Any, Any, Any]) -> Any:
+        return run_sync(flow, self.clients, self.config.retry, self._wake.wait)
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
 
     def _run_shard(self, lease: Lease) -> None:
         try:
-            run_sync(self._shard(lease), self.clients, self.config.retry)
+            self._run(self._shard(lease))
         except Exception:
             log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
             # Renewing a lease nobody works on would stall the shard: let it go.
             with contextlib.suppress(Exception):
-                run_sync(self.manager.release(lease.shard_id), self.clients, self.config.retry)
+                self._run(self.manager.give_up(lease.shard_id))
 
     def run(self, handle_signals: bool = False) -> WorkerMetrics:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``)."""
@@ -304,11 +313,15 @@ class Worker(_WorkerBase):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
         try:
-            for output in drive_sync(self._coordinator(), self.clients, self.config.retry):
+            coordinator = drive_sync(
+                self._coordinator(), self.clients, self.config.retry, self._wake.wait
+            )
+            for output in coordinator:
                 lease = output.lease
                 thread = threading.Thread(
                     target=self._run_shard, args=(lease,), name=f"shard-{lease.shard_id}"
                 )
+                self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.append(thread)
                 thread.start()
         finally:

@@ -125,3 +125,29 @@ def test_stealing_is_limited_per_round_and_stops_at_the_target() -> None:
     assert len(one) == 1
     assert len(two) == 3  # the target is 3 each: never take the victim below it
     assert all(lease.owner == "busy" for lease in two)
+
+
+def test_a_worker_restarted_under_the_same_id_takes_its_old_leases_back_at_once() -> None:
+    store, clock = store_with(3), Clock()
+    before = LeaseManager(store, CONFIG, "same-id", clock)
+    run_sync(before.take_round(), None, RETRY)
+    assert len(before.held) == 3
+
+    after = LeaseManager(store, CONFIG, "same-id", clock)  # the process restarted
+    taken = run_sync(after.take_round(), None, RETRY)
+
+    assert sorted(lease.shard_id for lease in taken) == ["shard-00", "shard-01", "shard-02"]
+    assert len(after.held) == 3
+
+
+def test_a_shard_given_up_after_a_failure_is_left_to_others_for_a_failover_time() -> None:
+    store, clock = store_with(1), Clock()
+    failing = LeaseManager(store, CONFIG, "failing", clock)
+    run_sync(failing.take_round(), None, RETRY)
+
+    run_sync(failing.give_up("shard-00"), None, RETRY)
+
+    assert store.leases["shard-00"].owner is None  # others may take it at once
+    assert run_sync(failing.take_round(), None, RETRY) == []
+    clock.now += CONFIG.failover_s + 0.1
+    assert len(run_sync(failing.take_round(), None, RETRY)) == 1

@@ -13,6 +13,7 @@ from kinesis_eo.sinks import EffectContext
 from tests.streams import make_stream
 from tests.workers import (
     LEASES,
+    SCHEDULING_SLACK_S,
     applied,
     create_tables,
     effect,
@@ -53,7 +54,7 @@ def test_three_workers_settle_to_3_3_2_and_a_killed_ones_shards_move_within_fail
     finally:
         stop(workers, threads)
 
-    assert moved <= LEASES.failover_s + LEASES.renew_interval + 0.5, moved
+    assert moved <= LEASES.failover_s + LEASES.renew_interval + SCHEDULING_SLACK_S, moved
     assert lease_owners(dynamodb) == {None: 8}  # stopping released every lease
     assert applied(dynamodb) == dict.fromkeys(ids, 1)
 

@@ -18,6 +18,7 @@ from tests.streams import make_stream
 from tests.workers import (
     CONFIG,
     LEASES,
+    SCHEDULING_SLACK_S,
     applied,
     create_tables,
     effect,
@@ -94,6 +95,6 @@ async def test_async_workers_balance_fail_over_and_fence_a_paused_one(
             w.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
-    assert moved <= LEASES.failover_s + LEASES.renew_interval + 0.5
+    assert moved <= LEASES.failover_s + LEASES.renew_interval + SCHEDULING_SLACK_S
     assert applied(dynamodb) == dict.fromkeys(ids, 1)
     assert lease_owners(dynamodb) == {None: 4}

@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,24 +78,37 @@ def plan_takes(
     now: float,
     config: LeaseConfig,
     rng: random.Random | None = None,
+    held: Collection[str] | None = None,
+    avoid: Collection[str] = (),
 ) -> list[Lease]:
     """Which leases to take this round: expired ones first, then a few stolen.
 
     Work is spread by lease count. A lease whose parents have not reached
     SHARD_END is not available: a child is read only after its parents.
+    ``held`` are the leases this worker works on; one that names it as owner
+    but is not held (a restart under the same id) counts as expired.
+    ``avoid`` are shards this worker must not take now (it just failed on them).
     """
     by_shard = {lease.shard_id: lease for lease in leases}
 
     def ready(lease: Lease) -> bool:
         return all(by_shard[p].finished for p in lease.parents if p in by_shard)
 
-    workable = [lease for lease in leases if not lease.finished and ready(lease)]
+    def orphaned(lease: Lease) -> bool:
+        return lease.owner == me and held is not None and lease.shard_id not in held
+
+    workable = [
+        lease
+        for lease in leases
+        if not lease.finished and ready(lease) and lease.shard_id not in avoid
+    ]
     if not workable:
         return []
     expired = [
         lease
         for lease in workable
-        if lease.owner != me and observations.expired(lease, now, config.failover_s)
+        if orphaned(lease)
+        or (lease.owner != me and observations.expired(lease, now, config.failover_s))
     ]
     expired_ids = {lease.shard_id for lease in expired}
     live_owners = Counter(
@@ -103,7 +116,7 @@ def plan_takes(
         for lease in workable
         if lease.owner not in (None, me) and lease.shard_id not in expired_ids
     )
-    mine = sum(1 for lease in workable if lease.owner == me)
+    mine = sum(1 for lease in workable if lease.owner == me and not orphaned(lease))
     workers = len(live_owners) + 1
     target = math.ceil(len(workable) / workers)
     if config.max_leases_per_worker is not None:
@@ -118,11 +131,11 @@ def plan_takes(
         (rng or random).shuffle(shuffled)
         shuffled.sort(key=lambda lease: lease.owner is not None)
         return shuffled[:wanted]
-    victim, held = live_owners.most_common(1)[0] if live_owners else (None, 0)
-    if victim is None or held <= target or config.max_steals_per_round == 0:
+    victim, victim_holds = live_owners.most_common(1)[0] if live_owners else (None, 0)
+    if victim is None or victim_holds <= target or config.max_steals_per_round == 0:
         return []
     # Steal only from a worker above the target, and only as much as keeps it there.
-    count = min(wanted, config.max_steals_per_round, held - target)
+    count = min(wanted, config.max_steals_per_round, victim_holds - target)
     candidates = [lease for lease in workable if lease.owner == victim]
     (rng or random).shuffle(candidates)
     return candidates[:count]
@@ -147,6 +160,8 @@ class LeaseManager:
         self.observations = Observations()
         # The leases this worker holds, as last written by it.
         self.held: dict[str, Lease] = {}
+        # Shards this worker gave up after failing on them, and until when it leaves them be.
+        self.cooling: dict[str, float] = {}
 
     # --- observing and taking ---------------------------------------------------------------
 
@@ -158,9 +173,18 @@ class LeaseManager:
     def take_round(self) -> Generator[Any, Any, list[Lease]]:
         """Look at the table and take what the plan says; the leases acquired."""
         leases = yield from self.refresh()
+        now = self.clock()
+        self.cooling = {shard: until for shard, until in self.cooling.items() if until > now}
         acquired = []
         for lease in plan_takes(
-            leases, self.worker_id, self.observations, self.clock(), self.config, self.rng
+            leases,
+            self.worker_id,
+            self.observations,
+            now,
+            self.config,
+            self.rng,
+            held=self.held,
+            avoid=self.cooling,
         ):
             taken = yield from self.take(lease)
             if taken is not None:
@@ -229,6 +253,16 @@ class LeaseManager:
         with contextlib.suppress(LeaseLostError):
             yield from self._write(shard_id, Change(remove=(OWNER, TOKEN), bump_counter=True))
         self.held.pop(shard_id, None)
+
+    def give_up(self, shard_id: str) -> Generator[Any, Any, None]:
+        """Release a shard this worker failed on, and leave it be for a failover time.
+
+        Another worker may take it at once (the failure may be this host's);
+        this one does not, so a shard that fails everywhere is retried at the
+        pace of the failover time, not in a tight loop.
+        """
+        self.cooling[shard_id] = self.clock() + self.config.failover_s
+        yield from self.release(shard_id)
 
     def checkpoint(
         self,
