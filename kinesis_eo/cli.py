@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -405,6 +406,105 @@ def _cmd_health(args: argparse.Namespace) -> int:
 # --- the command ------------------------------------------------------------------------------
 
 
+# --- chaos ------------------------------------------------------------------------------------
+
+
+def _add_chaos(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "chaos",
+        help="prove it: worker processes under kills, zombies, throttling and reshards",
+        description=(
+            "Start the emulators and a fleet of worker processes, produce events (some sent "
+            "twice by the producer, some poison), and meanwhile SIGKILL workers, SIGSTOP one "
+            "past its lease and wake it, throttle and drop calls, and (on kinesis-mock) split "
+            "and merge the stream. Then count, per event, what the sink applied. Exits 1 if "
+            "an effect was lost or applied twice."
+        ),
+    )
+    parser.add_argument("--events", type=_positive, default=2000, metavar="N")
+    parser.add_argument("--workers", type=_positive, default=3, metavar="W")
+    parser.add_argument("--shards", type=_positive, default=4, metavar="N")
+    parser.add_argument("--seed", type=int, default=1, metavar="S")
+    parser.add_argument(
+        "--kinesis",
+        choices=["moto", "kinesis-mock"],
+        default="moto",
+        help="Kinesis emulator; kinesis-mock (needs `npm ci`) also splits and merges the stream",
+    )
+    parser.add_argument(
+        "--produce-seconds",
+        type=_positive_seconds,
+        default=20.0,
+        help="spread production over this long, so that faults land while it runs",
+    )
+    parser.add_argument(
+        "--kill-every",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="mean time between SIGKILLs of a worker",
+    )
+    parser.add_argument(
+        "--zombie-every",
+        type=_positive_seconds,
+        default=12.0,
+        metavar="SECONDS",
+        help="mean time between SIGSTOPs of a worker past its lease",
+    )
+    parser.add_argument("--timeout", type=_positive_seconds, default=1800.0, metavar="SECONDS")
+    parser.add_argument(
+        "--report", dest="report_path", metavar="PATH", help="write the report as JSON"
+    )
+    parser.set_defaults(command=_cmd_chaos)
+
+
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from kinesis_eo.testing.chaos import ChaosConfig, KinesisBackend, run_chaos
+
+    config = ChaosConfig(
+        events=args.events,
+        workers=args.workers,
+        shards=args.shards,
+        seed=args.seed,
+        kinesis=KinesisBackend(args.kinesis),
+        produce_s=args.produce_seconds,
+        kill_every_s=args.kill_every,
+        zombie_every_s=args.zombie_every,
+        timeout_s=args.timeout,
+    )
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f} s] {message}", flush=True)
+
+    report = run_chaos(config, progress)
+    rows = [
+        ("produced", report.produced),
+        ("effects applied", report.effects),
+        ("missing", report.missing),
+        ("applied twice", report.duplicated),
+        ("dead-lettered", report.dead_lettered),
+        ("poison", report.poison),
+        ("kills", report.kills),
+        ("zombies", report.zombies),
+        ("zombie commits fenced", report.zombies_fenced),
+        ("reshards", report.reshards),
+        ("throttles injected", report.throttles_injected),
+        ("connection faults injected", report.connection_faults_injected),
+        ("producer duplicates", report.producer_duplicates),
+    ]
+    print()
+    for name, value in rows:
+        print(f"  {name:<28}{value:>10}")
+    print(f"  {'wall time':<28}{report.wall_s:>8.1f} s")
+    print(f"  emulator: {report.emulator}")
+    if args.report_path:
+        with open(args.report_path, "w", encoding="utf-8") as handle:
+            handle.write(report.to_json())
+    print("\nexactly once" if report.ok else "\nFAILED: effects lost or applied twice")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Exactly-once effects for Amazon Kinesis consumers."
@@ -415,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(subcommands)
     _add_status(subcommands)
     _add_health(subcommands)
+    _add_chaos(subcommands)
     return parser
 
 

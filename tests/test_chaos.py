@@ -7,8 +7,12 @@ small scale, on both Kinesis back-ends.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from kinesis_eo.cli import main
 from kinesis_eo.testing.chaos import ChaosConfig, KinesisBackend, run_chaos
 
 
@@ -59,3 +63,34 @@ def test_a_short_chaos_run_with_a_split_and_a_merge_on_kinesis_mock() -> None:
     assert report.reshards == 2
     assert report.kills > 0
     assert report.effects == 1200 - report.poison
+
+
+def test_the_chaos_command_writes_the_report_and_exits_zero_when_all_is_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path = tmp_path / "chaos.json"
+
+    code = main(
+        [
+            "chaos",
+            "--events", "400",
+            "--workers", "2",
+            "--shards", "2",
+            "--seed", "4",
+            "--produce-seconds", "4",
+            "--kill-every", "2",
+            "--zombie-every", "5",
+            "--timeout", "120",
+            "--report", str(report_path),
+        ]
+    )  # fmt: skip
+
+    report = json.loads(report_path.read_text())
+    assert code == 0
+    assert {
+        "produced", "effects", "missing", "duplicated", "dead_lettered", "kills",
+        "zombies_fenced", "reshards", "throttles_injected", "producer_duplicates", "wall_s",
+    } <= report.keys()  # fmt: skip
+    assert report["produced"] == 400
+    assert report["missing"] == report["duplicated"] == 0
+    assert "exactly once" in capsys.readouterr().out
