@@ -432,6 +432,13 @@ def _add_chaos(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="Kinesis emulator; kinesis-mock (needs `npm ci`) also splits and merges the stream",
     )
     parser.add_argument(
+        "--adapter",
+        choices=["worker", "lambda"],
+        default="worker",
+        help="worker processes sharing leases, or the Lambda handler under a simulated "
+        "event source mapping (crashed invocations, retries, bisection, zombie replays)",
+    )
+    parser.add_argument(
         "--produce-seconds",
         type=_positive_seconds,
         default=20.0,
@@ -459,7 +466,7 @@ def _add_chaos(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
-    from kinesis_eo.testing.chaos import ChaosConfig, KinesisBackend, run_chaos
+    from kinesis_eo.testing.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
 
     config = ChaosConfig(
         events=args.events,
@@ -467,6 +474,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         shards=args.shards,
         seed=args.seed,
         kinesis=KinesisBackend(args.kinesis),
+        adapter=Adapter(args.adapter),
         produce_s=args.produce_seconds,
         kill_every_s=args.kill_every,
         zombie_every_s=args.zombie_every,

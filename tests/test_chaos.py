@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kinesis_eo.cli import main
-from kinesis_eo.testing.chaos import ChaosConfig, KinesisBackend, run_chaos
+from kinesis_eo.testing.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
 
 
 def test_a_short_chaos_run_on_moto_loses_nothing_and_applies_nothing_twice() -> None:
@@ -41,6 +41,19 @@ def test_a_short_chaos_run_on_moto_loses_nothing_and_applies_nothing_twice() -> 
     assert report.zombies > 0
     assert report.throttles_injected > 0
     assert report.producer_duplicates > 0
+
+
+def test_the_same_chaos_proves_the_lambda_handler_under_a_simulated_event_source_mapping() -> None:
+    report = run_chaos(
+        ChaosConfig(events=1200, shards=3, seed=13, produce_s=3, adapter=Adapter.LAMBDA)
+    )
+
+    assert report.ok, report.to_json()
+    assert report.effects == 1200 - report.poison
+    assert report.dead_lettered == report.poison > 0
+    assert report.kills > 0  # invocations that died after their commits
+    assert report.producer_duplicates > 0
+    assert report.zombies == report.zombies_fenced > 0
 
 
 @pytest.mark.kinesis_mock

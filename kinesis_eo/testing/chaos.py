@@ -44,7 +44,7 @@ from kinesis_eo.testing.backends import FAKE_CREDENTIALS, REGION, KinesisMock, M
 from kinesis_eo.testing.chaos_worker import POISON_PREFIX, WorkerSpec
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 
-__all__ = ["ChaosConfig", "ChaosReport", "KinesisBackend", "run_chaos"]
+__all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend", "run_chaos"]
 
 # A quarter of the producer's sends are flipped to "failed": enough tries that none gives up.
 PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
@@ -57,6 +57,13 @@ class KinesisBackend(Enum):
     KINESIS_MOCK = "kinesis-mock"
 
 
+class Adapter(Enum):
+    """What consumes: worker processes sharing leases, or the Lambda handler under an ESM."""
+
+    WORKER = "worker"
+    LAMBDA = "lambda"
+
+
 @dataclass(frozen=True)
 class ChaosConfig:
     events: int = 2000
@@ -64,6 +71,7 @@ class ChaosConfig:
     shards: int = 4
     seed: int = 1
     kinesis: KinesisBackend = KinesisBackend.MOTO
+    adapter: Adapter = Adapter.WORKER
     failover_s: float = 3.0
     # Production is spread over this long, so that faults land while it runs.
     produce_s: float = 20.0
@@ -364,6 +372,142 @@ def _workspace() -> Iterator[Path]:
         yield Path(directory)
 
 
+def _start_fleet(
+    config: ChaosConfig,
+    kinesis_endpoint: str,
+    dynamodb_endpoint: str,
+    names: _Names,
+    directory: Path,
+    rng: random.Random,
+) -> _Fleet:
+    base = WorkerSpec(
+        worker_id="",
+        stream=names.stream,
+        kinesis_endpoint=kinesis_endpoint,
+        dynamodb_endpoint=dynamodb_endpoint,
+        lease_table=names.leases,
+        ledger_table=names.ledger,
+        effects_table=names.effects,
+        dead_letter_table=names.dead_letters,
+        consumer_group=names.group,
+        stats_file="",
+        seed=config.seed,
+        failover_s=config.failover_s,
+        throttle_probability=config.throttle_probability,
+        disconnect_probability=config.disconnect_probability,
+        crash_after_commit_probability=config.crash_after_commit_probability,
+        pause_in_handler_probability=config.pause_in_handler_probability,
+    )
+    return _Fleet(base, config.workers, directory, rng)
+
+
+def _verified(
+    report: ChaosReport,
+    events: list[Event],
+    poison: set[str],
+    dynamodb: Any,
+    names: _Names,
+    producer_faults: FaultInjector,
+    started: float,
+) -> ChaosReport:
+    """Count, per produced event, what the sink and the dead-letter table hold."""
+    report.producer_duplicates = producer_faults.injected[FaultKind.ENTRY_STORED_REPORTED_FAILED]
+    applied = _applied(dynamodb, names.effects)
+    dead = _dead_lettered(dynamodb, names.dead_letters)
+    expected = {str(e.event_id) for e in events} - poison
+    report.produced = len(events)
+    report.poison = len(poison)
+    report.effects = sum(1 for count in applied.values() if count >= 1)
+    report.dead_lettered = len(dead)
+    missing = sorted((expected - applied.keys()) | (poison - dead))
+    doubled = sorted(k for k, count in applied.items() if count > 1)
+    report.missing, report.missing_ids = len(missing), missing[:20]
+    report.duplicated, report.duplicated_ids = len(doubled), doubled[:20]
+    report.wall_s = round(time.monotonic() - started, 1)
+    return report
+
+
+class _SimulatedCrash(Exception):
+    """The function instance died after its commits and before it answered."""
+
+
+def _consume_with_lambda(
+    config: ChaosConfig,
+    kinesis: Any,
+    dynamodb: Any,
+    names: _Names,
+    report: ChaosReport,
+    rng: random.Random,
+    say: Progress,
+) -> None:
+    """The Lambda handler under a simulated event source mapping, with faults.
+
+    Invocations crash after their commits (the ESM delivers the batch again,
+    bisected); the handler's DynamoDB calls are throttled and lose responses;
+    some invocations are played again at the end, as a function instance that
+    timed out but went on running would (a zombie): none may apply anything.
+    """
+    from kinesis_eo.deadletter import DynamoDBDeadLetterTable
+    from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, LedgerMode
+    from kinesis_eo.sinks import FailurePolicy
+    from kinesis_eo.testing.chaos_worker import effect_handler
+    from kinesis_eo.testing.lambda_esm import (
+        EsmConfig,
+        EventSourceMapping,
+        FakeContext,
+        read_stream,
+    )
+    from lambda_handlers import KinesisHandler, LambdaConfig
+
+    handler_dynamodb = _client("dynamodb", dynamodb.meta.endpoint_url)
+    faults = FaultInjector(seed=config.seed + 1)
+    faults.throttle("TransactWriteItems", schedule=Probability(config.throttle_probability))
+    faults.disconnect("*", schedule=Probability(config.disconnect_probability), after_send=True)
+    faults.attach(handler_dynamodb)
+    retry = RetryConfig(max_attempts=10, initial_backoff_s=0.01, max_backoff_s=0.2)
+    handler = KinesisHandler(
+        effect_handler(names.effects),
+        ledger=Ledger(
+            DynamoDBLedgerStore(names.ledger, retry),
+            LedgerConfig(names.group, LedgerMode.PER_RECORD),
+        ),
+        dead_letters=DynamoDBDeadLetterTable(handler_dynamodb, names.dead_letters),
+        config=LambdaConfig(
+            policy=FailurePolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01),
+            max_failed_deliveries=2,
+            retry=retry,
+        ),
+        dynamodb=handler_dynamodb,
+    )
+    crash_probability = max(config.crash_after_commit_probability * 20, 0.05)
+    replays: list[dict[str, Any]] = []
+    calls = 0
+
+    def invoke(event: dict[str, Any], context: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if len(replays) < 5 and calls % 10 == 1:
+            replays.append(event)
+        response = handler(event, context)
+        if rng.random() < crash_probability:
+            report.kills += 1
+            raise _SimulatedCrash("the instance died before it answered")
+        return response
+
+    records = read_stream(kinesis, names.stream)
+    esm = EventSourceMapping(invoke, records, stream=names.stream, config=EsmConfig(batch_size=100))
+    invocations = esm.run(max_invocations=100 * (len(records) // 10 + 10))
+    say(f"{len(invocations)} invocations for {len(records)} records, {report.kills} crashed")
+    for event in replays:
+        before = sum(_applied(dynamodb, names.effects).values())
+        handler(event, FakeContext())
+        report.zombies += 1
+        if sum(_applied(dynamodb, names.effects).values()) == before:
+            report.zombies_fenced += 1
+    report.throttles_injected = faults.injected[FaultKind.ERROR_RESPONSE]
+    report.connection_faults_injected = faults.injected[FaultKind.CONNECTION_LOST]
+
+
 def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosReport:
     """Run one seeded chaos scenario and verify the sink; see the module docstring."""
     say = progress or (lambda _: None)
@@ -372,7 +516,6 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
     report = ChaosReport(seed=config.seed, workers=config.workers)
     names = _Names.fresh()
     with contextlib.ExitStack() as stack:
-        directory = stack.enter_context(_workspace())
         moto, kinesis_endpoint, report.emulator = _backends(config, stack)
         kinesis = _client("kinesis", kinesis_endpoint)
         dynamodb = _client("dynamodb", moto.endpoint_url)
@@ -386,31 +529,11 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
         create_dead_letter_table(dynamodb, names.dead_letters)
         say(f"emulators up ({report.emulator}); stream {names.stream} with {config.shards} shards")
 
-        base = WorkerSpec(
-            worker_id="",
-            stream=names.stream,
-            kinesis_endpoint=kinesis_endpoint,
-            dynamodb_endpoint=moto.endpoint_url,
-            lease_table=names.leases,
-            ledger_table=names.ledger,
-            effects_table=names.effects,
-            dead_letter_table=names.dead_letters,
-            consumer_group=names.group,
-            stats_file="",
-            seed=config.seed,
-            failover_s=config.failover_s,
-            throttle_probability=config.throttle_probability,
-            disconnect_probability=config.disconnect_probability,
-            crash_after_commit_probability=config.crash_after_commit_probability,
-            pause_in_handler_probability=config.pause_in_handler_probability,
-        )
-        fleet = _Fleet(base, config.workers, directory, rng)
-        stack.callback(fleet.shut_down)
-
         events = _events(config)
         poison = {str(e.event_id) for e in events if e.data.startswith(POISON_PREFIX)}
         produced = threading.Event()
         producer_faults = FaultInjector(seed=config.seed)
+        directory = stack.enter_context(_workspace())
         producer_client = _client("kinesis", kinesis_endpoint)
         if config.producer_duplicate_rate:
             producer_faults.fail_stored_entries(
@@ -420,9 +543,7 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
         producer = Producer(
             producer_client,
             names.stream,
-            ProducerConfig(
-                entry_retry=RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
-            ),
+            ProducerConfig(entry_retry=PRODUCER_RETRY),
         )
         errors: list[BaseException] = []
 
@@ -439,6 +560,14 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
                 produced.set()
 
         threading.Thread(target=produce, name="chaos-producer", daemon=True).start()
+        if config.adapter is Adapter.LAMBDA:
+            produced.wait()
+            if errors:
+                raise RuntimeError(f"the producer failed: {errors[0]}") from errors[0]
+            _consume_with_lambda(config, kinesis, dynamodb, names, report, rng, say)
+            return _verified(report, events, poison, dynamodb, names, producer_faults, started)
+        fleet = _start_fleet(config, kinesis_endpoint, moto.endpoint_url, names, directory, rng)
+        stack.callback(fleet.shut_down)
 
         resharder = (
             _Resharder(kinesis, names.stream)
@@ -497,18 +626,4 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
         report.connection_faults_injected = totals.get(
             FaultKind.CONNECTION_REFUSED.value, 0
         ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
-        report.producer_duplicates = producer_faults.injected[
-            FaultKind.ENTRY_STORED_REPORTED_FAILED
-        ]
-        applied = _applied(dynamodb, names.effects)
-        dead = _dead_lettered(dynamodb, names.dead_letters)
-        report.produced = len(events)
-        report.poison = len(poison)
-        report.effects = sum(1 for count in applied.values() if count >= 1)
-        report.dead_lettered = len(dead)
-        missing = sorted((expected - applied.keys()) | (poison - dead))
-        doubled = sorted(k for k, count in applied.items() if count > 1)
-        report.missing, report.missing_ids = len(missing), missing[:20]
-        report.duplicated, report.duplicated_ids = len(doubled), doubled[:20]
-        report.wall_s = round(time.monotonic() - started, 1)
-    return report
+        return _verified(report, events, poison, dynamodb, names, producer_faults, started)
