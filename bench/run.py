@@ -372,14 +372,16 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
     peer = by_name.get("powertools")
     if wm is not None and peer is not None and wm["emulator_cpu_us_per_record"]:
-        # What the emulator alone allows: its CPU per record for Powertools over
-        # its CPU per record for the watermark case, as if the clients cost nothing.
-        ceiling = peer["emulator_cpu_us_per_record"] / wm["emulator_cpu_us_per_record"]
+        # What the emulator alone allows. Calls are request/response, so a pass
+        # takes about client CPU + emulator CPU; were kinesis_eo's client free,
+        # the watermark case would still take the emulator's CPU per record.
+        peer_us = 1e6 / peer["rps_first"]
+        ceiling = peer_us / wm["emulator_cpu_us_per_record"]
         found.append(
             {
-                "target": "(context) the emulator's ceiling on that ratio: its CPU per record "
-                "under Powertools over its CPU per record under the watermark case",
-                "measured": f"{ceiling:.1f}x ({peer['emulator_cpu_us_per_record']:,.0f} vs "
+                "target": "(context) the emulator's ceiling on that ratio, were our client free: "
+                "Powertools' time per record over the emulator's CPU per watermark record",
+                "measured": f"{ceiling:.1f}x ({peer_us:,.0f} vs "
                 f"{wm['emulator_cpu_us_per_record']:,.0f} µs per record)",
                 "met": None,
             }
@@ -537,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
             + (" (--quick, to stay under 3 minutes)" if args.quick else "")
             + ": rates are comparable, totals are not."
         )
+    # First, while this process's heap is small and nothing else runs in it.
+    if args.cpu_records:
+        log(f"toolkit CPU in memory ({args.cpu_records:,} records, no HTTP) ... ", end="")
+        report["cpu_us_per_record"] = measure_inmemory(args.cpu_records, args.shards, args.batch)
+        log("done")
+    else:
+        report["cpu_us_per_record"] = None
     with _quiet_aws_env():
         log("main run:")
         with Emulator() as emulator:
@@ -553,12 +562,6 @@ def main(argv: list[str] | None = None) -> int:
                 report["stock"] = run_suite(
                     emulator, stock_cases, args.stock_records, args.shards, args.batch, log
                 )
-    if args.cpu_records:
-        log(f"toolkit CPU in memory ({args.cpu_records:,} records, no HTTP) ... ", end="")
-        report["cpu_us_per_record"] = measure_inmemory(args.cpu_records, args.shards, args.batch)
-        log("done")
-    else:
-        report["cpu_us_per_record"] = None
     report["cases"] = report["main"]["cases"]
     report["targets"] = targets(report)
     report["load_after"] = _load()
@@ -582,8 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     if cpu:
         log()
         log(
-            "toolkit CPU per record, in memory (µs, net of the handler's "
-            f"{cpu['handler_us']} µs; replay gross):"
+            "toolkit CPU per record, in memory (µs, best of 3, garbage collector off as in "
+            f"timeit; first pass net of the handler's {cpu['handler_us']} µs, replay gross):"
         )
         for name in ("watermark", "per_record", "idempotent_key_watermark", "claim"):
             log(f"  {name:<26} first {cpu[name]:6.1f}   replay {cpu[name + '_replay']:6.1f}")
