@@ -8,10 +8,6 @@ where every record is a duplicate. Only what happens to a batch differs:
 
 - ``watermark``, ``per_record``: :class:`TransactionalSink`; the handler
   returns the sink write, committed with the ledger mark in one transaction.
-- ``watermark_screened``: the watermark case with the sink's screening read
-  of the watermark turned on (``commit_detects_duplicates = False``): one read
-  per shard, and a replay no longer runs handlers or canceled transactions.
-  Not a separate product: it measures a change proposed for the default.
 - ``claim``: :class:`ClaimSink` (per-record ledger); the handler writes the
   sink item itself, keyed to ``ctx.idempotency_key`` (a conditional write:
   the sink deduplicates by that key).
@@ -219,31 +215,6 @@ class TransactionalCase(Case):
 
 class WatermarkCase(TransactionalCase):
     mode = LedgerMode.WATERMARK
-
-
-class _ScreeningTransactionalSink(TransactionalSink):
-    # Screen against the stored watermark (read once per shard, then kept by
-    # the commits) instead of leaving duplicates to the commit's condition.
-    commit_detects_duplicates = False
-
-
-class WatermarkScreenedCase(WatermarkCase):
-    """The watermark case with the screening read on: what the proposed default would do.
-
-    The transactional sink skips the ledger read when it screens a batch and
-    lets the commit's condition catch duplicates. After a restart, that runs
-    the handler for every replayed record of a shard's first batch and sends
-    every one of its transactions, each to be canceled. One read of the
-    watermark per shard avoids all of it.
-    """
-
-    def consumer(self, number: int) -> Consumer:
-        env = self.env
-        sink = _ScreeningTransactionalSink(self.ledger(), self.handle)
-        checkpoints = DynamoDBCheckpointStore(self.checkpoint_table(number))
-        return Consumer(
-            env.kinesis, env.dynamodb, env.stream, sink, checkpoints, env.consumer_config()
-        )
 
 
 class PerRecordCase(TransactionalCase):
@@ -490,10 +461,6 @@ class PowertoolsCase(Case):
 CASES: dict[str, tuple[type[Case], str]] = {
     "read_only": (ReadOnlyCase, "read only, no dedup (baseline)"),
     "watermark": (WatermarkCase, "kinesis_eo watermark, transactional sink"),
-    "watermark_screened": (
-        WatermarkScreenedCase,
-        "  same, screening read on (proposed default)",
-    ),
     "per_record": (PerRecordCase, "kinesis_eo per-record (event ids), transactional"),
     "claim": (ClaimCase, "kinesis_eo claim/act/complete, idempotent-key sink"),
     "powertools": (PowertoolsCase, "Powertools idempotent_function + BatchProcessor"),

@@ -44,7 +44,7 @@ DEFAULT_RECORDS = 10_000
 QUICK_RECORDS = 1_000
 DEFAULT_STOCK_RECORDS = 500
 QUICK_STOCK_RECORDS = 100
-STOCK_CASES = ("read_only", "watermark", "watermark_screened", "per_record", "powertools")
+STOCK_CASES = ("read_only", "watermark", "per_record", "powertools")
 
 # The targets; the bench reports them, no test asserts timings.
 TARGET_RATIO_VS_POWERTOOLS = 50.0
@@ -416,17 +416,6 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "measured": f"{share:.2f}x ({wm['rps_replay']:,.0f} vs "
                 f"{read['rps_first']:,.0f} rec/s)",
                 "met": share >= TARGET_REPLAY_VS_READ,
-            }
-        )
-    screened = by_name.get("watermark_screened")
-    if screened is not None and read is not None:
-        share = screened["rps_replay"] / read["rps_first"]
-        found.append(
-            {
-                "target": "(context) the same with the sink's screening read on (proposed default)",
-                "measured": f"{share:.2f}x ({screened['rps_replay']:,.0f} vs "
-                f"{read['rps_first']:,.0f} rec/s)",
-                "met": None,
             }
         )
     return found
