@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -52,3 +54,20 @@ def assert_in_shard_order_each_once(records: list[Record], expected: list[bytes]
         assert positions == sorted(positions), f"{shard_id} read out of order"
         assert len(set(positions)) == len(positions), f"{shard_id} has a repeated position"
     assert sorted(r.data for r in records) == sorted(expected)
+
+
+def wait_active(client: Any, stream: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+        if summary["StreamStatus"] == "ACTIVE":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{stream} did not become ACTIVE")
+
+
+def new_stream(client: Any, shards: int) -> str:
+    name = f"s-{uuid.uuid4().hex[:10]}"
+    client.create_stream(StreamName=name, ShardCount=shards)
+    wait_active(client, name)
+    return name

@@ -11,7 +11,6 @@ import os
 import socket
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,7 @@ from kinesis_eo.testing.backends import (
     MotoServer,
     find_kinesis_mock,
 )
-
-
-def wait_active(client: Any, stream: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
-        if summary["StreamStatus"] == "ACTIVE":
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{stream} did not become ACTIVE")
-
-
-def new_stream(client: Any, shards: int) -> str:
-    name = f"backends-{uuid.uuid4().hex[:10]}"
-    client.create_stream(StreamName=name, ShardCount=shards)
-    wait_active(client, name)
-    return name
+from tests.streams import new_stream, wait_active
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -6,8 +6,6 @@ the tests that prove ordering and resharding.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -15,7 +13,14 @@ import pytest
 
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import StreamReader, list_shards
-from tests.streams import FAST, assert_in_shard_order_each_once, put_numbered, read_until
+from tests.streams import (
+    FAST,
+    assert_in_shard_order_each_once,
+    new_stream,
+    put_numbered,
+    read_until,
+    wait_active,
+)
 
 pytestmark = pytest.mark.kinesis_mock
 
@@ -23,23 +28,6 @@ pytestmark = pytest.mark.kinesis_mock
 @pytest.fixture
 def client(kinesis_mock: Any) -> Any:
     return kinesis_mock.client("kinesis")
-
-
-def wait_active(client: Any, stream: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
-        if summary["StreamStatus"] == "ACTIVE":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{stream} did not become ACTIVE")
-
-
-def new_stream(client: Any, shards: int) -> str:
-    name = f"s-{uuid.uuid4().hex[:10]}"
-    client.create_stream(StreamName=name, ShardCount=shards)
-    wait_active(client, name)
-    return name
 
 
 def test_ten_thousand_records_over_four_shards_are_read_in_order_each_once(client: Any) -> None:

@@ -18,7 +18,7 @@ from kinesis_eo.records import Record
 from kinesis_eo.retrieval import list_shards
 from kinesis_eo.sinks import EffectContext
 from kinesis_eo.worker import AsyncWorker
-from tests.test_reader_kinesis_mock import new_stream, wait_active
+from tests.streams import new_stream, wait_active
 from tests.workers import (
     CONFIG,
     LEASES,
