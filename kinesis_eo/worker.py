@@ -55,6 +55,34 @@ class WorkerConfig:
     shard_sync_interval_s: float = 60.0
     # Touched by the coordinator on every round; `kinesis-eo health` reads it.
     health_file: str | None = None
+    # An outage (throttling, a table or endpoint down) pauses the shard and retries
+    # its batch with jittered back-off growing from the first figure up to the second.
+    outage_initial_backoff_s: float = 0.5
+    outage_max_backoff_s: float = 30.0
+    # The health file turns unhealthy for a shard whose loop failed this many times
+    # in a row, or that made no progress for stall_timeout_s while records waited.
+    unhealthy_after_failures: int = 3
+    stall_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        interval = self.checkpoint_interval_s
+        if not 0 <= interval < float("inf"):
+            raise ValueError(f"checkpoint_interval_s must be 0 or more seconds, got {interval!r}")
+        for name in (
+            "shard_sync_interval_s",
+            "outage_initial_backoff_s",
+            "outage_max_backoff_s",
+            "stall_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.outage_max_backoff_s < self.outage_initial_backoff_s:
+            raise ValueError("outage_max_backoff_s must be at least outage_initial_backoff_s")
+        if self.unhealthy_after_failures < 1:
+            raise ValueError(
+                f"unhealthy_after_failures must be at least 1, got {self.unhealthy_after_failures}"
+            )
 
 
 @dataclass
