@@ -30,6 +30,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
 from kinesis_eo.ledger import FencedError
@@ -175,6 +176,26 @@ def coordinator_flow(
         yield Sleep(max(0.0, min(next_renew, next_take, next_sync) - clock()))
 
 
+def prepare_health_file(path: str) -> None:
+    """Create the health file's folder and prove it writable, before any shard is touched.
+
+    A container image need not have the folder; a path that cannot be written
+    would otherwise kill the worker at its first round, with a traceback.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = f"{path}.tmp"
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the health file {path} cannot be written ({exc.strerror or exc}): "
+            "choose a --health-file in a folder this user may create and write"
+        ) from exc
+
+
 def _write_health(path: str, manager: LeaseManager, state: WorkerState) -> None:
     # Written whole and renamed, so a reader never sees half a file.
     payload = {
@@ -293,6 +314,10 @@ class _WorkerBase:
     def resume(self) -> None:
         self.state.paused = False
 
+    def _prepare(self) -> None:
+        if self.config.health_file:
+            prepare_health_file(self.config.health_file)
+
     def _coordinator(self) -> Generator[Any, Any, None]:
         return coordinator_flow(self.manager, self.stream, self.config, self.state)
 
@@ -337,6 +362,7 @@ class Worker(_WorkerBase):
 
     def run(self, handle_signals: bool = False) -> WorkerMetrics:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``)."""
+        self._prepare()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
@@ -379,6 +405,7 @@ class AsyncWorker(_WorkerBase):
                 )
 
     async def run(self, handle_signals: bool = False) -> WorkerMetrics:
+        self._prepare()
         if handle_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.records import Record
 from kinesis_eo.sinks import EffectContext
 from tests.streams import make_stream
@@ -173,3 +176,35 @@ def test_the_coordinator_keeps_a_health_file_with_its_leases_and_counters(
     assert state["worker"] == "healthy"
     assert len(state["leases"]) == 2
     assert time.time() - state["time"] < 10
+
+
+def test_a_health_file_in_a_missing_folder_gets_the_folder_made(
+    kinesis: Any, dynamodb: Any, tmp_path: Any
+) -> None:
+    make_stream(kinesis, "orders", 1)
+    create_tables(dynamodb)
+    produce(kinesis, "orders", 0, 3)
+    health = tmp_path / "var" / "run" / "kinesis-eo" / "health.json"
+    fresh = worker(kinesis, dynamodb, "orders", "fresh")
+    fresh.config = replace(fresh.config, health_file=str(health))
+    threads = start([fresh])
+    try:
+        wait_for(lambda: len(applied(dynamodb)) == 3, 20, "the effects")
+        wait_for(health.exists, 10, "the health file")
+    finally:
+        stop([fresh], threads)
+    assert json.loads(health.read_text())["worker"] == "fresh"
+
+
+def test_a_health_file_that_cannot_be_written_is_refused_before_any_shard_is_read(
+    kinesis: Any, dynamodb: Any, tmp_path: Any
+) -> None:
+    make_stream(kinesis, "orders", 1)
+    create_tables(dynamodb)
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("")
+    refused = worker(kinesis, dynamodb, "orders", "refused")
+    refused.config = replace(refused.config, health_file=str(not_a_folder / "health.json"))
+    with pytest.raises(ConfigurationError, match=r"health file .*plain-file/health\.json"):
+        refused.run()
+    assert refused.metrics.leases_taken == 0
