@@ -21,7 +21,7 @@ from kinesis_eo.flow import pump, run_async, run_sync
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardGraph, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
 from kinesis_eo.retry import RetryConfig
-from kinesis_eo.sinks import BatchReport, ClaimSink
+from kinesis_eo.sinks import BatchReport, ClaimSink, OutageBackoff, process_through_outages
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class ConsumerConfig:
     # checkpoints only bound how much is read again; writing one per batch
     # would cost as much as the ledger itself.
     checkpoint_interval_s: float = 5.0
+    # An outage pauses a shard's batch and retries it with this back-off (see OutageBackoff).
+    outage_backoff: OutageBackoff = field(default_factory=OutageBackoff)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class ConsumerStats:
     ledger_writes: int = 0
     checkpoints: int = 0
     shards_finished: int = 0
+    outage_pauses: int = 0
 
 
 AfterCommit = Callable[[Batch, BatchReport], None]
@@ -144,8 +147,22 @@ def consume_flow(
         StreamRef.of(stream), config.reader, config.initial_position, positions, progress
     )
 
+    def on_pause(error: BaseException, delay: float) -> None:
+        state.stats.outage_pauses += 1
+        log.warning("paused for %.1f s by an outage (nothing dead-lettered): %s", delay, error)
+
     def on_batch(batch: Batch) -> Generator[Any, Any, bool]:
-        report = (yield from sink.process(batch.records)) if batch.records else None
+        report = None
+        if batch.records:
+            report = yield from process_through_outages(
+                sink.process,
+                batch.records,
+                config.outage_backoff,
+                lambda: not state.stopping,
+                on_pause,
+            )
+            if report is None:
+                return True  # stopped while paused: no checkpoint past the batch
         checkpoint = state.on_batch(batch, report)
         if report is not None and after_commit is not None:
             after_commit(batch, report)

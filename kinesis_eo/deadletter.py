@@ -92,6 +92,9 @@ class DeadLetterReason(Enum):
     """The same event id arrived with a different payload."""
     CLAIM_EXPIRED = "CLAIM_EXPIRED"
     """A claim/act/complete effect whose claim expired and was quarantined."""
+    INVALID_WRITE = "INVALID_WRITE"
+    """The handler returned writes that DynamoDB refuses (ValidationException): a bad
+    expression, a key of the wrong type, an item over 400 KB, too many writes."""
 
 
 def describe_error(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:

@@ -88,6 +88,35 @@ class TransactionCanceledError(KinesisEOError):
     def failed_indexes(self, code: str = "ConditionalCheckFailed") -> list[int]:
         return [i for i, r in enumerate(self.reasons) if r.get("Code") == code]
 
+    def invalid_indexes(self) -> list[int]:
+        """Items refused for what they are (``ValidationError``), which no retry mends."""
+        harmless = {"None", "ConditionalCheckFailed"} | TRANSIENT_CANCELLATION_CODES
+        return [i for i, r in enumerate(self.reasons) if str(r.get("Code", "None")) not in harmless]
+
+
+class InvalidWriteError(KinesisEOError):
+    """DynamoDB refused a write as invalid (a ``ValidationException``): retrying cannot help.
+
+    A bad expression, a key of the wrong type, an item over 400 KB, two
+    operations on one item in a transaction. ``indexes`` name the refused
+    operations of a transaction where DynamoDB said which (its cancellation
+    reasons); None where it refused the request whole.
+    """
+
+    def __init__(self, message: str, *, indexes: Sequence[int] | None = None) -> None:
+        super().__init__(message)
+        self.indexes = None if indexes is None else sorted(indexes)
+
+
+class SinkUnavailableError(RetryableError):
+    """The world is down, not the record at fault: the shard pauses and retries, nothing is
+    dead-lettered.
+
+    Raise it from a handler when the system it writes to is unreachable or
+    overloaded; kinesis_eo raises it for a handler's own throttled, timed-out
+    or unreachable AWS calls and for ``TimeoutError`` / ``ConnectionError``.
+    """
+
 
 class AwsCallError(KinesisEOError):
     """An AWS error that none of the more precise classes describe."""
@@ -214,3 +243,33 @@ def translate_aws_error(exc: BaseException, *, resource: str, action: str) -> Ki
     ):
         return ConnectionFailedError(f"{action} on {resource} could not reach AWS: {exc}")
     return AwsCallError(f"{action} on {resource} failed: {exc}", code=type(exc).__name__)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a handler's exception says the world is down rather than the record is bad.
+
+    Outages pause the shard and are retried with back-off; any other failure
+    of a handler is the record's, and after the failure policy's tries the
+    record is dead-lettered. Toolkit errors that are not retryable (a lost
+    lease, a missing table, a denied call) are neither: they stop the shard's
+    loop and show in its health.
+    """
+    if isinstance(exc, KinesisEOError):
+        return exc.retryable
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError | BotoCoreError):
+        return translate_aws_error(exc, resource="a handler's AWS call", action="it").retryable
+    return False
+
+
+def is_setup_fault(exc: BaseException) -> bool:
+    """Whether a handler's AWS call failed for a reason no record causes: denied, not found."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not isinstance(exc, ClientError | BotoCoreError):
+        return False
+    translated = translate_aws_error(exc, resource="a handler's AWS call", action="it")
+    return isinstance(translated, AccessDeniedError | ResourceNotFoundError | ConfigurationError)

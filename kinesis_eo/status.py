@@ -174,4 +174,9 @@ def check_health(path: str, max_age_s: float, now: float | None = None) -> str |
             f"the worker last reported {age:.0f} s ago (allowed: {max_age_s:g} s): "
             "its coordinator is stuck or gone"
         )
+    unhealthy = document.get("unhealthy") or []
+    if unhealthy:
+        return "; ".join(
+            f"shard {entry.get('shard')}: {entry.get('reason')}" for entry in unhealthy
+        )
     return None

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -30,8 +28,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
+from kinesis_eo.health import HealthBook, HealthLimits, prepare_health_file, write_health_file
 from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
 from kinesis_eo.ledger import FencedError
 from kinesis_eo.records import Position
@@ -39,7 +37,7 @@ from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosit
 from kinesis_eo.retrieval.reader import step_flow
 from kinesis_eo.retrieval.shards import list_shards_flow
 from kinesis_eo.retry import RetryConfig
-from kinesis_eo.sinks import BatchReport, ClaimSink
+from kinesis_eo.sinks import BatchReport, ClaimSink, OutageBackoff, process_through_outages
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +62,14 @@ class WorkerConfig:
     # in a row, or that made no progress for stall_timeout_s while records waited.
     unhealthy_after_failures: int = 3
     stall_timeout_s: float = 300.0
+
+    @property
+    def outage_backoff(self) -> OutageBackoff:
+        return OutageBackoff(self.outage_initial_backoff_s, self.outage_max_backoff_s)
+
+    @property
+    def health_limits(self) -> HealthLimits:
+        return HealthLimits(self.unhealthy_after_failures, self.stall_timeout_s)
 
     def __post_init__(self) -> None:
         interval = self.checkpoint_interval_s
@@ -97,6 +103,9 @@ class WorkerMetrics:
     dead_lettered: int = 0
     fenced_commits: int = 0
     shards_ended: int = 0
+    # Batches held back by an outage and tried again (nothing dead-lettered for it).
+    outage_pauses: int = 0
+    loop_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, **amounts: int) -> None:
@@ -118,6 +127,7 @@ class WorkerState:
     # Stands for SIGSTOP in tests and the harness: nothing is renewed or read.
     paused: bool = False
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    health: HealthBook = field(default_factory=HealthBook)
 
 
 AfterCommit = Callable[[Batch, BatchReport], None]
@@ -172,42 +182,21 @@ def coordinator_flow(
                 yield Acquired(lease)
             next_take = now + lease_config.take_interval
         if config.health_file:
-            _write_health(config.health_file, manager, state)
+            _write_health(config.health_file, manager, config, state)
         yield Sleep(max(0.0, min(next_renew, next_take, next_sync) - clock()))
 
 
-def prepare_health_file(path: str) -> None:
-    """Create the health file's folder and prove it writable, before any shard is touched.
-
-    A container image need not have the folder; a path that cannot be written
-    would otherwise kill the worker at its first round, with a traceback.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = f"{path}.tmp"
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise ConfigurationError(
-            f"the health file {path} cannot be written ({exc.strerror or exc}): "
-            "choose a --health-file in a folder this user may create and write"
-        ) from exc
-
-
-def _write_health(path: str, manager: LeaseManager, state: WorkerState) -> None:
-    # Written whole and renamed, so a reader never sees half a file.
-    payload = {
+def _write_health(
+    path: str, manager: LeaseManager, config: WorkerConfig, state: WorkerState
+) -> None:
+    problems = state.health.problems(config.health_limits)
+    report = {
         "worker": manager.worker_id,
-        "time": time.time(),
         "leases": sorted(manager.held),
         "metrics": state.metrics.as_dict(),
+        "unhealthy": [{"shard": shard, "reason": why} for shard, why in problems.items()],
     }
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle)
-    os.replace(temporary, path)
+    write_health_file(path, report)
 
 
 def shard_flow(
@@ -220,7 +209,26 @@ def shard_flow(
     clock: Callable[[], float] = time.monotonic,
     after_commit: AfterCommit | None = None,
 ) -> Generator[Any, Any, None]:
-    """Process one shard while this acquisition of its lease lasts."""
+    """Process one shard while this acquisition of its lease lasts.
+
+    A loop that ends without an error takes the shard out of the worker's
+    health; one that fails leaves its failure counted there.
+    """
+    state.health.started(lease.shard_id)
+    yield from _shard_loop(manager, lease, stream, sink, config, state, clock, after_commit)
+    state.health.left(lease.shard_id)
+
+
+def _shard_loop(
+    manager: LeaseManager,
+    lease: Lease,
+    stream: StreamRef,
+    sink: Any,
+    config: WorkerConfig,
+    state: WorkerState,
+    clock: Callable[[], float],
+    after_commit: AfterCommit | None,
+) -> Generator[Any, Any, None]:
     shard_id, token = lease.shard_id, lease.token
     cursor = ShardCursor(
         stream, shard_id, starting_position(lease), config.reader, lease.hash_range
@@ -228,11 +236,11 @@ def shard_flow(
     unsaved: Position | None = None
     saved_at = clock()
 
-    def still_ours() -> bool:
+    def keep_going() -> bool:
         held = manager.held.get(shard_id)
-        return held is not None and held.token == token
+        return not state.stopping and held is not None and held.token == token
 
-    while not state.stopping and still_ours():
+    while keep_going():
         yield from _wait_while_paused(state)
         batch = yield from step_flow(cursor, clock)
         if batch is None:
@@ -240,19 +248,15 @@ def shard_flow(
         state.metrics.count(batches=1, delivered=len(batch.records))
         if batch.records:
             try:
-                fence = manager.fence(shard_id)
-                report: BatchReport = yield from sink.process(batch.records, guards=[fence])
+                report = yield from _apply(manager, batch, sink, config, state, keep_going)
             except FencedError:
                 state.metrics.count(fenced_commits=1)
                 log.warning("commit on %s fenced: the lease has a new owner", shard_id)
                 return
             except LeaseLostError:
                 return
-            state.metrics.count(
-                applied=len(report.applied),
-                duplicates=len(report.duplicates),
-                dead_lettered=len(report.dead_lettered),
-            )
+            if report is None:
+                break  # stopped or lost the lease while an outage paused the shard
             unsaved = batch.last_position
             if after_commit is not None:
                 after_commit(batch, report)
@@ -267,12 +271,49 @@ def shard_flow(
                 unsaved, saved_at = None, clock()
         except LeaseLostError:
             return
-    if state.stopping and still_ours():
+    held = manager.held.get(shard_id)
+    if state.stopping and held is not None and held.token == token:
         # Hand over at once: checkpoint what is done, then free the lease.
         with contextlib.suppress(LeaseLostError):
             if unsaved is not None:
                 yield from manager.checkpoint(shard_id, unsaved, cursor.millis_behind_latest)
         yield from manager.release(shard_id)
+
+
+def _apply(
+    manager: LeaseManager,
+    batch: Batch,
+    sink: Any,
+    config: WorkerConfig,
+    state: WorkerState,
+    keep_going: Callable[[], bool],
+) -> Generator[Any, Any, BatchReport | None]:
+    """Commit a batch under the lease's fence, paused through outages; None if it stopped."""
+    shard_id = batch.shard_id
+    state.health.waiting(shard_id)
+
+    def on_pause(error: BaseException, delay: float) -> None:
+        state.metrics.count(outage_pauses=1)
+        state.health.paused(shard_id, f"{type(error).__name__}: {error}")
+        log.warning(
+            "%s paused for %.1f s by an outage (nothing dead-lettered): %s", shard_id, delay, error
+        )
+
+    report: BatchReport | None = yield from process_through_outages(
+        lambda records: sink.process(records, guards=[manager.fence(shard_id)]),
+        batch.records,
+        config.outage_backoff,
+        keep_going,
+        on_pause,
+    )
+    if report is not None:
+        state.health.progressed(shard_id)
+        state.metrics.count(
+            applied=len(report.applied),
+            duplicates=len(report.duplicates),
+            dead_lettered=len(report.dead_lettered),
+        )
+    return report
 
 
 class _WorkerBase:
@@ -314,6 +355,11 @@ class _WorkerBase:
     def resume(self) -> None:
         self.state.paused = False
 
+    def _loop_failed(self, lease: Lease, error: Exception) -> None:
+        log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
+        self.state.metrics.count(loop_failures=1)
+        self.state.health.failed(lease.shard_id, error)
+
     def _prepare(self) -> None:
         if self.config.health_file:
             prepare_health_file(self.config.health_file)
@@ -354,8 +400,8 @@ class Worker(_WorkerBase):
     def _run_shard(self, lease: Lease) -> None:
         try:
             self._run(self._shard(lease))
-        except Exception:
-            log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
+        except Exception as exc:
+            self._loop_failed(lease, exc)
             # Renewing a lease nobody works on would stall the shard: let it go.
             with contextlib.suppress(Exception):
                 self._run(self.manager.give_up(lease.shard_id))
@@ -397,11 +443,11 @@ class AsyncWorker(_WorkerBase):
     async def _run_shard(self, lease: Lease) -> None:
         try:
             await run_async(self._shard(lease), self.clients, self.config.retry)
-        except Exception:
-            log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
+        except Exception as exc:
+            self._loop_failed(lease, exc)
             with contextlib.suppress(Exception):
                 await run_async(
-                    self.manager.release(lease.shard_id), self.clients, self.config.retry
+                    self.manager.give_up(lease.shard_id), self.clients, self.config.retry
                 )
 
     async def run(self, handle_signals: bool = False) -> WorkerMetrics:

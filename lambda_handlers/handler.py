@@ -36,7 +36,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any, Protocol
 
-from kinesis_eo.errors import ConfigurationError
+from kinesis_eo.errors import ConfigurationError, KinesisEOError
 from kinesis_eo.flow import run_async, run_sync
 from kinesis_eo.ledger import ExpiredClaimPolicy, Ledger, LedgerMode
 from kinesis_eo.records import Record
@@ -225,16 +225,35 @@ class GatedSink(Protocol):
 
 
 def lane_flow(sink: GatedSink, records: Sequence[Record], gate: DeliveryGate) -> Flow:
-    """Process one lane's records in order through ``sink``; returns a BatchReport."""
+    """Process one lane's records in order through ``sink``; returns a BatchReport.
+
+    An outage (throttling, a table or the sink down) is the world's fault,
+    not the records': the rest of the lane is reported for the next delivery
+    and nothing is dead-lettered or counted as a failed delivery.
+    """
     report = BatchReport()
     for segment in segments(records):
-        if not gate.open:
+        if report.outage is not None or not gate.open:
             report.deferred += segment
             continue
         if segment[0].deaggregation_error is not None and not gate.admits(segment[0]):
             report.deferred += segment
             continue
-        report.merge((yield from sink.process(segment, gate=gate)))
+        try:
+            report.merge((yield from sink.process(segment, gate=gate)))
+        except KinesisEOError as exc:
+            if not exc.retryable:
+                raise
+            # The commit itself met the outage: what got through comes back as duplicates.
+            report.outage = exc
+            report.deferred += segment
+        if report.outage is not None:
+            log.warning(
+                "an outage stopped the lane at %s; the rest goes back to the event source "
+                "mapping (nothing dead-lettered): %s",
+                segment[0].shard_id,
+                report.outage,
+            )
     return report
 
 

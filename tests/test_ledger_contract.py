@@ -104,6 +104,19 @@ class Backend:
             }
         }
 
+    def invalid_write(self, key: str) -> Any:
+        """A sink write the store refuses whole, as DynamoDB refuses a malformed update."""
+        if self.client is None:
+            return MemoryWrite(lambda: None, item=key, invalid="a malformed update")
+        return {
+            "Update": {
+                "TableName": "sink",
+                "Key": {"id": {"S": key}},
+                "UpdateExpression": "SET SET hits = :one",
+                "ExpressionAttributeValues": {":one": {"N": "1"}},
+            }
+        }
+
     def sink_keys(self) -> set[str]:
         if self.client is None:
             return set(self.sink)
@@ -364,7 +377,7 @@ def test_per_record_batches_split_into_transactions_and_skip_known_records(
     assert len(backend.sink_keys()) == 120
 
 
-def test_a_record_with_too_many_writes_for_one_transaction_is_rejected_not_lost(
+def test_a_record_with_too_many_writes_for_one_transaction_is_refused_as_invalid_not_lost(
     backend: Backend,
 ) -> None:
     big = record(1, event_id="big")
@@ -373,7 +386,7 @@ def test_a_record_with_too_many_writes_for_one_transaction_is_rejected_not_lost(
     result = backend.run(ledger(backend, LedgerMode.PER_RECORD).commit([Entry(big, writes)]))
 
     assert result.committed == []
-    assert [r for r, _ in result.rejected] == [big]
+    assert [r for r, _ in result.invalid] == [big]
 
 
 # --- claim, act, complete ----------------------------------------------------------------------
@@ -522,7 +535,9 @@ def test_records_that_change_the_same_sink_item_commit_in_separate_transactions(
     assert backend.counter("account-1") == 6
 
 
-def test_a_record_whose_own_writes_change_one_item_twice_is_rejected(backend: Backend) -> None:
+def test_a_record_whose_own_writes_change_one_item_twice_is_refused_as_invalid(
+    backend: Backend,
+) -> None:
     batch = [record(i) for i in range(1, 4)]
     work = entries(backend, batch)
     work[1] = Entry(batch[1], [backend.counter_write("x"), backend.counter_write("x")])
@@ -530,8 +545,40 @@ def test_a_record_whose_own_writes_change_one_item_twice_is_rejected(backend: Ba
     result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(work))
 
     assert result.committed == batch[:1]
-    assert [r for r, _ in result.rejected] == [batch[1]]
+    assert [r for r, _ in result.invalid] == [batch[1]]
     assert [e.record for e in result.held_back] == batch[2:]
+
+
+@pytest.mark.parametrize("culprit", [0, 17, 59])
+def test_an_invalid_write_refuses_only_its_record_and_the_watermark_stops_before_it(
+    backend: Backend, culprit: int
+) -> None:
+    batch = [record(i) for i in range(1, 61)]
+    work = entries(backend, batch)
+    work[culprit] = Entry(batch[culprit], [backend.invalid_write(f"k-{culprit}")])
+
+    result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(work))
+
+    assert result.committed == batch[:culprit]
+    assert [r for r, _ in result.invalid] == [batch[culprit]]
+    assert [e.record for e in result.held_back] == batch[culprit + 1 :]
+    assert backend.sink_keys() == {f"{r.shard_id}/{r.sequence_number}" for r in batch[:culprit]}
+
+
+def test_invalid_writes_in_a_per_record_batch_leave_every_other_record_committed(
+    backend: Backend,
+) -> None:
+    batch = [record(i, event_id=f"e-{i}") for i in range(1, 41)]
+    work = entries(backend, batch)
+    for bad in (3, 30):
+        work[bad] = Entry(batch[bad], [backend.invalid_write(f"k-{bad}")])
+
+    result = backend.run(ledger(backend, LedgerMode.PER_RECORD).commit(work))
+
+    assert sorted((r for r, _ in result.invalid), key=lambda r: r.position) == [batch[3], batch[30]]
+    good = [r for i, r in enumerate(batch) if i not in (3, 30)]
+    assert sorted(result.committed, key=lambda r: r.position) == good
+    assert backend.sink_keys() == {f"{r.shard_id}/{r.sequence_number}" for r in good}
 
 
 # --- counting ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any
 
-from kinesis_eo.errors import KinesisEOError
+from kinesis_eo.errors import ConfigurationError, InvalidWriteError, KinesisEOError
 from kinesis_eo.ledger.model import (
     CLAIM_EXPIRES_AT,
     DONE_STATUSES,
@@ -119,6 +119,10 @@ class CommitResult:
     # that the watermark does not pass the rejected record; commit them again
     # once it is retried or dead-lettered.
     held_back: list[Entry] = field(default_factory=list)
+    # Records whose sink writes DynamoDB refuses for what they are (a bad
+    # expression, a wrong key type, an item over 400 KB, too many writes):
+    # no retry mends them, so they are for the dead-letter target at once.
+    invalid: list[tuple[Record, str]] = field(default_factory=list)
     writes: int = 0
 
 
@@ -273,6 +277,9 @@ class Ledger:
                 if retry:
                     queue.appendleft(retry)
                 continue
+            except InvalidWriteError as refused:
+                self._isolate_invalid(chunk, len(ops), refused, queue, result)
+                continue
             result.writes += 1
             result.committed += [entry.record for entry in chunk]
             if self.config.mode is LedgerMode.WATERMARK:
@@ -309,7 +316,7 @@ class Ledger:
             elif len(set(items)) < len(items):
                 problem = "two of the record's sink writes change the same item"
             if problem is not None:
-                result.rejected.append((entry.record, problem))
+                result.invalid.append((entry.record, problem))
                 if not per_record:
                     # The watermark must not pass the refused record: hold the rest back.
                     result.held_back = list(entries[index + 1 :])
@@ -326,6 +333,52 @@ class Ledger:
         if chunk:
             chunks.append(chunk)
         return chunks
+
+    def _isolate_invalid(
+        self,
+        chunk: list[Entry],
+        op_count: int,
+        refused: InvalidWriteError,
+        queue: deque[list[Entry]],
+        result: CommitResult,
+    ) -> None:
+        """Find the record whose writes made DynamoDB refuse a chunk, and commit the rest.
+
+        Where DynamoDB names the refused item, its record is the culprit; where
+        it refused the request whole, the chunk is halved until one record is
+        left (a few more transactions, once per invalid record). What comes
+        before the culprit is committed; in watermark mode what comes after it
+        waits until it is dead-lettered, so the watermark never passes it.
+        """
+        write_owner = [i for i, entry in enumerate(chunk) for _ in entry.writes]
+        culprit: int | None = None
+        if refused.indexes is not None:
+            offsets = [i - op_count for i in refused.indexes]
+            if any(not 0 <= offset < len(write_owner) for offset in offsets):
+                raise ConfigurationError(
+                    f"the ledger's own write was refused, so no record is at fault: {refused}"
+                ) from refused
+            culprit = write_owner[offsets[0]]
+        elif len(chunk) > 1:
+            middle = len(chunk) // 2
+            queue.appendleft(chunk[middle:])
+            queue.appendleft(chunk[:middle])
+            return
+        elif chunk[0].writes:
+            culprit = 0
+        if culprit is None:
+            raise ConfigurationError(
+                f"the ledger's own write was refused, so no record is at fault: {refused}"
+            ) from refused
+        result.invalid.append((chunk[culprit].record, str(refused)))
+        before, after = chunk[:culprit], chunk[culprit + 1 :]
+        if self.config.mode is LedgerMode.WATERMARK:
+            result.held_back = after + [e for c in queue for e in c]
+            queue.clear()
+        elif after:
+            queue.appendleft(after)
+        if before:
+            queue.appendleft(before)
 
     def _mark_ops(self, chunk: Sequence[Entry]) -> list[Op]:
         now_ms = self._now_ms()

@@ -14,7 +14,13 @@ from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kinesis_eo.errors import ConditionFailedError, TransactionCanceledError
+from kinesis_eo.errors import (
+    AwsCallError,
+    ConditionFailedError,
+    InvalidWriteError,
+    ResourceNotFoundError,
+    TransactionCanceledError,
+)
 from kinesis_eo.flow import Call, Sleep
 from kinesis_eo.ledger.model import (
     CLAIM_EXPIRES_AT,
@@ -86,6 +92,9 @@ class MemoryWrite:
     # The sink item this write changes, if it matters that two writes of one
     # transaction do not change the same item (as DynamoDB requires).
     item: Hashable | None = None
+    # Why the store refuses this write whole, as DynamoDB refuses an invalid
+    # request (ValidationException) without saying which item was at fault.
+    invalid: str | None = None
 
 
 class MemoryLedgerStore(LedgerStore):
@@ -118,9 +127,12 @@ class MemoryLedgerStore(LedgerStore):
                 current = self.items.get(op.key)
                 if op.condition is not None and not op.condition.holds(current):
                     failed[index] = dict(current) if current is not None else None
-            for offset, write in enumerate(extra):
+            for write in extra:
                 if not isinstance(write, MemoryWrite):
                     raise TypeError(f"the in-memory store takes MemoryWrite extras, not {write!r}")
+                if write.invalid is not None:
+                    raise InvalidWriteError(f"the in-memory store refused a write: {write.invalid}")
+            for offset, write in enumerate(extra):
                 if write.check is not None and not write.check():
                     failed[len(ops) + offset] = None
             if failed:
@@ -329,7 +341,19 @@ class DynamoDBLedgerStore(LedgerStore):
         items = [self.write_item(op) for op in ops] + list(extra)
         if not items:
             return
-        if len(items) == 1 and ops:
+        try:
+            yield from self._write(items, lone=len(items) == 1 and bool(ops))
+        except AwsCallError as exc:
+            if exc.code == "ValidationException":
+                raise InvalidWriteError(str(exc)) from exc
+            raise
+        except ResourceNotFoundError:
+            # The transaction names the ledger table as its resource; say which table is missing.
+            yield from self._name_missing_table(items)
+            raise
+
+    def _write(self, items: list[dict[str, Any]], lone: bool) -> Generator[Any, Any, None]:
+        if lone:
             kind, request = next(iter(items[0].items()))
             method = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item"}[kind]
             try:
@@ -346,12 +370,34 @@ class DynamoDBLedgerStore(LedgerStore):
                 "dynamodb",
             )
         except TransactionCanceledError as canceled:
+            invalid = canceled.invalid_indexes()
+            if invalid:
+                raise InvalidWriteError(str(canceled), indexes=invalid) from canceled
             failed_at = canceled.failed_indexes()
             if not failed_at:
                 raise
             raise LedgerConflict(
                 {i: _decoded(canceled.reasons[i].get("Item")) for i in failed_at}
             ) from canceled
+
+    def _name_missing_table(self, items: list[dict[str, Any]]) -> Generator[Any, Any, None]:
+        tables = dict.fromkeys(request["TableName"] for item in items for request in item.values())
+        for table in tables:
+            kind = "ledger" if table == self.table_name else "sink"
+            try:
+                yield Call(
+                    "describe_table",
+                    {"TableName": table},
+                    f"{kind} table '{table}'",
+                    "DescribeTable",
+                    "dynamodb",
+                )
+            except ResourceNotFoundError as missing:
+                raise ResourceNotFoundError(
+                    f"the {kind} table '{table}' does not exist (or is not visible to these "
+                    "credentials): a commit writes to it",
+                    resource=f"{kind} table '{table}'",
+                ) from missing
 
 
 def _decoded(item: Mapping[str, Any] | None) -> Item | None:

@@ -6,8 +6,10 @@ from kinesis_eo.sinks.base import (
     EffectContext,
     FailurePolicy,
     Gate,
+    OutageBackoff,
     PoisonRecordError,
     idempotency_key,
+    process_through_outages,
 )
 from kinesis_eo.sinks.claim import ClaimSink
 from kinesis_eo.sinks.dynamodb import (
@@ -27,11 +29,13 @@ __all__ = [
     "FailurePolicy",
     "Gate",
     "IdempotentKeySink",
+    "OutageBackoff",
     "PoisonRecordError",
     "TransactionalSink",
     "condition_check",
     "delete",
     "idempotency_key",
+    "process_through_outages",
     "put",
     "update",
 ]

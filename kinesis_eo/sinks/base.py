@@ -10,6 +10,7 @@ one sink serves the sync and the asyncio consumer.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,13 @@ from typing import Any, Protocol
 
 from kinesis_eo.aggregation import MAGIC
 from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
-from kinesis_eo.errors import KinesisEOError
+from kinesis_eo.errors import (
+    InvalidWriteError,
+    KinesisEOError,
+    SinkUnavailableError,
+    is_outage,
+    is_setup_fault,
+)
 from kinesis_eo.flow import Invoke, Sleep
 from kinesis_eo.ledger import Entry, Ledger, LedgerMode, MarkStatus, PayloadMismatchError
 from kinesis_eo.records import Record
@@ -122,10 +129,13 @@ class BatchReport:
     duplicates: list[Record] = field(default_factory=list)
     dead_lettered: list[DeadLetter] = field(default_factory=list)
     mismatched: list[PayloadMismatchError] = field(default_factory=list)
-    # Records a gate stopped: neither applied nor marked; deliver them again.
+    # Records a gate or an outage stopped: neither applied nor marked; deliver them again.
     deferred: list[Record] = field(default_factory=list)
     attempts: int = 0
     ledger_writes: int = 0
+    # The outage that stopped the batch part-way (the handler's sink was unavailable):
+    # what came before it is committed, what is deferred waits for the world to recover.
+    outage: BaseException | None = None
 
     def merge(self, other: BatchReport) -> None:
         self.applied += other.applied
@@ -135,6 +145,7 @@ class BatchReport:
         self.deferred += other.deferred
         self.attempts += other.attempts
         self.ledger_writes += other.ledger_writes
+        self.outage = self.outage or other.outage
 
 
 def idempotency_key(ledger: Ledger, record: Record) -> str:
@@ -171,13 +182,19 @@ def attempt(
         outcome.attempts = number
         try:
             outcome.value = yield Invoke(function, args(number))
-        except KinesisEOError as exc:
-            if not exc.retryable:
-                raise  # toolkit errors (lost lease, missing table) are not the record's fault
-            outcome.error = exc
-            continue
-        except Exception as exc:  # the handler's own failure: the record may be poison
-            outcome.error = exc
+        except KinesisEOError:
+            # Retryable ones are outages (the caller pauses the shard); the others
+            # (lost lease, missing table) are not the record's fault either.
+            raise
+        except Exception as exc:
+            if is_outage(exc):
+                # The world is down, not the record bad: the caller pauses the shard.
+                raise SinkUnavailableError(
+                    f"the handler's sink is unavailable: {type(exc).__name__}: {exc}"
+                ) from exc
+            if is_setup_fault(exc):
+                raise  # denied or missing: no record causes that, and none is dead-lettered
+            outcome.error = exc  # the handler's own failure: the record may be poison
             continue
         outcome.error = None
         return outcome
@@ -218,11 +235,15 @@ class SinkBase:
         if gate is not None and self.batch_handler is not None and len(batch) > 1:
             batch = yield from self._admitted(batch, gate)
         if self.batch_handler is not None and len(batch) > 1:
-            whole = yield from attempt(
-                self.batch_handler,
-                lambda n: (batch, [self.context(r, n) for r in batch]),
-                self.policy,
-            )
+            try:
+                whole = yield from attempt(
+                    self.batch_handler,
+                    lambda n: (batch, [self.context(r, n) for r in batch]),
+                    self.policy,
+                )
+            except SinkUnavailableError as exc:
+                report.outage = exc
+                return [Attempted(deferred=True) for _ in records]
             report.attempts += whole.attempts
             if whole.ok:
                 values = list(whole.value) if whole.value is not None else [None] * len(batch)
@@ -234,10 +255,18 @@ class SinkBase:
                 return [Attempted(value, None, whole.attempts) for value in values] + refused
         outcomes = []
         for record in records:
-            if gate is not None and not (yield from gate.admit(record)):
+            if report.outage is not None or (
+                gate is not None and not (yield from gate.admit(record))
+            ):
                 outcomes.append(Attempted(deferred=True))
                 continue
-            outcome = yield from self.run_handler(record)
+            try:
+                outcome = yield from self.run_handler(record)
+            except SinkUnavailableError as exc:
+                # Commit what came before; this record and the rest wait for the outage to end.
+                report.outage = exc
+                outcomes.append(Attempted(deferred=True))
+                continue
             report.attempts += outcome.attempts
             if outcome.error is not None and gate is not None:
                 dead_letter_now = yield from gate.on_failure(
@@ -246,6 +275,13 @@ class SinkBase:
                 outcome.deferred = not dead_letter_now
             outcomes.append(outcome)
         return outcomes
+
+    @staticmethod
+    def admits(record: Record, report: BatchReport, gate: Gate | None) -> Generator[Any, Any, bool]:
+        """Whether to go on with ``record``: not after an outage, nor past the gate."""
+        if report.outage is not None:
+            return False
+        return gate is None or (yield from gate.admit(record))
 
     @staticmethod
     def _admitted(records: list[Record], gate: Gate) -> Generator[Any, Any, list[Record]]:
@@ -352,6 +388,12 @@ class SinkBase:
                     mismatch.record, DeadLetterReason.PAYLOAD_MISMATCH, mismatch, 0, report
                 )
             again: list[Entry] = []
+            for record, reason in result.invalid:
+                error = InvalidWriteError(f"DynamoDB refused the record's writes: {reason}")
+                yield from self.dead_letter(
+                    record, DeadLetterReason.INVALID_WRITE, error, 1, report
+                )
+                again.append(Entry(record, status=MarkStatus.DEAD_LETTERED))
             for record, reason in result.rejected:
                 if retry_rejected is None:
                     raise AssertionError(f"a sink without writes had a write refused: {reason}")
@@ -359,7 +401,7 @@ class SinkBase:
                 entry = yield from retry_rejected(record, tries[id(record)], reason)
                 if entry is not None:
                     again.append(entry)
-            pending = again + list(result.held_back)
+            pending = sorted(again + list(result.held_back), key=lambda e: e.record.position)
 
     def before_deferred(self, entries: Sequence[Entry], report: BatchReport) -> list[Entry]:
         """The entries a watermark may cover while records of the batch are deferred.
@@ -374,3 +416,64 @@ class SinkBase:
         known = {id(r) for r in report.deferred}
         report.deferred += [r for r in withheld if id(r) not in known]
         return [e for e in entries if e.record.position < first]
+
+
+@dataclass(frozen=True, slots=True)
+class OutageBackoff:
+    """How a shard paused by an outage waits before it tries its batch again.
+
+    Waits double from ``initial_s`` up to ``max_s``, each drawn from the upper
+    half of that bound, so that workers paused together do not return together
+    and a long outage costs a call every ``max_s`` at most.
+    """
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_s <= self.max_s < float("inf"):
+            raise ValueError("need 0 < initial_s <= max_s for the outage back-off")
+
+    def delay(self, pauses: int) -> float:
+        cap = min(self.max_s, self.initial_s * 2.0 ** max(pauses - 1, 0))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+
+def process_through_outages(
+    process: Callable[[Sequence[Record]], Generator[Any, Any, BatchReport]],
+    records: Sequence[Record],
+    backoff: OutageBackoff,
+    keep_going: Callable[[], bool],
+    on_pause: Callable[[BaseException, float], None],
+) -> Generator[Any, Any, BatchReport | None]:
+    """Run ``process(records)`` (a sink's flow for one batch) until it gets through outages.
+
+    A retryable failure (throttling, a table or endpoint down, a handler's
+    :class:`SinkUnavailableError`) is the world's, not the batch's: nothing
+    is dead-lettered and nothing is committed past it; after a back-off the
+    records not yet done are processed again, for as long as ``keep_going()``
+    says. Returns the whole batch's report, or None if it stopped first.
+    """
+    total = BatchReport()
+    pending = list(records)
+    pauses = 0
+    while True:
+        try:
+            report = yield from process(pending)
+        except KinesisEOError as exc:
+            if not exc.retryable:
+                raise
+            # A commit or a dead letter failed: what got through shows as duplicates next time.
+            outage: BaseException = exc
+        else:
+            pending, report.deferred = report.deferred, []
+            total.merge(report)
+            if report.outage is None:
+                return total
+            outage, total.outage = report.outage, None
+        pauses += 1
+        delay = backoff.delay(pauses)
+        on_pause(outage, delay)
+        yield Sleep(delay)
+        if not keep_going():
+            return None

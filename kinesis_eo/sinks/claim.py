@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from kinesis_eo.deadletter import DeadLetterReason
+from kinesis_eo.errors import SinkUnavailableError
 from kinesis_eo.flow import Sleep
 from kinesis_eo.ledger import (
     ClaimLostError,
@@ -89,7 +90,9 @@ class ClaimSink(SinkBase):
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
         for record in new:
-            if gate is not None and not (yield from gate.admit(record)):
+            if report.outage is not None or (
+                gate is not None and not (yield from gate.admit(record))
+            ):
                 report.deferred.append(record)
                 continue
             entry = yield from self._claim_and_act(record, report, gate)
@@ -127,7 +130,14 @@ class ClaimSink(SinkBase):
             )
             yield from self.dead_letter(record, DeadLetterReason.CLAIM_EXPIRED, error, 0, report)
             return None
-        acted = yield from self.run_handler(record)
+        try:
+            acted = yield from self.run_handler(record)
+        except SinkUnavailableError as exc:
+            # The world is down: give the claim back so the retry after the outage can take it.
+            yield from self.ledger.release(record, self.owner)
+            report.outage = exc
+            report.deferred.append(record)
+            return None
         report.attempts += acted.attempts
         if acted.ok:
             try:
