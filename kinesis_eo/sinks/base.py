@@ -24,6 +24,7 @@ from kinesis_eo.errors import (
     SinkUnavailableError,
     is_outage,
     is_setup_fault,
+    translate_aws_error,
 )
 from kinesis_eo.flow import Invoke, Sleep
 from kinesis_eo.ledger import Entry, Ledger, LedgerMode, MarkStatus, PayloadMismatchError
@@ -193,7 +194,10 @@ def attempt(
                     f"the handler's sink is unavailable: {type(exc).__name__}: {exc}"
                 ) from exc
             if is_setup_fault(exc):
-                raise  # denied or missing: no record causes that, and none is dead-lettered
+                # Denied or missing: no record causes that, and none is dead-lettered.
+                raise translate_aws_error(
+                    exc, resource="the handler's sink", action="a call"
+                ) from exc
             outcome.error = exc  # the handler's own failure: the record may be poison
             continue
         outcome.error = None
