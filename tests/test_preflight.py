@@ -7,9 +7,11 @@ retention is raised with IncreaseStreamRetentionPeriod, as an operator would.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -335,3 +337,33 @@ def test_ledger_settings_that_guard_nothing_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         LedgerConfig("g", **changes)
+
+
+# --- the Lambda sample, at cold start ----------------------------------------------------------
+
+
+def lambda_sample(monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = Path(__file__).resolve().parents[1] / "samples" / "lambda_orders.py"
+    spec = importlib.util.spec_from_file_location(f"lambda_orders_{uuid.uuid4().hex}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lambda_sample_fits_its_marks_to_the_stream_at_cold_start(
+    kinesis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = f"orders-{uuid.uuid4().hex[:8]}"
+    make_stream(kinesis, stream, retention_hours=YEAR_H)
+    env = {"LEDGER_TABLE": "ledger", "DEAD_LETTER_QUEUE_URL": "https://sqs.invalid/q"}
+
+    sample = lambda_sample(monkeypatch, **env)
+    assert sample._entry_point(stream).ledger.config.record_ttl == timedelta(hours=YEAR_H + 24)
+
+    too_short = lambda_sample(monkeypatch, **env, MARK_TTL_HOURS="200")
+    with pytest.raises(ConfigurationError, match="set MARK_TTL_HOURS to at least 8784 h"):
+        too_short._entry_point(stream)
