@@ -24,6 +24,7 @@ from kinesis_eo.leases import LeaseConfig, create_lease_table
 from kinesis_eo.ledger import LedgerConfig, LedgerMode, create_ledger_table
 from kinesis_eo.retrieval import ReaderConfig
 from kinesis_eo.testing.backends import MotoServer
+from kinesis_eo.testing.faults import FaultInjector
 from tests.handlers import count_effect
 
 YEAR_H = 8760
@@ -150,6 +151,22 @@ def test_a_ledger_with_ttl_on_another_attribute_is_warned_about_by_name(dynamodb
     (warning,) = runner.prepare_tables(dynamodb, options)
 
     assert "has its TTL on ttl, not on expires_at" in warning
+
+
+def test_a_role_that_may_not_read_the_ttl_gets_a_warning_and_starts(dynamodb: Any) -> None:
+    # The TTL's answer could only ever give a warning: a denied look must not stop the worker.
+    options = names()
+    create_lease_table(dynamodb, options.lease_table_name)
+    create_ledger_table(dynamodb, options.ledger_table_name)
+    faults = FaultInjector().attach(dynamodb)
+    faults.fail("DescribeTimeToLive", "AccessDeniedException")
+
+    (warning,) = runner.prepare_tables(dynamodb, options)
+
+    assert warning == (
+        f"the TTL of the ledger table '{options.ledger_table_name}' could not be checked "
+        "(dynamodb:DescribeTimeToLive is not allowed); it should be enabled on expires_at"
+    )
 
 
 def test_create_tables_refuses_an_existing_table_with_wrong_keys_and_leaves_it_alone(
