@@ -161,6 +161,27 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _number(text: str) -> float:
+    # Only the form is judged here; the range is the config's to judge, so that
+    # `run` reports it in one line naming the flag (argparse would print its usage).
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+# Shown in `run --help`; tests/test_cli_worker.py checks them against the dataclasses.
+DEFAULT_HANDLER_ATTEMPTS = 3
+DEFAULT_OUTAGE_MAX_BACKOFF_S = 30.0
+
+
 def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from kinesis_eo.logs import FORMATS
 
@@ -232,11 +253,36 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--failover-seconds",
-        type=_positive_seconds,
+        type=_number,
         default=10.0,
         metavar="N",
         help="a lease whose owner has not renewed it for N seconds is taken by another "
-        "worker; owners renew every N/3 (default: 10)",
+        "worker; owners renew every N/3; at least 1 (default: 10)",
+    )
+    parser.add_argument(
+        "--mark-ttl-hours",
+        type=_number,
+        metavar="H",
+        help="--mode per-record: hours a ledger mark lives, which must outlast the "
+        "stream's retention plus 24 h (checked at start), or a replay of an older "
+        "record would apply it twice (default: 192, raised to the retention plus 24 h "
+        "where that is longer). Watermark mode keeps no per-record marks",
+    )
+    parser.add_argument(
+        "--handler-attempts",
+        type=_whole_number,
+        metavar="N",
+        help="tries of a record whose handler fails (the first included) before it is "
+        "dead-lettered; at least 1 "
+        f"(default: {DEFAULT_HANDLER_ATTEMPTS})",
+    )
+    parser.add_argument(
+        "--outage-max-backoff",
+        type=_number,
+        metavar="SECONDS",
+        help="during an outage (throttling, a table or endpoint down) a shard pauses and "
+        "retries its batch, dead-lettering nothing, with waits growing from 0.5 s up to "
+        f"SECONDS (default: {DEFAULT_OUTAGE_MAX_BACKOFF_S:g})",
     )
     parser.add_argument(
         "--initial-position",
@@ -254,7 +300,8 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--health-file",
         metavar="PATH",
         help="rewrite PATH (JSON with 'time') on every coordinator round, for "
-        "`kinesis-eo health` (default: none)",
+        "`kinesis-eo health`; its folder is made if missing and must be writable "
+        "(default: none)",
     )
     parser.add_argument(
         "--create-tables",
@@ -301,8 +348,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         health_file=args.health_file,
         create_tables=args.create_tables,
+        mark_ttl_hours=args.mark_ttl_hours,
+        handler_attempts=args.handler_attempts,
+        outage_max_backoff_s=args.outage_max_backoff,
     )
-    # A handler that cannot be loaded is reported before any AWS client is made.
+    # Bad settings and a handler that cannot be loaded are reported before any
+    # AWS client is made.
+    runner.check_options(options)
     runner.load_handler(options.handler)
     services = ["kinesis", "dynamodb"] + (["sqs"] if options.dead_letter_queue else [])
     clients = _aws_clients(args, *services)

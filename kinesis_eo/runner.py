@@ -8,6 +8,8 @@ be imported, a table that is not there.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -15,12 +17,15 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from kinesis_eo.errors import ConfigurationError, ResourceNotFoundError
-from kinesis_eo.flow import Call, run_sync
+from kinesis_eo import preflight
+from kinesis_eo.errors import ConfigurationError
+from kinesis_eo.flow import run_sync
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseConfig, LeaseManager, Sentinel
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
@@ -30,7 +35,7 @@ from kinesis_eo.ledger import (
     LedgerMode,
 )
 from kinesis_eo.retry import RetryConfig
-from kinesis_eo.sinks import ClaimSink, IdempotentKeySink, TransactionalSink
+from kinesis_eo.sinks import ClaimSink, FailurePolicy, IdempotentKeySink, TransactionalSink
 from kinesis_eo.worker import Worker, WorkerConfig, WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,13 @@ class RunOptions:
     worker_id: str | None = None
     health_file: str | None = None
     create_tables: bool = False
+    # Hours a per-record mark lives; None: the ledger's default, raised to the
+    # stream's retention plus a margin where that is longer (see kinesis_eo.preflight).
+    mark_ttl_hours: float | None = None
+    # Tries of a failing record before it is dead-lettered; None: FailurePolicy's default.
+    handler_attempts: int | None = None
+    # Longest pause between retries of a shard's batch during an outage; None: WorkerConfig's.
+    outage_max_backoff_s: float | None = None
     # Extra WorkerConfig fields (reader pacing, checkpoint interval), for programs and tests.
     worker: Mapping[str, Any] = field(default_factory=dict)
 
@@ -139,62 +151,185 @@ def _choice(table: Mapping[str, Any], value: str, what: str) -> Any:
         ) from None
 
 
-def _tables(options: RunOptions) -> dict[str, str]:
-    tables = {
-        "lease": options.lease_table_name,
-        "ledger": options.ledger_table_name,
-    }
+# --- settings, checked before any AWS call ---------------------------------------------------
+
+
+def _flag_error(flag: str, value: Any, exc: Exception) -> ConfigurationError:
+    return ConfigurationError(f"{flag} {value}: {exc}")
+
+
+def lease_config(options: RunOptions) -> LeaseConfig:
+    """The lease timing of ``options``; a bad ``--failover-seconds`` is one sentence."""
+    try:
+        return LeaseConfig(options.lease_table_name, failover_s=options.failover_s)
+    except ValueError as exc:
+        raise _flag_error("--failover-seconds", f"{options.failover_s:g}", exc) from exc
+
+
+def ledger_config(options: RunOptions) -> LedgerConfig:
+    """The ledger settings of ``options`` (before the mark TTL is fitted to the stream)."""
+    mode = _choice(MODES, options.mode, "--mode")
+    extra: dict[str, Any] = {}
+    if options.mark_ttl_hours is not None:
+        hours = options.mark_ttl_hours
+        try:
+            extra["record_ttl"] = timedelta(hours=hours)
+        except (ValueError, OverflowError) as exc:
+            raise _flag_error("--mark-ttl-hours", f"{hours:g}", exc) from exc
+    try:
+        return LedgerConfig(consumer_group=options.app, mode=mode, **extra)
+    except ValueError as exc:
+        if "record_ttl" in str(exc):
+            raise _flag_error("--mark-ttl-hours", f"{options.mark_ttl_hours:g}", exc) from exc
+        raise ConfigurationError(
+            f"--app {options.app!r} cannot name a consumer group: {exc}"
+        ) from exc
+
+
+def failure_policy(options: RunOptions) -> FailurePolicy:
+    """How often a failing record is tried (``--handler-attempts``) before it is dead-lettered."""
+    if options.handler_attempts is None:
+        return FailurePolicy()
+    try:
+        return FailurePolicy(max_attempts=options.handler_attempts)
+    except ValueError as exc:
+        raise _flag_error("--handler-attempts", options.handler_attempts, exc) from exc
+
+
+def worker_config(options: RunOptions, leases: LeaseConfig) -> WorkerConfig:
+    """The :class:`WorkerConfig` of ``options``; a bad setting is one sentence naming its flag."""
+    named: dict[str, Any] = {}
+    if options.outage_max_backoff_s is not None:
+        named["outage_max_backoff_s"] = options.outage_max_backoff_s
+    try:
+        return WorkerConfig(
+            leases=leases,
+            initial_position=_choice(
+                INITIAL_POSITIONS, options.initial_position, "--initial-position"
+            ),
+            health_file=options.health_file,
+            **{**options.worker, **named},
+        )
+    except ValueError as exc:
+        if "outage_max_backoff_s" in str(exc) and "outage_max_backoff_s" in named:
+            value = f"{options.outage_max_backoff_s:g}"
+            raise _flag_error("--outage-max-backoff", value, exc) from exc
+        raise ConfigurationError(f"worker settings: {exc}") from exc
+
+
+def check_health_file(path: str) -> None:
+    """Refuse a health file the worker could not write: it would look dead to its health check.
+
+    The folder need not exist yet (the worker makes it), but the nearest
+    existing folder above the file must be one this process can write in.
+    """
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ConfigurationError(f"--health-file '{path}' is a directory, not a file")
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(
+            f"--health-file '{path}' cannot be written: '{existing}' is a file, "
+            "so the folder cannot be created"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"--health-file '{path}' cannot be written: this user may not write in '{existing}'"
+        )
+    if target.exists() and not os.access(target, os.W_OK):
+        raise ConfigurationError(f"--health-file '{path}' exists and this user may not write it")
+
+
+def check_options(options: RunOptions) -> None:
+    """Every setting of ``options`` that can be judged without AWS, each named by its flag."""
+    leases = lease_config(options)
+    ledger_config(options)
+    failure_policy(options)
+    worker_config(options, leases)
+    _choice(EXPIRED_CLAIMS, options.expired_claims, "--expired-claims")
+    if options.sink not in SINKS:
+        raise ConfigurationError(f"--sink must be one of {', '.join(SINKS)}, not {options.sink!r}")
+    if options.health_file is not None:
+        check_health_file(options.health_file)
+
+
+# --- tables and the stream -------------------------------------------------------------------
+
+MISSING_TABLE_HINT = ": deploy infra/worker.yaml or pass --create-tables"
+
+
+def _tables(options: RunOptions) -> list[tuple[preflight.TableSchema, str]]:
+    tables = [
+        (preflight.LEASE_TABLE, options.lease_table_name),
+        (preflight.LEDGER_TABLE, options.ledger_table_name),
+    ]
     if options.dead_letter_table:
-        tables["dead-letter"] = options.dead_letter_table
+        tables.append((preflight.DEAD_LETTER_TABLE, options.dead_letter_table))
     return tables
 
 
-def prepare_tables(dynamodb: Any, options: RunOptions) -> None:
-    """Create the toolkit's tables (``create_tables``), or check that they exist."""
+def _create_table(dynamodb: Any, schema: preflight.TableSchema, name: str) -> None:
     from kinesis_eo.deadletter import create_dead_letter_table
     from kinesis_eo.leases import create_lease_table
     from kinesis_eo.ledger import create_ledger_table
 
+    create = {
+        preflight.LEASE_TABLE.kind: create_lease_table,
+        preflight.LEDGER_TABLE.kind: create_ledger_table,
+        preflight.DEAD_LETTER_TABLE.kind: create_dead_letter_table,
+    }[schema.kind]
+    create(dynamodb, name)
+
+
+def prepare_tables(dynamodb: Any, options: RunOptions) -> list[str]:
+    """Create the toolkit's tables (``create_tables``), then check their keys and TTL.
+
+    Raises :class:`ConfigurationError` for a missing table or one with the
+    wrong keys; returns (and logs) the warnings, such as a ledger without TTL.
+    """
     tables = _tables(options)
     if options.create_tables:
-        create_lease_table(dynamodb, tables["lease"])
-        create_ledger_table(dynamodb, tables["ledger"])
-        if "dead-letter" in tables:
-            create_dead_letter_table(dynamodb, tables["dead-letter"])
-        return
-    for kind, name in tables.items():
-        call = Call(
-            "describe_table",
-            {"TableName": name},
-            f"{kind} table '{name}'",
-            "DescribeTable",
-            "dynamodb",
-        )
-        try:
-            run_sync(_one(call), dynamodb, RetryConfig())
-        except ResourceNotFoundError as exc:
-            raise ConfigurationError(
-                f"the {kind} table '{name}' does not exist: deploy infra/worker.yaml "
-                "or pass --create-tables"
-            ) from exc
+        for schema, name in tables:
+            # An existing table's keys are checked before anything touches it: the
+            # create flow would enable TTL on a table that is not the toolkit's.
+            with contextlib.suppress(preflight.MissingTableError):
+                run_sync(preflight.check_table_flow(schema, name), dynamodb, RetryConfig())
+            _create_table(dynamodb, schema, name)
+    return preflight.check_tables(dynamodb, tables, missing_hint=MISSING_TABLE_HINT)
 
 
-def _one(call: Call) -> Generator[Call, Any, Any]:
-    return (yield call)
+def fit_mark_ttl(kinesis: Any, options: RunOptions) -> RunOptions:
+    """``options`` with a mark TTL that outlives the stream's records (per-record mode).
+
+    A ``mark_ttl_hours`` the user gave that is too short is refused; the
+    default one is raised to the retention plus a margin (logged at INFO).
+    Watermark mode keeps no per-record marks to guard replays: nothing to check.
+    """
+    config = ledger_config(options)
+    fitted = preflight.fit_ledger_config(
+        kinesis,
+        options.stream,
+        config,
+        ttl_requested=options.mark_ttl_hours is not None,
+        setting="--mark-ttl-hours",
+    )
+    if fitted.record_ttl == config.record_ttl:
+        return options
+    hours = fitted.record_ttl.total_seconds() / 3600
+    return dataclasses.replace(options, mark_ttl_hours=hours)
+
+
+# --- the worker ------------------------------------------------------------------------------
 
 
 def build_sink(
     options: RunOptions, handler: Callable[..., Any], dynamodb: Any, sqs: Any = None
 ) -> Any:
     """The sink of ``options.sink`` around ``handler``, with its ledger and dead-letter target."""
-    mode = _choice(MODES, options.mode, "--mode")
-    try:
-        config = LedgerConfig(consumer_group=options.app, mode=mode)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"--app {options.app!r} cannot name a consumer group: {exc}"
-        ) from exc
-    ledger = Ledger(DynamoDBLedgerStore(options.ledger_table_name), config)
+    ledger = Ledger(DynamoDBLedgerStore(options.ledger_table_name), ledger_config(options))
+    policy = failure_policy(options)
     dead_letters: Any = None
     if options.dead_letter_table and options.dead_letter_queue:
         raise ConfigurationError("give --dead-letter-table or --dead-letter-queue, not both")
@@ -210,12 +345,14 @@ def build_sink(
         dead_letters = SqsDeadLetterQueue(sqs, options.dead_letter_queue)
     kind = options.sink
     if kind == "transactional":
-        return TransactionalSink(ledger, handler, dead_letters=dead_letters)
+        return TransactionalSink(ledger, handler, policy=policy, dead_letters=dead_letters)
     if kind == "keyed":
-        return IdempotentKeySink(ledger, handler, dead_letters=dead_letters)
+        return IdempotentKeySink(ledger, handler, policy=policy, dead_letters=dead_letters)
     if kind == "claim":
-        policy = _choice(EXPIRED_CLAIMS, options.expired_claims, "--expired-claims")
-        return ClaimSink(ledger, handler, expired_claims=policy, dead_letters=dead_letters)
+        expired = _choice(EXPIRED_CLAIMS, options.expired_claims, "--expired-claims")
+        return ClaimSink(
+            ledger, handler, expired_claims=expired, policy=policy, dead_letters=dead_letters
+        )
     raise ConfigurationError(f"--sink must be one of {', '.join(SINKS)}, not {kind!r}")
 
 
@@ -229,28 +366,26 @@ def build_worker(
     """A :class:`Worker` for ``options``; the tables must exist (see :func:`prepare_tables`)."""
     handler = handler if handler is not None else load_handler(options.handler)
     sink = build_sink(options, handler, dynamodb, sqs)
-    try:
-        leases = LeaseConfig(options.lease_table_name, failover_s=options.failover_s)
-    except ValueError as exc:
-        raise ConfigurationError(f"--failover-seconds: {exc}") from exc
+    leases = lease_config(options)
     manager = LeaseManager(
         DynamoDBLeaseStore(options.lease_table_name),
         leases,
         options.worker_id or default_worker_id(),
     )
-    config = WorkerConfig(
-        leases=leases,
-        initial_position=_choice(INITIAL_POSITIONS, options.initial_position, "--initial-position"),
-        health_file=options.health_file,
-        **options.worker,
-    )
+    config = worker_config(options, leases)
     return Worker(kinesis, dynamodb, options.stream, sink, manager, config)
 
 
 def run(options: RunOptions, kinesis: Any, dynamodb: Any, sqs: Any = None) -> WorkerMetrics:
-    """Run a worker until SIGTERM or SIGINT, then drain, checkpoint and hand its leases over."""
+    """Run a worker until SIGTERM or SIGINT, then drain, checkpoint and hand its leases over.
+
+    Before any shard is read: the settings, the handler, the tables' keys and
+    TTL, and the mark TTL against the stream's retention are checked.
+    """
+    check_options(options)
     handler = load_handler(options.handler)
     prepare_tables(dynamodb, options)
+    options = fit_mark_ttl(kinesis, options)
     worker = build_worker(options, kinesis, dynamodb, sqs, handler)
     log.info(
         "worker %s starting on stream %s as %s",

@@ -9,7 +9,12 @@ template sets the environment it reads:
 - ``PARALLELIZATION_FACTOR``: the event source mapping's, set from the same
   template parameter, so the two cannot drift apart;
 - ``MAX_FAILED_DELIVERIES``: deliveries an order may fail before it is
-  dead-lettered.
+  dead-lettered;
+- ``MARK_TTL_HOURS`` (optional): how long a ledger mark lives. At a cold start
+  the function reads the stream's retention and refuses marks that would
+  expire before the stream drops the order they guard (a replay would move the
+  balance twice); without it, marks live for the retention plus a day, or the
+  ledger's default if that is longer.
 
 Run it here, with no AWS account::
 
@@ -22,18 +27,22 @@ stream, and lets the event source mapping simulator deliver them to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 import boto3
 
 from kinesis_eo.deadletter import SqsDeadLetterQueue
 from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, LedgerMode
+from kinesis_eo.preflight import fit_ledger_config
 from kinesis_eo.records import Record
 from kinesis_eo.sinks import EffectContext, FailurePolicy, update
 from lambda_handlers import KinesisHandler, LambdaConfig
+from lambda_handlers.events import stream_name
 
 
 def handle(record: Record, ctx: EffectContext) -> list[Any]:
@@ -52,16 +61,25 @@ def handle(record: Record, ctx: EffectContext) -> list[Any]:
 # Built on the first invocation and kept: a warm function reuses its clients
 # and the ledger's caches, and the module imports without the environment.
 @functools.cache
-def _entry_point() -> KinesisHandler:
+def _entry_point(stream: str) -> KinesisHandler:
     env = os.environ
-    ledger = Ledger(
-        DynamoDBLedgerStore(env["LEDGER_TABLE"]),
-        # Per-record: keyed by the producer's event id, it also drops inbound
-        # duplicates, and it allows a ParallelizationFactor above 1.
-        LedgerConfig(
-            consumer_group=env.get("CONSUMER_GROUP", "billing"), mode=LedgerMode.PER_RECORD
-        ),
+    # Per-record: keyed by the producer's event id, it also drops inbound
+    # duplicates, and it allows a ParallelizationFactor above 1.
+    ledger_config = LedgerConfig(
+        consumer_group=env.get("CONSUMER_GROUP", "billing"), mode=LedgerMode.PER_RECORD
     )
+    if "MARK_TTL_HOURS" in env:
+        ttl = timedelta(hours=float(env["MARK_TTL_HOURS"]))
+        ledger_config = dataclasses.replace(ledger_config, record_ttl=ttl)
+    # Marks must outlive the records they guard: one DescribeStreamSummary per cold start.
+    ledger_config = fit_ledger_config(
+        boto3.client("kinesis"),
+        stream,
+        ledger_config,
+        ttl_requested="MARK_TTL_HOURS" in env,
+        setting="MARK_TTL_HOURS",
+    )
+    ledger = Ledger(DynamoDBLedgerStore(env["LEDGER_TABLE"]), ledger_config)
     config = LambdaConfig(
         parallelization_factor=int(env.get("PARALLELIZATION_FACTOR", "1")),
         max_failed_deliveries=int(env.get("MAX_FAILED_DELIVERIES", "3")),
@@ -73,7 +91,12 @@ def _entry_point() -> KinesisHandler:
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The function's entry point."""
-    return _entry_point()(event, context)
+    records = event.get("Records") or []
+    if not records:
+        return {"batchItemFailures": []}
+    # One function reads one stream; its name comes with every record.
+    stream = stream_name(str(records[0].get("eventSourceARN")), "the event's first record")
+    return _entry_point(stream)(event, context)
 
 
 # --- running it locally -------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-from kinesis_eo import cli
+from kinesis_eo import cli, runner
+from kinesis_eo.deadletter import create_dead_letter_table, read_dead_letters
+from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import run_sync
 from kinesis_eo.leases import (
     DynamoDBLeaseStore,
@@ -35,9 +37,9 @@ from kinesis_eo.leases import (
 )
 from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, create_ledger_table
 from kinesis_eo.logs import JsonFormatter, configure_logging
-from kinesis_eo.records import Position
+from kinesis_eo.records import Position, Record
 from kinesis_eo.retry import RetryConfig
-from kinesis_eo.runner import load_handler
+from kinesis_eo.runner import RunOptions, load_handler
 from kinesis_eo.sinks import TransactionalSink
 from kinesis_eo.status import abbreviate_checkpoint, check_health, human_lag
 from kinesis_eo.testing.backends import MotoServer
@@ -476,6 +478,167 @@ def test_run_without_its_tables_names_the_missing_one_and_exits_2(
         f"kinesis-eo: error: the lease table '{names.leases}' does not exist: "
         "deploy infra/worker.yaml or pass --create-tables"
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # A lease renewed every 33 µs: a busy loop of writes, and leases that flap.
+        (
+            ["--failover-seconds", "0.0001"],
+            "--failover-seconds 0.0001: failover_s must be at least 1 s",
+        ),
+        (["--failover-seconds", "-3"], "--failover-seconds -3: failover_s must be at least 1 s"),
+        (["--handler-attempts", "0"], "--handler-attempts 0: max_attempts must be at least 1"),
+        (
+            ["--outage-max-backoff", "-1"],
+            "--outage-max-backoff -1: outage_max_backoff_s must be a positive number",
+        ),
+        (
+            ["--outage-max-backoff", "0.1"],
+            "--outage-max-backoff 0.1: outage_max_backoff_s must be at least",
+        ),
+        (["--mark-ttl-hours", "0"], "--mark-ttl-hours 0: record_ttl must be positive"),
+        (["--mark-ttl-hours", "nan"], "--mark-ttl-hours nan: "),
+    ],
+)
+def test_run_refuses_a_setting_that_cannot_work_in_one_line_naming_the_flag(
+    server_env: MotoServer, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No tables exist: the settings are judged before any AWS call.
+    names = unique_names("badflag")
+    args = ["run", "--stream", names.stream, "--app", names.app]
+    args += ["--handler", "tests.handlers:count_effect", "--endpoint-url", server_env.endpoint_url]
+    code = cli.main([*args, *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"kinesis-eo: error: {message}"), err
+
+
+def test_run_refuses_a_health_file_whose_folder_cannot_be_created(
+    server_env: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    health = blocker / "sub" / "health.json"
+    names = unique_names("health")
+    args = ["run", "--stream", names.stream, "--app", names.app, "--health-file", str(health)]
+    args += ["--handler", "tests.handlers:count_effect", "--endpoint-url", server_env.endpoint_url]
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"kinesis-eo: error: --health-file '{health}' cannot be written: '{blocker}' is a "
+        "file, so the folder cannot be created\n"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
+def test_run_refuses_a_health_file_in_a_folder_it_may_not_write(
+    server_env: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    health = locked / "health" / "health.json"
+    names = unique_names("health")
+    args = ["run", "--stream", names.stream, "--app", names.app, "--health-file", str(health)]
+    args += ["--handler", "tests.handlers:count_effect", "--endpoint-url", server_env.endpoint_url]
+    try:
+        code = cli.main(args)
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"kinesis-eo: error: --health-file '{health}' cannot be written: this user may "
+        f"not write in '{locked}'\n"
+    )
+
+
+def test_run_accepts_a_health_file_whose_folder_it_can_create(tmp_path: Path) -> None:
+    # The worker makes the folder; only a folder that cannot be made is refused.
+    options = RunOptions(
+        stream="s", app="a", handler="h:f", health_file=str(tmp_path / "new" / "health.json")
+    )
+    runner.check_options(options)
+    with pytest.raises(ConfigurationError, match="is a directory"):
+        runner.check_options(dataclasses.replace(options, health_file=str(tmp_path)))
+
+
+def test_run_refuses_marks_that_expire_before_the_streams_records(
+    server_env: MotoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = unique_names("markttl")
+    kinesis, dynamodb = server_env.client("kinesis"), server_env.client("dynamodb")
+    make_stream(kinesis, names.stream, 1)
+    kinesis.increase_stream_retention_period(StreamName=names.stream, RetentionPeriodHours=168)
+    create_tables(dynamodb, names)
+    args = ["run", "--stream", names.stream, "--app", names.app, "--mode", "per-record"]
+    args += ["--handler", "tests.handlers:count_effect", "--endpoint-url", server_env.endpoint_url]
+    code = cli.main([*args, "--mark-ttl-hours", "100"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err[-1] == (
+        f"kinesis-eo: error: per-record marks expire after 100 h but stream '{names.stream}' "
+        "keeps records for 168 h, so a replay of an older record would apply it twice: set "
+        "--mark-ttl-hours to at least 192 h (the retention plus 24 h)"
+    )
+
+
+def test_handler_attempts_is_how_often_a_failing_record_is_tried_before_it_is_dead_lettered(
+    dynamodb: Any,
+) -> None:
+    names = unique_names("attempts")
+    create_ledger_table(dynamodb, names.ledger)
+    create_dead_letter_table(dynamodb, f"{names.app}-dead")
+    options = RunOptions(
+        stream=names.stream,
+        app=names.app,
+        handler="h:f",
+        dead_letter_table=f"{names.app}-dead",
+        handler_attempts=5,
+    )
+    calls = []
+
+    def failing(record: Record, ctx: Any) -> list[Any]:
+        calls.append(ctx.attempt)
+        raise ValueError("cannot apply")
+
+    sink = runner.build_sink(options, failing, dynamodb)
+    record = Record(names.stream, "shardId-000000000000", "1", "pk", b"payload")
+    run_sync(sink.process([record]), dynamodb, RetryConfig())
+
+    assert calls == [1, 2, 3, 4, 5]
+    (letter,) = read_dead_letters(dynamodb, f"{names.app}-dead")
+    assert letter.attempts == 5
+    assert letter.record.data == b"payload"
+
+
+def test_outage_max_backoff_reaches_the_worker() -> None:
+    options = RunOptions(stream="s", app="a", handler="h:f", outage_max_backoff_s=2.5)
+    worker = runner.build_worker(options, None, None, handler=count_effect)
+    assert worker.config.outage_max_backoff_s == 2.5
+
+
+def test_run_help_describes_the_new_flags_with_the_real_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kinesis_eo.sinks import FailurePolicy
+    from kinesis_eo.worker import WorkerConfig
+
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    defaults = {f.name: f.default for f in dataclasses.fields(WorkerConfig)}
+    attempts = FailurePolicy().max_attempts
+    assert f"before it is dead-lettered; at least 1 (default: {attempts})" in help_text
+    assert "with waits growing from 0.5 s up to SECONDS (default: 30)" in help_text
+    assert defaults["outage_initial_backoff_s"] == 0.5
+    assert defaults["outage_max_backoff_s"] == 30.0
+    mark_ttl_h = LedgerConfig("g").record_ttl.total_seconds() / 3600
+    assert "--mark-ttl-hours H --mode per-record: hours a ledger mark lives" in help_text
+    assert f"(default: {mark_ttl_h:g}, raised to the retention plus 24 h" in help_text
 
 
 def test_the_handler_module_is_found_in_the_current_directory(

@@ -97,13 +97,34 @@ class LeaseConfig:
     max_leases_per_worker: int | None = None
 
     def __post_init__(self) -> None:
-        if self.failover_s <= 0:
-            raise ValueError("failover_s must be positive")
+        # A renewal is a conditional write per lease, a DynamoDB round trip of tens of
+        # milliseconds that a retry or a pause of the process stretches to hundreds.
+        # Below a second of failover (a renewal every third of it) one slow renewal
+        # lets another worker take the lease: leases flap between workers, each move
+        # replays the batch in flight, and every lease costs three writes a second or
+        # more. The KCL's default is 10 s; 1 s is the shortest that stays calm.
+        min_failover_s = 1.0
+        # Renewing or looking for leases more often than this is a busy loop of writes.
+        min_interval_s = 0.05
+        failover = self.failover_s
+        if not min_failover_s <= failover < float("inf"):
+            raise ValueError(
+                f"failover_s must be at least {min_failover_s:g} s (leases are renewed every "
+                f"third of it), got {failover!r}"
+            )
+        for name in ("renew_interval_s", "take_interval_s"):
+            value = getattr(self, name)
+            if value is not None and not min_interval_s <= value < float("inf"):
+                raise ValueError(f"{name} must be at least {min_interval_s:g} s, got {value!r}")
         renew = self.renew_interval
         if not 0 < renew < self.failover_s:
             raise ValueError("renew_interval_s must be positive and below failover_s")
         if self.max_steals_per_round < 0:
             raise ValueError("max_steals_per_round cannot be negative")
+        if self.max_leases_per_worker is not None and self.max_leases_per_worker < 1:
+            raise ValueError(
+                f"max_leases_per_worker must be at least 1, got {self.max_leases_per_worker}"
+            )
 
     @property
     def renew_interval(self) -> float:

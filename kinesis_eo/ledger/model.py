@@ -93,6 +93,14 @@ class LedgerConfig:
             raise ValueError("consumer_group must be non-empty and free of '#'")
         if self.max_transaction_items - self.reserved_transaction_items < 2:
             raise ValueError("a transaction needs room for at least one record and its mark")
+        if self.max_transaction_items > 100 or self.reserved_transaction_items < 0:
+            raise ValueError(
+                "DynamoDB takes at most 100 items per transaction and reserved items "
+                "cannot be negative"
+            )
+        # A mark that expires at once (or before it is written) guards nothing.
+        if self.record_ttl <= timedelta(0):
+            raise ValueError(f"record_ttl must be positive, got {self.record_ttl}")
 
 
 # --- conditions -------------------------------------------------------------------------------

@@ -125,9 +125,19 @@ class ReaderConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_records <= MAX_RECORDS_PER_CALL:
-            raise ValueError(f"max_records must be within 1..{MAX_RECORDS_PER_CALL}")
-        if self.min_read_interval_s < 0 or self.idle_interval_s < 0:
-            raise ValueError("read intervals cannot be negative")
+            raise ValueError(
+                f"max_records must be within 1..{MAX_RECORDS_PER_CALL}, got {self.max_records!r}"
+            )
+        for name in ("min_read_interval_s", "idle_interval_s"):
+            value = getattr(self, name)
+            # NaN fails both comparisons: it would reach time.sleep as an error.
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be 0 or more seconds, got {value!r}")
+        # ListShards takes MaxResults from 1 to 10,000.
+        if not 1 <= self.list_shards_page_size <= 10_000:
+            raise ValueError(
+                f"list_shards_page_size must be within 1..10000, got {self.list_shards_page_size!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
