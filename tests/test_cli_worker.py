@@ -534,28 +534,6 @@ def test_run_refuses_a_health_file_whose_folder_cannot_be_created(
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
-def test_run_refuses_a_health_file_in_a_folder_it_may_not_write(
-    server_env: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    health = locked / "health" / "health.json"
-    names = unique_names("health")
-    args = ["run", "--stream", names.stream, "--app", names.app, "--health-file", str(health)]
-    args += ["--handler", "tests.handlers:count_effect", "--endpoint-url", server_env.endpoint_url]
-    try:
-        code = cli.main(args)
-    finally:
-        locked.chmod(0o700)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err == (
-        f"kinesis-eo: error: --health-file '{health}' cannot be written: this user may "
-        f"not write in '{locked}'\n"
-    )
-
-
 def test_run_accepts_a_health_file_whose_folder_it_can_create(tmp_path: Path) -> None:
     # The worker makes the folder; only a folder that cannot be made is refused.
     options = RunOptions(
