@@ -9,27 +9,9 @@ Three sources, each named ``KIND:WHERE`` (:meth:`RedriveSource.parse`):
 - ``dynamodb:TABLE``: dead letters that :class:`~kinesis_eo.deadletter.DynamoDBDeadLetterTable`
   wrote, read whole (part items joined) by :func:`~kinesis_eo.deadletter.read_dead_letters_flow`.
 - ``on-failure:QUEUE_URL``: what a Lambda event source mapping sends to its SQS
-  on-failure destination when it gives up on a batch. Such a message holds no
-  payload, only where the batch lay. Its body, as AWS documents it for Kinesis::
-
-      {"requestContext": {"requestId": "...", "functionArn": "arn:aws:lambda:...",
-                          "condition": "RetryAttemptsExhausted", "approximateInvokeCount": 4},
-       "responseContext": {"statusCode": 200, "executedVersion": "$LATEST",
-                           "functionError": "Unhandled"},
-       "version": "1.0", "timestamp": "2023-12-10T22:06:23.446Z",
-       "KinesisBatchInfo": {"shardId": "shardId-000000000000",
-                            "startSequenceNumber": "4964...130", "endSequenceNumber": "4964...930",
-                            "approximateArrivalOfFirstRecord": "2023-12-10T22:05:59.280Z",
-                            "approximateArrivalOfLastRecord": "2023-12-10T22:06:19.196Z",
-                            "batchSize": 3, "streamArn": "arn:aws:kinesis:...:stream/orders"}}
-
-  (``condition`` is also ``RecordAgeExceeded``; through an SNS topic the same
-  document arrives as the ``Message`` of an SNS notification.) The records are
-  read again with ``GetShardIterator`` ``AT_SEQUENCE_NUMBER`` and ``GetRecords``
-  up to the end sequence number, de-aggregated as the reader does, and applied.
-  That works only while the stream still holds them: once they are past its
-  retention period (or their shard is gone) they cannot be redriven, and the
-  message is left where it is and reported as gone.
+  on-failure destination when it gives up on a batch: no payload, only where
+  the batch lay (:mod:`kinesis_eo.on_failure` documents the shape). The records
+  are read again from the stream, while it still holds them, and applied.
 
 The ledger, and why redriving is exactly once:
 
@@ -76,31 +58,24 @@ from kinesis_eo.deadletter import (
     read_dead_letters_flow,
     table_items,
 )
-from kinesis_eo.errors import (
-    AwsCallError,
-    ConfigurationError,
-    KinesisEOError,
-    ResourceNotFoundError,
-)
-from kinesis_eo.flow import Call, Sleep, run_sync
+from kinesis_eo.errors import ConfigurationError, KinesisEOError
+from kinesis_eo.flow import Call, run_sync
 from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig
-from kinesis_eo.records import Position, Record, parse_sequence_number
-from kinesis_eo.retrieval.reader import StartingPosition, to_records
-from kinesis_eo.retrieval.shards import StreamRef
+from kinesis_eo.on_failure import BatchInfo, fetch_batch_flow, parse_on_failure
+from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.runner import RunOptions, build_sink, load_handler
 from kinesis_eo.sinks import ClaimSink, PoisonRecordError, idempotency_key
 
 __all__ = [
     "REDRIVE_SUFFIX",
-    "BatchInfo",
     "Outcome",
     "RedriveItem",
     "RedriveOptions",
     "RedriveReport",
     "RedriveSource",
     "SourceKind",
-    "parse_on_failure",
+    "build_redrive_sink",
     "redrive",
     "redrive_flow",
     "redrive_group",
@@ -108,9 +83,6 @@ __all__ = [
 
 REDRIVE_SUFFIX = "-redrive"
 SQS_BATCH = 10
-MAX_GET_RECORDS = 10_000
-# GetRecords allows 5 calls a second per shard, shared with the stream's consumers.
-READ_INTERVAL_S = 0.2
 
 
 def redrive_group(app: str) -> str:
@@ -458,93 +430,6 @@ def _table_letters_flow(
 
 
 # --- the event source mapping's on-failure records ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BatchInfo:
-    """The ``KinesisBatchInfo`` of an on-failure record: where a discarded batch lay."""
-
-    stream_arn: str
-    shard_id: str
-    start: str
-    end: str
-    batch_size: int = 0
-    condition: str = ""
-
-    @property
-    def label(self) -> str:
-        stream = StreamRef.of(self.stream_arn).label
-        return f"on-failure batch {stream}/{self.shard_id}@{self.start}..{self.end}"
-
-
-def parse_on_failure(body: str) -> BatchInfo:
-    """The batch an on-failure record (the SQS message body, or an SNS notification) names."""
-    try:
-        doc = json.loads(body)
-        if isinstance(doc, dict) and doc.get("Type") == "Notification":
-            doc = json.loads(doc["Message"])
-        info = doc["KinesisBatchInfo"]
-        batch = BatchInfo(
-            stream_arn=str(info["streamArn"]),
-            shard_id=str(info["shardId"]),
-            start=str(info["startSequenceNumber"]),
-            end=str(info["endSequenceNumber"]),
-            batch_size=int(info.get("batchSize") or 0),
-            condition=str(doc.get("requestContext", {}).get("condition") or ""),
-        )
-        StreamRef.of(batch.stream_arn)
-        if parse_sequence_number(batch.start) > parse_sequence_number(batch.end):
-            raise ValueError("its start sequence number is past its end")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"not an on-failure record of a Kinesis mapping: {exc}") from None
-    return batch
-
-
-def fetch_batch_flow(info: BatchInfo) -> Generator[Any, Any, tuple[list[Record], str]]:
-    """The user records from start to end sequence number, and a sentence if any are gone."""
-    stream = StreamRef.of(info.stream_arn)
-    resource = f"shard {info.shard_id} of {stream}"
-    gone = (
-        f"the records of {resource} from {info.start} to {info.end} are no longer in the "
-        "stream (past its retention period, or the shard is gone) and cannot be redriven"
-    )
-    params = {
-        **stream.params(),
-        "ShardId": info.shard_id,
-        "ShardIteratorType": "AT_SEQUENCE_NUMBER",
-        "StartingSequenceNumber": info.start,
-    }
-    try:
-        response = yield Call("get_shard_iterator", params, resource, "GetShardIterator", "kinesis")
-    except ResourceNotFoundError:
-        return [], gone
-    except AwsCallError as exc:
-        if exc.code == "InvalidArgumentException":
-            return [], gone
-        raise
-    start, end = parse_sequence_number(info.start), parse_sequence_number(info.end)
-    floor = StartingPosition.at(Position(info.start))
-    limit = max(1, min(info.batch_size or 1000, MAX_GET_RECORDS))
-    records: list[Record] = []
-    first: int | None = None
-    iterator, empty_reads = response.get("ShardIterator"), 0
-    while iterator and empty_reads < 20:
-        read = {"ShardIterator": iterator, "Limit": limit, **stream.params()}
-        response = yield Call("get_records", read, resource, "GetRecords", "kinesis")
-        raw = response.get("Records") or []
-        numbers = [parse_sequence_number(r["SequenceNumber"]) for r in raw]
-        first = numbers[0] if first is None and numbers else first
-        in_range = [r for r, n in zip(raw, numbers, strict=True) if n <= end]
-        # Lambda reports the stream by name and filters no hash range: keys must match its own.
-        records += to_records(str(stream.name), info.shard_id, in_range, None, floor)[0]
-        if len(in_range) < len(raw) or (numbers and numbers[-1] == end):
-            break
-        empty_reads = 0 if raw else empty_reads + 1
-        if not raw and response.get("MillisBehindLatest") == 0:
-            break
-        iterator = response.get("NextShardIterator")
-        yield Sleep(READ_INTERVAL_S)
-    return records, (gone if first is None or first > start else "")
 
 
 def _on_failure_flow(

@@ -34,8 +34,9 @@ from kinesis_eo.ledger import (
     LedgerMode,
     create_ledger_table,
 )
+from kinesis_eo.on_failure import parse_on_failure
 from kinesis_eo.records import Record
-from kinesis_eo.redrive import RedriveOptions, RedriveSource, parse_on_failure, redrive
+from kinesis_eo.redrive import RedriveOptions, RedriveSource, redrive
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.runner import RunOptions
 from kinesis_eo.sinks import EffectContext, FailurePolicy, TransactionalSink, update
