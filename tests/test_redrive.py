@@ -39,7 +39,13 @@ from kinesis_eo.records import Record
 from kinesis_eo.redrive import RedriveOptions, RedriveSource, redrive
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.runner import RunOptions
-from kinesis_eo.sinks import EffectContext, FailurePolicy, TransactionalSink, update
+from kinesis_eo.sinks import (
+    EffectContext,
+    FailurePolicy,
+    TransactionalSink,
+    idempotency_key,
+    update,
+)
 from tests.conftest import REGION
 from tests.handlers import EFFECTS_TABLE_ENV
 
@@ -372,3 +378,58 @@ def test_a_bad_source_is_refused_in_one_sentence_naming_it(
     assert err.count("\n") == 1
     assert named in err
     assert "Traceback" not in err
+
+
+SEEN_KEYS: list[str] = []
+
+
+def remember_key(record: Record, ctx: EffectContext) -> None:
+    SEEN_KEYS.append(ctx.idempotency_key)
+
+
+def test_a_keyed_handler_gets_the_apps_own_idempotency_key_on_redrive(app: str) -> None:
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    poison = letter(app, "e1", 1)
+    DynamoDBDeadLetterTable(dynamodb, f"{app}-letters").send([poison])
+    SEEN_KEYS.clear()
+
+    options = RedriveOptions(RedriveSource.parse(f"dynamodb:{app}-letters"), wait_s=0)
+    run = RunOptions("", app, "unused:unused", sink="keyed")
+    assert redrive(run, options, clients(), remember_key).ok
+
+    original = Ledger(DynamoDBLedgerStore(f"{app}-ledger"), LedgerConfig(app))
+    assert [idempotency_key(original, poison.record)] == SEEN_KEYS
+
+
+def poison_o3(record: Record, ctx: EffectContext) -> list[Any]:
+    if record.event_id == "o3":
+        raise ValueError("o3 is poison")
+    return apply_payload(record, ctx)
+
+
+def test_an_on_failure_record_that_fails_again_is_dead_lettered_with_its_payload(
+    app: str,
+) -> None:
+    kinesis = boto3.client("kinesis", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    kinesis.create_stream(StreamName=app, ShardCount=1)
+    arn = kinesis.describe_stream_summary(StreamName=app)["StreamDescriptionSummary"]["StreamARN"]
+    numbers = [
+        kinesis.put_record(StreamName=app, Data=wrap(f"o{n}", b"%d" % n), PartitionKey="k")[
+            "SequenceNumber"
+        ]
+        for n in range(1, 5)
+    ]
+    failures = sqs.create_queue(QueueName=f"{app}-on-failure")["QueueUrl"]
+    body = on_failure_body(arn, SHARD, numbers[0], numbers[3], 4)
+    sqs.send_message(QueueUrl=failures, MessageBody=body)
+    source = f"on-failure:{failures}"
+    target = ("--dead-letter-table", f"{app}-letters")
+
+    assert run_redrive(app, source, "--mode", "per-record", *target, handler="poison_o3") == 0
+
+    assert sorted(effects(app)) == ["o1", "o2", "o4"]
+    (dead,) = read_dead_letters(dynamodb, f"{app}-letters")
+    assert (dead.record.event_id, dead.record.data, dead.consumer_group) == ("o3", b"3", app)
+    assert "Messages" not in sqs.receive_message(QueueUrl=failures)
