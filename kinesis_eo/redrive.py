@@ -211,8 +211,9 @@ class _Applied:
 def _apply_flow(sink: Any, records: Sequence[Record]) -> Generator[Any, Any, _Applied]:
     """Records through ``sink``; after a record without a dead-letter target fails, one by one.
 
-    A sink raises :class:`PoisonRecordError` before it commits anything of the
-    batch, so the records are applied again alone to single out the ones failing.
+    A sink raises :class:`PoisonRecordError` before it commits the batch's marks
+    (the claim sink completes each record as it goes: those come back as already
+    applied), so the records are applied again alone to single out the failing ones.
     """
     result = _Applied()
     try:
