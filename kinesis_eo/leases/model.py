@@ -87,6 +87,8 @@ class LeaseConfig:
     measured on the observer's own monotonic clock, so hosts' clocks are never
     compared. Owners renew every ``renew_interval_s`` (a third of the failover
     time leaves two renewals of slack); takers look every ``take_interval_s``.
+    The leases of finished shards whose children are under way are removed at
+    most every ``cleanup_interval_s`` (the KCL's lease cleanup interval).
     """
 
     table_name: str
@@ -95,10 +97,16 @@ class LeaseConfig:
     take_interval_s: float | None = None
     max_steals_per_round: int = 1
     max_leases_per_worker: int | None = None
+    cleanup_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.failover_s <= 0:
             raise ValueError("failover_s must be positive")
+        if not 0 < self.cleanup_interval_s < float("inf"):
+            raise ValueError(
+                f"cleanup_interval_s must be a positive number of seconds, "
+                f"got {self.cleanup_interval_s!r}"
+            )
         renew = self.renew_interval
         if not 0 < renew < self.failover_s:
             raise ValueError("renew_interval_s must be positive and below failover_s")
