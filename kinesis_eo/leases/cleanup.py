@@ -38,9 +38,9 @@ def plan_cleanup(
     A lease goes when its checkpoint is ``SHARD_END``; every child it recorded
     (or, having recorded none, every child ``graph`` lists) has a lease under
     way; none of its parents has a lease any more; and it is ``idle``: free,
-    or its owner stopped renewing it. A child deleted in the same round as its parent could
-    be left behind by a parent whose delete failed, so one round deletes one
-    generation.
+    or its owner stopped renewing it. One round deletes one generation: had a
+    child gone in the round its parent's delete failed, the parent, whose child
+    then has no lease, would never go.
     """
     by_shard = {lease.shard_id: lease for lease in leases}
 
