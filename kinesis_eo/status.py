@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kinesis_eo.leases import Lease, Sentinel
+from kinesis_eo.leases import Lease, Sentinel, retired_shards
 from kinesis_eo.retrieval.shards import ShardGraph
 
 OWNED = "owned"
@@ -24,6 +24,8 @@ FREE = "free"
 FINISHED = "finished"
 WAITING = "waiting for parents"
 NO_LEASE = "no lease yet"
+# Listed by the stream, read to its end, and its lease removed once its children were under way.
+FINISHED_REMOVED = "finished (lease removed)"
 
 _SENTINELS = frozenset(s.value for s in Sentinel)
 
@@ -54,7 +56,7 @@ class ShardStatus:
 
 
 def shard_statuses(leases: Iterable[Lease], graph: ShardGraph | None = None) -> list[ShardStatus]:
-    """One row per lease, plus one per listed shard that has no lease yet."""
+    """One row per lease, plus one per listed shard without a lease (none yet, or removed)."""
     by_shard = {lease.shard_id: lease for lease in leases}
 
     def state(lease: Lease) -> str:
@@ -79,8 +81,13 @@ def shard_statuses(leases: Iterable[Lease], graph: ShardGraph | None = None) -> 
         for lease in by_shard.values()
     ]
     if graph is not None:
+        retired = retired_shards(graph, by_shard.values())
         rows += [
-            ShardStatus(shard.shard_id, NO_LEASE, parents=graph.parents_of(shard.shard_id))
+            ShardStatus(
+                shard.shard_id,
+                FINISHED_REMOVED if shard.shard_id in retired else NO_LEASE,
+                parents=graph.parents_of(shard.shard_id),
+            )
             for shard in graph.shards
             if shard.shard_id not in by_shard
         ]

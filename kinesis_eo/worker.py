@@ -171,6 +171,8 @@ def coordinator_flow(
         if now >= next_sync:
             graph = yield from list_shards_flow(stream, config.reader.list_shards_page_size)
             yield from manager.sync_shards(graph, config.initial_position)
+            # Finished shards' leases, once their children are under way (rate-limited inside).
+            yield from manager.clean_up(graph)
             next_sync = now + config.shard_sync_interval_s
         if now >= next_renew:
             lost = yield from manager.renew_all()

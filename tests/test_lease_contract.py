@@ -20,6 +20,7 @@ from kinesis_eo.leases import (
     Sentinel,
     create_lease_table,
 )
+from kinesis_eo.leases.store import LeaseConflict, Unchanged
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
     Entry,
@@ -204,6 +205,81 @@ def test_ending_a_shard_records_shard_end_and_creates_its_children(stores: Store
     assert parent.children == frozenset({"s1", "s2"})
     assert stores.lease("s2").parents == frozenset({"s0"})
     assert stores.lease("s2").hash_range == halves[1].hash_range
+
+
+SHARD_END = Sentinel.SHARD_END.value
+
+
+def finished_lease(stores: Stores, shard_id: str) -> Lease:
+    """A lease taken, ended and released, as a worker leaves a closed shard."""
+    with_leases(stores, shard_id)
+    a = stores.manager("a")
+    stores.run(a.take(stores.lease(shard_id)))
+    stores.run(a.end_shard(shard_id, []))
+    stores.run(a.release(shard_id))
+    return stores.lease(shard_id)
+
+
+def lease_ids(stores: Stores) -> set[str]:
+    return {lease.shard_id for lease in stores.run(stores.leases.list_leases())}
+
+
+def test_a_delete_removes_a_lease_as_last_seen(stores: Stores) -> None:
+    seen = finished_lease(stores, "s0")
+
+    stores.run(stores.leases.delete("s0", Unchanged(seen.counter, seen.owner, SHARD_END)))
+
+    assert lease_ids(stores) == set()
+
+
+def test_a_delete_loses_to_a_change_made_since_the_lease_was_seen(stores: Stores) -> None:
+    with_leases(stores, "s0")
+    seen = stores.lease("s0")
+    stores.run(stores.manager("b").take(seen))
+
+    with pytest.raises(LeaseConflict) as conflict:
+        stores.run(stores.leases.delete("s0", Unchanged(seen.counter, seen.owner)))
+
+    assert conflict.value.current is not None
+    assert conflict.value.current.owner == "b"
+    assert stores.lease("s0").owner == "b"
+
+
+def test_a_delete_that_requires_shard_end_keeps_a_lease_still_being_read(stores: Stores) -> None:
+    with_leases(stores, "s0")
+    seen = stores.lease("s0")
+
+    with pytest.raises(LeaseConflict):
+        stores.run(stores.leases.delete("s0", Unchanged(seen.counter, None, SHARD_END)))
+
+    assert stores.lease("s0").checkpoint == "TRIM_HORIZON"
+
+
+def test_a_delete_requiring_shard_end_sees_a_checkpoint_that_did_not_bump_the_counter(
+    stores: Stores,
+) -> None:
+    with_leases(stores, "s0")
+    a = stores.manager("a")
+    taken = stores.run(a.take(stores.lease("s0")))
+    seen = Lease("s0", counter=taken.counter, owner="a", checkpoint=SHARD_END)
+    stores.run(a.checkpoint("s0", Position("7")))
+
+    with pytest.raises(LeaseConflict):
+        stores.run(stores.leases.delete("s0", Unchanged(seen.counter, "a", SHARD_END)))
+
+    assert stores.lease("s0").checkpoint == "7"
+
+
+def test_of_two_deletes_of_one_lease_the_second_finds_it_gone(stores: Stores) -> None:
+    seen = finished_lease(stores, "s0")
+    condition = Unchanged(seen.counter, seen.owner, SHARD_END)
+    stores.run(stores.leases.delete("s0", condition))
+
+    with pytest.raises(LeaseConflict) as conflict:
+        stores.run(stores.leases.delete("s0", condition))
+
+    assert conflict.value.current is None
+    assert lease_ids(stores) == set()
 
 
 def test_dynamodb_lease_items_use_the_kcl_types(dynamodb: Any) -> None:

@@ -1,5 +1,6 @@
 """Leases: one worker per shard at a time, with a fencing token that reaches the sink."""
 
+from kinesis_eo.leases.cleanup import plan_cleanup, retired_shards
 from kinesis_eo.leases.manager import LeaseManager, Observations, plan_takes
 from kinesis_eo.leases.model import Lease, LeaseConfig, LeaseLostError, Sentinel
 from kinesis_eo.leases.store import (
@@ -20,5 +21,7 @@ __all__ = [
     "Observations",
     "Sentinel",
     "create_lease_table",
+    "plan_cleanup",
     "plan_takes",
+    "retired_shards",
 ]

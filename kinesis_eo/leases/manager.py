@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kinesis_eo.leases.cleanup import plan_cleanup, retired_shards
 from kinesis_eo.leases.model import (
     CHECKPOINT,
     CHILDREN,
@@ -35,7 +36,7 @@ from kinesis_eo.leases.model import (
 )
 from kinesis_eo.leases.store import Change, Held, LeaseConflict, LeaseStore, Unchanged
 from kinesis_eo.records import Position
-from kinesis_eo.retrieval.shards import ChildShard, ShardGraph
+from kinesis_eo.retrieval.shards import ChildShard, Shard, ShardGraph
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class LeaseManager:
         self.held: dict[str, Lease] = {}
         # Shards this worker gave up after failing on them, and until when it leaves them be.
         self.cooling: dict[str, float] = {}
+        self._next_cleanup = -math.inf
 
     # --- observing and taking ---------------------------------------------------------------
 
@@ -290,16 +292,23 @@ class LeaseManager:
     def sync_shards(
         self, graph: ShardGraph, initial: Sentinel = Sentinel.TRIM_HORIZON
     ) -> Generator[Any, Any, int]:
-        """Create a lease for every shard that has none; how many were created.
+        """Create a lease for every shard that has none and needs one; how many were created.
 
         A shard whose parents are listed starts at TRIM_HORIZON whatever
         ``initial`` says: all of a child's records come after its parents'.
+        A listed shard with a descendant under way needs no lease: it was read
+        to its end and its lease cleaned up (see :func:`retired_shards`).
         """
-        existing = {lease.shard_id for lease in (yield from self.store.list_leases())}
+        leases = yield from self.store.list_leases()
+        missing = _missing_shards(graph, leases)
+        if any(graph.children_of(shard.shard_id) for shard in missing):
+            # A scan is no snapshot: it may have read a child before its first
+            # checkpoint and then missed the parent deleted after that checkpoint.
+            # Any later read of the child sees the checkpoint, so look again.
+            leases = yield from self.store.list_leases()
+            missing = _missing_shards(graph, leases)
         created = 0
-        for shard in graph.shards:
-            if shard.shard_id in existing:
-                continue
+        for shard in missing:
             parents = frozenset(graph.parents_of(shard.shard_id))
             start = Sentinel.TRIM_HORIZON if parents else initial
             lease = Lease(
@@ -312,7 +321,21 @@ class LeaseManager:
         return created
 
     def end_shard(self, shard_id: str, children: Sequence[ChildShard]) -> Generator[Any, Any, None]:
-        """Checkpoint SHARD_END, record the children, and create their leases."""
+        """Checkpoint SHARD_END, record the children, and create their leases.
+
+        SHARD_END is written first, under this acquisition's fence: a worker
+        that lost the lease creates nothing, so it cannot bring back a child's
+        lease that was cleaned up after the child was read. A crash between
+        the two writes leaves the children to the next shard sync.
+        """
+        change: dict[str, Any] = {
+            CHECKPOINT: Sentinel.SHARD_END.value,
+            SUB_SEQUENCE: 0,
+            OWNER_SWITCHES: 0,
+        }
+        if children:
+            change[CHILDREN] = frozenset(c.shard_id for c in children)
+        yield from self._write(shard_id, Change(set=change))
         for child in children:
             yield from self.store.create(
                 Lease(
@@ -322,11 +345,47 @@ class LeaseManager:
                     hash_range=child.hash_range,
                 )
             )
-        change: dict[str, Any] = {
-            CHECKPOINT: Sentinel.SHARD_END.value,
-            SUB_SEQUENCE: 0,
-            OWNER_SWITCHES: 0,
-        }
-        if children:
-            change[CHILDREN] = frozenset(c.shard_id for c in children)
-        yield from self._write(shard_id, Change(set=change))
+
+    def clean_up(self, graph: ShardGraph | None = None) -> Generator[Any, Any, list[str]]:
+        """Delete the leases of finished shards whose children are under way; the shards.
+
+        Runs at most every ``cleanup_interval_s`` (an earlier call returns at
+        once). Each delete holds only if the lease is still as seen, finished
+        and in the same hands, so no concurrent write is lost and workers
+        cleaning at once are harmless: the second delete finds the lease gone.
+        ``graph`` names the children of a lease that recorded none.
+        """
+        now = self.clock()
+        if now < self._next_cleanup:
+            return []
+        self._next_cleanup = now + self.config.cleanup_interval_s
+        leases = yield from self.refresh()
+        now = self.clock()
+
+        def idle(lease: Lease) -> bool:
+            return lease.shard_id not in self.held and self.observations.expired(
+                lease, now, self.config.failover_s
+            )
+
+        deleted = []
+        for lease in plan_cleanup(leases, idle, graph):
+            condition = Unchanged(lease.counter, lease.owner, Sentinel.SHARD_END.value)
+            try:
+                yield from self.store.delete(lease.shard_id, condition)
+            except LeaseConflict:
+                continue  # changed since seen, or removed by another worker: judged again later
+            deleted.append(lease.shard_id)
+        if deleted:
+            log.info("removed the leases of finished shards %s", ", ".join(deleted))
+        return deleted
+
+
+def _missing_shards(graph: ShardGraph, leases: Sequence[Lease]) -> list[Shard]:
+    """Listed shards that have no lease and need one."""
+    existing = {lease.shard_id for lease in leases}
+    retired = retired_shards(graph, leases)
+    return [
+        shard
+        for shard in graph.shards
+        if shard.shard_id not in existing and shard.shard_id not in retired
+    ]

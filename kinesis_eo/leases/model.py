@@ -87,6 +87,8 @@ class LeaseConfig:
     measured on the observer's own monotonic clock, so hosts' clocks are never
     compared. Owners renew every ``renew_interval_s`` (a third of the failover
     time leaves two renewals of slack); takers look every ``take_interval_s``.
+    The leases of finished shards whose children are under way are removed at
+    most every ``cleanup_interval_s`` (the KCL's lease cleanup interval).
     """
 
     table_name: str
@@ -95,6 +97,7 @@ class LeaseConfig:
     take_interval_s: float | None = None
     max_steals_per_round: int = 1
     max_leases_per_worker: int | None = None
+    cleanup_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         # A renewal is a conditional write per lease, a DynamoDB round trip of tens of
@@ -116,6 +119,11 @@ class LeaseConfig:
             value = getattr(self, name)
             if value is not None and not min_interval_s <= value < float("inf"):
                 raise ValueError(f"{name} must be at least {min_interval_s:g} s, got {value!r}")
+        if not 0 < self.cleanup_interval_s < float("inf"):
+            raise ValueError(
+                f"cleanup_interval_s must be a positive number of seconds, "
+                f"got {self.cleanup_interval_s!r}"
+            )
         renew = self.renew_interval
         if not 0 < renew < self.failover_s:
             raise ValueError("renew_interval_s must be positive and below failover_s")

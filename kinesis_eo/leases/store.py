@@ -41,13 +41,23 @@ LeaseValue = str | int | frozenset[str]
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:
-    """The lease is as last seen: same counter, same owner (None: free)."""
+    """The lease is as last seen: same counter, same owner (None: free).
+
+    With ``checkpoint``, the checkpoint must be that too: a checkpoint write
+    does not bump the counter, so the counter alone does not prove it unchanged.
+    """
 
     counter: int
     owner: str | None
+    checkpoint: str | None = None
 
     def holds(self, lease: Lease | None) -> bool:
-        return lease is not None and lease.counter == self.counter and lease.owner == self.owner
+        return (
+            lease is not None
+            and lease.counter == self.counter
+            and lease.owner == self.owner
+            and (self.checkpoint is None or lease.checkpoint == self.checkpoint)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,10 @@ class LeaseStore(ABC):
         self, shard_id: str, change: Change, condition: LeaseCondition
     ) -> Generator[Any, Any, Lease]:
         """Apply ``change`` if ``condition`` holds; the lease as written, or LeaseConflict."""
+
+    @abstractmethod
+    def delete(self, shard_id: str, condition: LeaseCondition) -> Generator[Any, Any, None]:
+        """Delete the lease if ``condition`` holds; LeaseConflict if not (or if it is gone)."""
 
     @abstractmethod
     def fence(self, shard_id: str, owner: str, token: str) -> Any:
@@ -149,6 +163,15 @@ class MemoryLeaseStore(LeaseStore):
             updated = replace(current, **values)
             self.leases[shard_id] = updated
             return updated
+        yield  # a flow that makes no calls
+
+    def delete(self, shard_id: str, condition: LeaseCondition) -> Generator[Any, Any, None]:
+        with self._lock:
+            current = self.leases.get(shard_id)
+            if current is None or not condition.holds(current):
+                raise LeaseConflict(shard_id, current)
+            del self.leases[shard_id]
+            return
         yield  # a flow that makes no calls
 
     def fence(self, shard_id: str, owner: str, token: str) -> Any:
@@ -220,6 +243,42 @@ def item_from_lease(lease: Lease) -> dict[str, Any]:
     return item
 
 
+class _Expression:
+    """Placeholders for one request's attribute names and values, and its lease condition."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
+
+    def name(self, attribute: str) -> str:
+        self.names[f"#{attribute}"] = attribute
+        return f"#{attribute}"
+
+    def value(self, v: LeaseValue) -> str:
+        placeholder = f":v{len(self.values)}"
+        self.values[placeholder] = _attribute(v)
+        return placeholder
+
+    def condition(self, condition: LeaseCondition) -> str:
+        name, value = self.name, self.value
+        if isinstance(condition, Held):
+            owned = f"{name(OWNER)} = {value(condition.owner)}"
+            test = f"{owned} AND {name(TOKEN)} = {value(condition.token)}"
+        else:
+            owner = (
+                f"attribute_not_exists({name(OWNER)})"
+                if condition.owner is None
+                else f"{name(OWNER)} = {value(condition.owner)}"
+            )
+            test = f"{name(COUNTER)} = {value(condition.counter)} AND {owner}"
+            if condition.checkpoint is not None:
+                test += f" AND {name(CHECKPOINT)} = {value(condition.checkpoint)}"
+        return f"attribute_exists({name(LEASE_KEY)}) AND {test}"
+
+    def attributes(self) -> dict[str, Any]:
+        return {"ExpressionAttributeNames": self.names, "ExpressionAttributeValues": self.values}
+
+
 class DynamoDBLeaseStore(LeaseStore):
     def __init__(self, table_name: str) -> None:
         self.table_name = table_name
@@ -258,43 +317,22 @@ class DynamoDBLeaseStore(LeaseStore):
     def update(
         self, shard_id: str, change: Change, condition: LeaseCondition
     ) -> Generator[Any, Any, Lease]:
-        names: dict[str, str] = {}
-        values: dict[str, Any] = {}
-
-        def name(attribute: str) -> str:
-            names[f"#{attribute}"] = attribute
-            return f"#{attribute}"
-
-        def value(v: LeaseValue) -> str:
-            placeholder = f":v{len(values)}"
-            values[placeholder] = _attribute(v)
-            return placeholder
-
+        expression = _Expression()
+        name, value = expression.name, expression.value
         assignments = [f"{name(k)} = {value(v)}" for k, v in change.set.items()]
         if change.bump_counter:
             assignments.append(f"{name(COUNTER)} = {name(COUNTER)} + {value(1)}")
-        expression = "SET " + ", ".join(assignments) if assignments else ""
+        update = "SET " + ", ".join(assignments) if assignments else ""
         if change.remove:
-            expression += " REMOVE " + ", ".join(name(k) for k in change.remove)
-        if isinstance(condition, Held):
-            owned = f"{name(OWNER)} = {value(condition.owner)}"
-            test = f"{owned} AND {name(TOKEN)} = {value(condition.token)}"
-        else:
-            owner = (
-                f"attribute_not_exists({name(OWNER)})"
-                if condition.owner is None
-                else f"{name(OWNER)} = {value(condition.owner)}"
-            )
-            test = f"{name(COUNTER)} = {value(condition.counter)} AND {owner}"
+            update += " REMOVE " + ", ".join(name(k) for k in change.remove)
         try:
             response = yield self._call(
                 "update_item",
                 {
                     "Key": {LEASE_KEY: {"S": shard_id}},
-                    "UpdateExpression": expression.strip(),
-                    "ConditionExpression": f"attribute_exists({name(LEASE_KEY)}) AND {test}",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": values,
+                    "UpdateExpression": update.strip(),
+                    "ConditionExpression": expression.condition(condition),
+                    **expression.attributes(),
                     "ReturnValues": "ALL_NEW",
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 },
@@ -304,6 +342,23 @@ class DynamoDBLeaseStore(LeaseStore):
             current = lease_from_item(failed.item) if failed.item else None
             raise LeaseConflict(shard_id, current) from failed
         return lease_from_item(response["Attributes"])
+
+    def delete(self, shard_id: str, condition: LeaseCondition) -> Generator[Any, Any, None]:
+        expression = _Expression()
+        try:
+            yield self._call(
+                "delete_item",
+                {
+                    "Key": {LEASE_KEY: {"S": shard_id}},
+                    "ConditionExpression": expression.condition(condition),
+                    **expression.attributes(),
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                },
+                "DeleteItem",
+            )
+        except ConditionFailedError as failed:
+            current = lease_from_item(failed.item) if failed.item else None
+            raise LeaseConflict(shard_id, current) from failed
 
     def fence(self, shard_id: str, owner: str, token: str) -> Any:
         return {
