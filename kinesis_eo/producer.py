@@ -24,7 +24,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from kinesis_eo.envelope import wrap
+from kinesis_eo.envelope import check_namespace, wrap
 from kinesis_eo.errors import (
     AwsCallError,
     InvalidRecordError,
@@ -76,6 +76,13 @@ class ProducerConfig:
     (``max_attempts`` counts the first send); ``call_retry`` governs calls that
     fail as a whole (throttled, unreachable) and is applied per call, inside
     one entry attempt.
+
+    ``namespace`` scopes this producer's event ids on the consumer side: the
+    ledger keys an event by (stream, namespace, id). Give every producer that
+    chooses its own ids a namespace of its own, and keep it across restarts
+    (a service name, not a process id), so that another producer's "42" is not
+    taken for a duplicate of its own while its own retries still are. Ids the
+    producer makes (uuid4) never collide, with or without one.
     """
 
     max_record_bytes: int = MIB
@@ -83,8 +90,11 @@ class ProducerConfig:
     max_batch_bytes: int = 5 * MIB
     entry_retry: RetryConfig = field(default_factory=lambda: RetryConfig(max_attempts=10))
     call_retry: RetryConfig = field(default_factory=RetryConfig)
+    namespace: str | None = None
 
     def __post_init__(self) -> None:
+        if self.namespace is not None:
+            check_namespace(self.namespace)
         for name in ("max_record_bytes", "max_batch_records", "max_batch_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -189,7 +199,7 @@ def prepare_records(events: Iterable[Event], config: ProducerConfig) -> list[Pre
                 "the consumer would keep only one of them"
             )
         seen[event_id] = index
-        data = wrap(event_id, payload)
+        data = wrap(event_id, payload, config.namespace)
         size = len(data) + key_size
         if size > config.max_record_bytes:
             raise RecordTooLargeError(

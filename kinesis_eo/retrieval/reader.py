@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from kinesis_eo.aggregation import DEFAULT_LIMITS, AggregateLimits, DecodeBudget, deaggregate
-from kinesis_eo.envelope import unwrap
+from kinesis_eo.envelope import unwrap_event
 from kinesis_eo.errors import IteratorExpiredError
 from kinesis_eo.flow import Call, Sleep, drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.records import HashKeyRange, Position, Record
@@ -200,7 +200,7 @@ def to_records(
         for record in expanded.records:
             if not floor.admits(record.position):
                 continue
-            event_id, payload = unwrap(record.data)
+            event_id, namespace, payload = unwrap_event(record.data)
             records.append(
                 record
                 if event_id is None
@@ -217,6 +217,7 @@ def to_records(
                     deaggregation_error=record.deaggregation_error,
                     encryption_type=record.encryption_type,
                     event_id=event_id,
+                    event_namespace=namespace,
                 )
             )
     return Decoded(records, dropped, len(raw_records))
