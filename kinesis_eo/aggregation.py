@@ -31,6 +31,17 @@ four bytes; the flag is added so that a failure policy can dead-letter the
 record instead of it vanishing or being half-delivered. An aggregate with no
 user records counts as corrupt for the same reason: delivering nothing would
 make a stored record disappear without a trace (the KPL never writes one).
+
+Aggregate bombs. A 1 MiB aggregate of empty user records unpacks into some
+175,000 records (about 40 MiB of Python objects), a 10 MiB one into ten times
+that. :class:`AggregateLimits` caps the user records and bytes one aggregate
+may unpack into, and those of a whole batch; decoding stops at the cap, it
+does not unpack everything and count afterwards. An aggregate over its own cap
+is delivered whole with ``deaggregation_error`` set, like a corrupt one, so
+the sinks dead-letter it with its payload. An aggregate that fits its own cap
+but not what is left of the batch's comes back with ``batch_full`` set and no
+records: the reader ends the batch before it and reads it again first thing
+in the next one.
 """
 
 from __future__ import annotations
@@ -74,12 +85,75 @@ class AggregatedRecord:
     explicit_hash_key: str | None
 
 
+MIB = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateLimits:
+    """How many user records, and bytes of their data, KPL aggregates may unpack into.
+
+    Why these defaults. The KPL never writes an aggregate above 1 MiB (its
+    ``AggregationMaxSize`` tops out there, default 50 KiB), and 50,000 user
+    records fill 1 MiB only when each holds about 14 bytes: a denser
+    aggregate is not data anyone meant to send, while each user record costs
+    some 250 bytes of Python objects, so the cap keeps one aggregate under
+    about 12 MiB of them. The data of an aggregate's user records is at most
+    the Kinesis record itself, which a stream allows up to 10 MiB. A batch is
+    one GetRecords call, at most 10 MiB and 10,000 Kinesis records (what the
+    KCL reads at most per call); two aggregates at the cap per batch bound its
+    user records at 100,000 (about 25 MiB), its data at the call's 10 MiB.
+    Together a batch stays under about 50 MiB, raw bytes included, where an
+    unbounded 10 MiB read could take several hundred.
+    """
+
+    max_records_per_aggregate: int = 50_000
+    max_bytes_per_aggregate: int = 10 * MIB
+    max_records_per_batch: int = 100_000
+    max_bytes_per_batch: int = 10 * MIB
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_records_per_aggregate",
+            "max_bytes_per_aggregate",
+            "max_records_per_batch",
+            "max_bytes_per_batch",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AggregateLimits.{name} must be at least 1")
+        # Otherwise a lone aggregate within its own cap could never fit any batch.
+        if self.max_records_per_batch < self.max_records_per_aggregate:
+            raise ValueError("max_records_per_batch cannot be below max_records_per_aggregate")
+        if self.max_bytes_per_batch < self.max_bytes_per_aggregate:
+            raise ValueError("max_bytes_per_batch cannot be below max_bytes_per_aggregate")
+
+
+DEFAULT_LIMITS = AggregateLimits()
+
+
+@dataclass(slots=True)
+class DecodeBudget:
+    """What one batch has used of its caps while its Kinesis records are decoded."""
+
+    limits: AggregateLimits = DEFAULT_LIMITS
+    records: int = 0
+    bytes: int = 0
+
+    def add(self, records: int, data_bytes: int) -> None:
+        self.records += records
+        self.bytes += data_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Deaggregated:
-    """The user records of one or more Kinesis records."""
+    """The user records of one or more Kinesis records.
+
+    ``batch_full``: the aggregate fits its own cap but not what is left of the
+    batch's; it was not unpacked (``records`` is empty).
+    """
 
     records: list[Record]
     outside_hash_range: list[Record]
+    batch_full: bool = False
 
 
 _PER_USER_RECORD = frozenset(
@@ -90,6 +164,38 @@ _RECORD_FIELDS = tuple(f.name for f in fields(Record) if f.init)
 
 class _CorruptAggregate(InvalidRecordError):
     """Never leaves this module: it becomes ``Record.deaggregation_error``."""
+
+
+class _OverCap(_CorruptAggregate):
+    """Decoding reached a cap; ``batch`` when it was what is left of the batch's."""
+
+    def __init__(self, message: str, *, batch: bool) -> None:
+        super().__init__(message)
+        self.batch = batch
+
+
+@dataclass(frozen=True, slots=True)
+class _Caps:
+    """The caps one aggregate is decoded under: its own, or less if the batch has less left."""
+
+    records: int
+    data_bytes: int
+    records_are_batch: bool
+    bytes_are_batch: bool
+
+    @classmethod
+    def of(cls, limits: AggregateLimits, budget: DecodeBudget | None) -> _Caps:
+        records, data_bytes = limits.max_records_per_aggregate, limits.max_bytes_per_aggregate
+        if budget is None:
+            return cls(records, data_bytes, False, False)
+        records_left = budget.limits.max_records_per_batch - budget.records
+        bytes_left = budget.limits.max_bytes_per_batch - budget.bytes
+        return cls(
+            min(records, records_left),
+            min(data_bytes, bytes_left),
+            records_left < records,
+            bytes_left < data_bytes,
+        )
 
 
 # --- writing -----------------------------------------------------------------
@@ -290,18 +396,32 @@ def _user_record(buf: bytes, pos: int, end: int) -> tuple[int, int | None, bytes
 
 
 def _parse(
-    buf: bytes, pos: int, end: int
+    buf: bytes, pos: int, end: int, caps: _Caps
 ) -> tuple[list[str], list[str], list[tuple[int, int | None, bytes]]]:
     partition_keys: list[str] = []
     explicit_hash_keys: list[str] = []
     user_records: list[tuple[int, int | None, bytes]] = []
+    data_bytes = 0
     while pos < end:
         field_number, wire_type, pos = _key(buf, pos, end)
         if field_number in (1, 2, 3):
             _expect(field_number, wire_type, _LENGTH_DELIMITED)
             start, pos = _length_delimited(buf, pos, end)
             if field_number == 3:
-                user_records.append(_user_record(buf, start, pos))
+                # Checked before each record is decoded: a bomb stops here, at the cap.
+                if len(user_records) == caps.records:
+                    raise _OverCap(
+                        f"aggregate holds more than {caps.records} user records",
+                        batch=caps.records_are_batch,
+                    )
+                user_record = _user_record(buf, start, pos)
+                data_bytes += len(user_record[2])
+                if data_bytes > caps.data_bytes:
+                    raise _OverCap(
+                        f"aggregate's user records hold more than {caps.data_bytes} bytes",
+                        batch=caps.bytes_are_batch,
+                    )
+                user_records.append(user_record)
             elif field_number == 1:
                 partition_keys.append(_text(buf, start, pos, "a partition key"))
             else:
@@ -311,14 +431,14 @@ def _parse(
     return partition_keys, explicit_hash_keys, user_records
 
 
-def _unpack(record: Record, hash_range: HashKeyRange | None) -> Deaggregated:
+def _unpack(record: Record, hash_range: HashKeyRange | None, caps: _Caps) -> Deaggregated:
     data = record.data
     end = len(data) - _DIGEST_SIZE
     if end < len(MAGIC):
         raise _CorruptAggregate("too short for an aggregate")
     if hashlib.md5(data[len(MAGIC) : end], usedforsecurity=False).digest() != data[end:]:
         raise _CorruptAggregate("MD5 digest does not match")
-    partition_keys, explicit_hash_keys, user_records = _parse(data, len(MAGIC), end)
+    partition_keys, explicit_hash_keys, user_records = _parse(data, len(MAGIC), end, caps)
     if not user_records:
         raise _CorruptAggregate("aggregate holds no user records")
 
@@ -380,33 +500,61 @@ def _unpack(record: Record, hash_range: HashKeyRange | None) -> Deaggregated:
     return Deaggregated(inside, outside)
 
 
-def deaggregate(record: Record, hash_range: HashKeyRange | None = None) -> Deaggregated:
+def deaggregate(
+    record: Record,
+    hash_range: HashKeyRange | None = None,
+    limits: AggregateLimits | None = None,
+    budget: DecodeBudget | None = None,
+) -> Deaggregated:
     """The user records of one Kinesis record, in order.
 
     A record without the KPL magic comes back alone and unchanged, and is never
     filtered by ``hash_range``: Kinesis itself routed it to this shard. A
-    corrupt aggregate comes back whole with ``deaggregation_error`` set (see the
-    module docstring). User records of an aggregate whose hash key lies outside
-    ``hash_range`` go to ``outside_hash_range``.
+    corrupt aggregate, or one over the caps of ``limits`` (default
+    :class:`AggregateLimits`), comes back whole with ``deaggregation_error``
+    set (see the module docstring). User records of an aggregate whose hash key
+    lies outside ``hash_range`` go to ``outside_hash_range``. With ``budget``
+    (one per batch; its limits then apply) what comes back is counted in it,
+    and an aggregate that does not fit what the batch has left comes back with
+    ``batch_full`` set, unless it is the batch's first record.
     """
+    limits = budget.limits if budget is not None else limits or DEFAULT_LIMITS
     # A record that already came out of an aggregate holds user bytes, which may
     # start with the magic by chance; unpacking them again would invent records.
     if record.aggregated or not record.data.startswith(MAGIC):
-        return Deaggregated([record], [])
-    try:
-        return _unpack(record, hash_range)
-    except _CorruptAggregate as exc:
-        return Deaggregated([replace(record, deaggregation_error=str(exc))], [])
+        result = Deaggregated([record], [])
+    else:
+        # The first record of a batch is always decoded: its own cap bounds it.
+        started = budget is not None and budget.records > 0
+        try:
+            result = _unpack(record, hash_range, _Caps.of(limits, budget if started else None))
+        except _OverCap as exc:
+            if exc.batch:
+                return Deaggregated([], [], batch_full=True)
+            result = Deaggregated([replace(record, deaggregation_error=str(exc))], [])
+        except _CorruptAggregate as exc:
+            result = Deaggregated([replace(record, deaggregation_error=str(exc))], [])
+    if budget is not None:
+        every = (*result.records, *result.outside_hash_range)
+        budget.add(len(every), sum(len(r.data) for r in every))
+    return result
 
 
 def deaggregate_all(
-    records: Iterable[Record], hash_range: HashKeyRange | None = None
+    records: Iterable[Record],
+    hash_range: HashKeyRange | None = None,
+    limits: AggregateLimits | None = None,
 ) -> Deaggregated:
-    """:func:`deaggregate` over a batch, keeping the order of the batch."""
+    """:func:`deaggregate` over a batch, keeping the order of the batch.
+
+    Each aggregate is held to the per-aggregate caps of ``limits``; the
+    per-batch caps do not apply here, since there is no later batch to carry
+    what does not fit: the reader applies them (see :mod:`kinesis_eo.retrieval`).
+    """
     inside: list[Record] = []
     outside: list[Record] = []
     for record in records:
-        result = deaggregate(record, hash_range)
+        result = deaggregate(record, hash_range, limits)
         inside += result.records
         outside += result.outside_hash_range
     return Deaggregated(inside, outside)

@@ -321,7 +321,25 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         default="INFO",
         type=str.upper,
-        help="lowest level logged (default: INFO)",
+        help="lowest level logged (default: INFO); the AWS SDK's loggers (botocore, boto3, "
+        "urllib3, aiobotocore, s3transfer) stay at WARNING, since at DEBUG they write "
+        "credentials and payloads, unless named with --debug-logger",
+    )
+    parser.add_argument(
+        "--debug-logger",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also log DEBUG records of the logger NAME and its children (e.g. botocore, "
+        "urllib3); may repeat. Credentials are scrubbed; request and response bodies "
+        "print as <omitted> unless --log-payloads",
+    )
+    parser.add_argument(
+        "--log-payloads",
+        action="store_true",
+        help="let log lines include record payloads (bytes, records, and the bodies of "
+        "loggers named with --debug-logger); off by default because payloads may hold "
+        "personal data",
     )
     _add_aws_options(parser)
     parser.set_defaults(command=_cmd_run)
@@ -331,7 +349,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kinesis_eo import runner
     from kinesis_eo.logs import configure_logging
 
-    configure_logging(args.log_format, args.log_level)
+    configure_logging(
+        args.log_format,
+        args.log_level,
+        debug_loggers=args.debug_logger,
+        log_payloads=args.log_payloads,
+    )
     options = runner.RunOptions(
         stream=args.stream,
         app=args.app,

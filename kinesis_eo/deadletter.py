@@ -262,6 +262,7 @@ class DeadLetter:
             "partition_key": record.partition_key,
             "explicit_hash_key": record.explicit_hash_key,
             "event_id": record.event_id,
+            "event_namespace": record.event_namespace,
             "arrival_time": _iso(record.arrival_time),
             "aggregated": record.aggregated,
             "deaggregation_error": record.deaggregation_error,
@@ -314,6 +315,7 @@ def _letter_from_fields(doc: Mapping[str, Any], data: bytes) -> DeadLetter:
             deaggregation_error=_optional_text(doc, "deaggregation_error"),
             encryption_type=_optional_text(doc, "encryption_type"),
             event_id=_optional_text(doc, "event_id"),
+            event_namespace=_optional_text(doc, "event_namespace"),
         )
         _ = record.position  # checks the sequence numbers here, not at the first use
         return DeadLetter(
@@ -824,6 +826,7 @@ def table_items(letter: DeadLetter, config: DynamoDBDeadLetterConfig) -> list[di
     optional = {
         "explicit_hash_key": record.explicit_hash_key,
         "event_id": record.event_id,
+        "event_namespace": record.event_namespace,
         "arrival_time": _iso(record.arrival_time),
         "deaggregation_error": record.deaggregation_error,
         "encryption_type": record.encryption_type,

@@ -21,10 +21,10 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from kinesis_eo.envelope import wrap
+from kinesis_eo.envelope import check_namespace, wrap
 from kinesis_eo.errors import (
     AwsCallError,
     InvalidRecordError,
@@ -49,10 +49,18 @@ __all__ = [
     "plan_batches",
     "prepare_records",
     "put_records_flow",
+    "stream_max_record_bytes_flow",
 ]
 
 MIB = 1_048_576
 MAX_PARTITION_KEY_CHARS = 256
+# A stream's record limit unless raised with UpdateMaxRecordSize (up to 10 MiB),
+# and the PutRecords request limits: 5 MiB per request for 1 MiB records; the API
+# reference allows 10 MiB per request (partition keys included) once a record
+# may be larger than 1 MiB, else a 10 MiB record could never be sent at all.
+DEFAULT_MAX_RECORD_BYTES = MIB
+DEFAULT_MAX_BATCH_BYTES = 5 * MIB
+LARGE_RECORD_MAX_BATCH_BYTES = 10 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,26 +78,64 @@ class ProducerConfig:
     """Limits and retry policy of a producer.
 
     The size limits are those of Kinesis Data Streams; a record's size counts
-    its data with the envelope and the UTF-8 bytes of its partition key. They
-    are settings and not constants because AWS has raised them before.
+    its data with the envelope and the UTF-8 bytes of its partition key.
+    ``max_record_bytes`` left as None is the stream's own limit, read once per
+    producer with ``DescribeStreamSummary`` (``MaxRecordSizeInKiB``, 1 MiB when
+    the stream does not say; the caller then needs that permission); give it
+    to skip the call. ``max_batch_bytes`` left as None is 5 MiB for streams of
+    1 MiB records and 10 MiB for streams that allow larger ones, as PutRecords
+    takes.
     ``entry_retry`` governs entries that PutRecords reported failed
     (``max_attempts`` counts the first send); ``call_retry`` governs calls that
     fail as a whole (throttled, unreachable) and is applied per call, inside
     one entry attempt.
+
+    ``namespace`` scopes this producer's event ids on the consumer side: the
+    ledger keys an event by (stream, namespace, id). Give every producer that
+    chooses its own ids a namespace of its own, and keep it across restarts
+    (a service name, not a process id), so that another producer's "42" is not
+    taken for a duplicate of its own while its own retries still are. Ids the
+    producer makes (uuid4) never collide, with or without one.
     """
 
-    max_record_bytes: int = MIB
+    max_record_bytes: int | None = None
     max_batch_records: int = 500
-    max_batch_bytes: int = 5 * MIB
+    max_batch_bytes: int | None = None
     entry_retry: RetryConfig = field(default_factory=lambda: RetryConfig(max_attempts=10))
     call_retry: RetryConfig = field(default_factory=RetryConfig)
+    namespace: str | None = None
 
     def __post_init__(self) -> None:
+        if self.namespace is not None:
+            check_namespace(self.namespace)
         for name in ("max_record_bytes", "max_batch_records", "max_batch_bytes"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_record_bytes > self.max_batch_bytes:
+        if (
+            self.max_record_bytes is not None
+            and self.max_batch_bytes is not None
+            and self.max_record_bytes > self.max_batch_bytes
+        ):
             raise ValueError("max_record_bytes cannot be larger than max_batch_bytes")
+
+    def for_stream(self, stream_max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ProducerConfig:
+        """This config with the limits it leaves open filled in for a stream's record limit."""
+        record = self.max_record_bytes or stream_max_record_bytes
+        batch = self.max_batch_bytes or (
+            DEFAULT_MAX_BATCH_BYTES if record <= MIB else LARGE_RECORD_MAX_BATCH_BYTES
+        )
+        return replace(self, max_record_bytes=record, max_batch_bytes=max(batch, record))
+
+    @property
+    def record_limit(self) -> int:
+        """``max_record_bytes``, or the default stream's limit if left open."""
+        return self.max_record_bytes or DEFAULT_MAX_RECORD_BYTES
+
+    @property
+    def batch_limit(self) -> int:
+        """``max_batch_bytes``, or what PutRecords takes for ``record_limit``."""
+        return self.for_stream().max_batch_bytes or DEFAULT_MAX_BATCH_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +235,13 @@ def prepare_records(events: Iterable[Event], config: ProducerConfig) -> list[Pre
                 "the consumer would keep only one of them"
             )
         seen[event_id] = index
-        data = wrap(event_id, payload)
+        data = wrap(event_id, payload, config.namespace)
         size = len(data) + key_size
-        if size > config.max_record_bytes:
+        if size > config.record_limit:
             raise RecordTooLargeError(
                 f"event {event_id!r} (#{index}) is {size} bytes with its envelope and partition "
                 f"key ({len(payload)} bytes of data), over the limit of "
-                f"{config.max_record_bytes} bytes"
+                f"{config.record_limit} bytes"
             )
         entry: dict[str, Any] = {"Data": data, "PartitionKey": event.partition_key}
         if event.explicit_hash_key is not None:
@@ -208,10 +254,11 @@ def plan_batches(sizes: Sequence[int], config: ProducerConfig) -> list[range]:
     """Split records of these sizes, in order, into PutRecords batches within both limits."""
     batches: list[range] = []
     start, count, total = 0, 0, 0
+    max_bytes = config.batch_limit
     for index, size in enumerate(sizes):
-        if size > config.max_batch_bytes:
+        if size > max_bytes:
             raise ValueError(f"record #{index} ({size} bytes) cannot fit in any batch")
-        if count and (count == config.max_batch_records or total + size > config.max_batch_bytes):
+        if count and (count == config.max_batch_records or total + size > max_bytes):
             batches.append(range(start, index))
             start, count, total = index, 0, 0
         count += 1
@@ -310,6 +357,19 @@ def put_records_flow(
     return PutResult(event_ids, stored, calls, retried)
 
 
+def stream_max_record_bytes_flow(stream: str) -> Generator[Any, Any, int]:
+    """The stream's record limit in bytes (``MaxRecordSizeInKiB``; 1 MiB if it does not say)."""
+    response = yield Call(
+        "describe_stream_summary",
+        _stream_params(stream),
+        f"stream {stream!r}",
+        "DescribeStreamSummary",
+        "kinesis",
+    )
+    kib = response.get("StreamDescriptionSummary", {}).get("MaxRecordSizeInKiB")
+    return int(kib) * 1024 if kib else DEFAULT_MAX_RECORD_BYTES
+
+
 # --- front classes ----------------------------------------------------------------------------
 
 
@@ -328,12 +388,22 @@ class _ProducerBase:
         self.stream_name = stream_name
         self.config = config or ProducerConfig()
         self._rng = rng
+        self._stream_max_record_bytes: int | None = None
 
     def _flow(self, events: Iterable[Event]) -> Generator[Any, Any, Any]:
-        # Validated and given their ids before the first call, so a refused
-        # event stops the whole put before anything is sent.
-        records = prepare_records(events, self.config)
-        return put_records_flow(records, self.stream_name, self.config, self._rng)
+        events = list(events)
+        config = self.config
+        if config.max_record_bytes is None and events:
+            if self._stream_max_record_bytes is None:
+                self._stream_max_record_bytes = yield from stream_max_record_bytes_flow(
+                    self.stream_name
+                )
+            config = config.for_stream(self._stream_max_record_bytes)
+        # Validated and given their ids before PutRecords, so a refused event
+        # stops the whole put before anything is sent.
+        records = prepare_records(events, config)
+        result = yield from put_records_flow(records, self.stream_name, config, self._rng)
+        return result
 
 
 class Producer(_ProducerBase):

@@ -104,6 +104,8 @@ class Record:
     about it instead of the bytes vanishing. ``event_id`` is the producer's id
     for the event when the payload came in a kinesis_eo envelope (then ``data``
     is the payload without it); the same event sent twice has the same id.
+    ``event_namespace`` is the producer's namespace from the envelope, which
+    scopes the id (see :func:`kinesis_eo.ledger.event_id_or_position`).
     """
 
     stream: str
@@ -118,6 +120,7 @@ class Record:
     deaggregation_error: str | None = None
     encryption_type: str | None = None
     event_id: str | None = None
+    event_namespace: str | None = None
 
     @property
     def position(self) -> Position:

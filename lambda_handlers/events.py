@@ -15,6 +15,14 @@ Two kinds of trouble are kept apart:
 - a record whose data cannot be decoded (not base64, a corrupt KPL aggregate)
   becomes a record with ``deaggregation_error`` set, which the sinks
   dead-letter with its payload: one bad record never fails a batch forever.
+
+KPL aggregates are held to :class:`~kinesis_eo.aggregation.AggregateLimits`
+(``LambdaConfig.aggregate_limits``): an aggregate over its own caps, or over
+what is left of the event's (the per-batch caps count the whole event), is
+delivered whole with ``deaggregation_error`` and dead-lettered with its
+payload; unlike the worker's reader, a Lambda function cannot leave part of
+its event for the next read. Keep the event source mapping's ``BatchSize``
+such that an event's user records stay within the per-batch caps.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+from kinesis_eo.aggregation import DEFAULT_LIMITS, AggregateLimits, DecodeBudget
 from kinesis_eo.errors import InvalidRecordError
 from kinesis_eo.records import Record, parse_sequence_number
 from kinesis_eo.retrieval.reader import StartingPosition, to_records
@@ -78,7 +87,9 @@ def _arrival(value: Any, where: str) -> datetime | None:
     return datetime.fromtimestamp(value, UTC)
 
 
-def _user_records(entry: Mapping[str, Any], index: int) -> tuple[str, str, list[Record]]:
+def _user_records(
+    entry: Mapping[str, Any], index: int, budget: DecodeBudget
+) -> tuple[str, str, list[Record]]:
     """(stream, shard id, user records) of the event's record number ``index``."""
     where = f"record {index} of the event"
     if not isinstance(entry, Mapping):
@@ -136,13 +147,34 @@ def _user_records(entry: Mapping[str, Any], index: int) -> tuple[str, str, list[
     # Lambda does not say which hash range the shard owns: no filter here. An
     # aggregate's user records that the KPL re-sent to a child shard after a
     # reshard arrive twice; a per-record ledger keyed by event id drops the copy.
-    records, _ = to_records(stream, shard_id, [raw], None, StartingPosition.trim_horizon())
+    records, _, unread = to_records(
+        stream, shard_id, [raw], None, StartingPosition.trim_horizon(), budget
+    )
+    if unread == 0:
+        limits = budget.limits
+        over_cap = Record(
+            stream=stream,
+            shard_id=shard_id,
+            sequence_number=sequence_number,
+            partition_key=partition_key,
+            data=payload,
+            arrival_time=arrival,
+            encryption_type=encryption if isinstance(encryption, str) else None,
+            deaggregation_error=(
+                f"aggregate does not fit what is left of the event's caps "
+                f"({budget.records} of {limits.max_records_per_batch} user records, "
+                f"{budget.bytes} of {limits.max_bytes_per_batch} bytes used): lower the "
+                "event source mapping's BatchSize or raise LambdaConfig.aggregate_limits"
+            ),
+        )
+        return stream, shard_id, [over_cap]
     return stream, shard_id, records
 
 
-def parse_event(event: Any) -> list[ShardDelivery]:
+def parse_event(event: Any, limits: AggregateLimits = DEFAULT_LIMITS) -> list[ShardDelivery]:
     """The event's user records, by shard, each shard's in order.
 
+    KPL aggregates are unpacked within ``limits`` (see the module docstring).
     Raises :class:`MalformedEventError` with a sentence saying what is wrong
     when ``event`` is not a Kinesis event.
     """
@@ -157,8 +189,9 @@ def parse_event(event: Any) -> list[ShardDelivery]:
             "event source mapping?"
         )
     shards: dict[tuple[str, str], list[Record]] = {}
+    budget = DecodeBudget(limits)
     for index, entry in enumerate(entries):
-        stream, shard_id, records = _user_records(entry, index)
+        stream, shard_id, records = _user_records(entry, index, budget)
         shards.setdefault((stream, shard_id), []).extend(records)
     deliveries = []
     for (stream, shard_id), records in shards.items():

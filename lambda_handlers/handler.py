@@ -36,6 +36,7 @@ from datetime import timedelta
 from enum import Enum
 from typing import Any, Protocol
 
+from kinesis_eo.aggregation import DEFAULT_LIMITS, AggregateLimits
 from kinesis_eo.errors import ConfigurationError, KinesisEOError
 from kinesis_eo.flow import run_async, run_sync
 from kinesis_eo.ledger import ExpiredClaimPolicy, Ledger, LedgerMode
@@ -98,6 +99,8 @@ class LambdaConfig:
     happens to a claim whose invocation died. A claim at least as long as the
     function's timeout cannot expire while its invocation still runs.
     ``retry``: AWS calls of the ledger and the sinks.
+    ``aggregate_limits``: the user records and bytes KPL aggregates may unpack
+    into, per aggregate and per event (see :mod:`lambda_handlers.events`).
     """
 
     sink: SinkKind = SinkKind.TRANSACTIONAL
@@ -110,6 +113,7 @@ class LambdaConfig:
     claim_for: timedelta = timedelta(minutes=15)
     expired_claims: ExpiredClaimPolicy = ExpiredClaimPolicy.QUARANTINE
     retry: RetryConfig = field(default_factory=RetryConfig)
+    aggregate_limits: AggregateLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if not 1 <= self.parallelization_factor <= _MAX_PARALLELIZATION_FACTOR:
@@ -343,7 +347,7 @@ class _HandlerBase:
     def _plan(
         self, event: Any, context: Any
     ) -> tuple[list[ShardDelivery], list[tuple[list[Record], DeliveryGate]]]:
-        deliveries = parse_event(event)
+        deliveries = parse_event(event, self.config.aggregate_limits)
         remaining = remaining_time(context)
         left = remaining()
         margin = self.config.deadline_margin_ms

@@ -61,9 +61,23 @@ DONE_STATUSES = frozenset({MarkStatus.COMPLETED, MarkStatus.DEAD_LETTERED, MarkS
 
 
 def event_id_or_position(record: Record) -> str:
-    """The default per-record key: the producer's event id, else the record's position."""
+    """The default per-record key: the producer's event id in its scope, else the position.
+
+    An event id is scoped by the stream and the producer's namespace
+    (``ProducerConfig.namespace``, carried in the envelope):
+    ``event:<stream>:<namespace>:<id>``, the namespace empty for a producer
+    without one. Two producers that give the same id to different events on
+    one stream are thus kept apart as long as their namespaces differ, while a
+    producer's retries, and its sends after a restart under the same
+    namespace, keep the same key and are dropped as duplicates. The stream is
+    its name (a stream given by ARN is named by its last part), and neither it
+    nor a namespace can hold ':', so the key is unambiguous.
+    """
     if record.event_id is not None:
-        return f"event:{record.event_id}"
+        stream = (
+            record.stream.rsplit("/", 1)[-1] if record.stream.startswith("arn:") else record.stream
+        )
+        return f"event:{stream}:{record.event_namespace or ''}:{record.event_id}"
     return f"position:{record.stream}:{record.shard_id}:{record.position.key()}"
 
 

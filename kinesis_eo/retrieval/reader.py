@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Callable, Collection, Generator, Iter
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
-from kinesis_eo.aggregation import deaggregate
-from kinesis_eo.envelope import unwrap
+from kinesis_eo.aggregation import DEFAULT_LIMITS, AggregateLimits, DecodeBudget, deaggregate
+from kinesis_eo.envelope import unwrap_event
 from kinesis_eo.errors import IteratorExpiredError
 from kinesis_eo.flow import Call, Sleep, drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.records import HashKeyRange, Position, Record
@@ -115,6 +115,11 @@ class ReaderConfig:
     consumer of the shard; ``min_read_interval_s`` keeps one reader at or under
     that. After a read that came back empty at the tip of the shard the reader
     waits ``idle_interval_s`` instead, so an idle stream costs little.
+    ``aggregate_limits`` caps what KPL aggregates unpack into, per aggregate
+    and per batch (see :class:`~kinesis_eo.aggregation.AggregateLimits`): an
+    aggregate over its own cap is delivered whole with ``deaggregation_error``
+    (the sinks dead-letter it); one that does not fit what is left of a batch
+    ends the batch and opens the next.
     """
 
     max_records: int = 1000
@@ -122,6 +127,7 @@ class ReaderConfig:
     idle_interval_s: float = 1.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     list_shards_page_size: int = DEFAULT_PAGE_SIZE
+    aggregate_limits: AggregateLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_records <= MAX_RECORDS_PER_CALL:
@@ -162,17 +168,32 @@ class Batch:
         return self.records[-1].position if self.records else None
 
 
+class Decoded(NamedTuple):
+    """User records of a GetRecords response (or a Lambda event's records).
+
+    ``dropped``: aggregated user records outside the hash range. ``unread``:
+    the index of the first Kinesis record left undecoded because the batch's
+    caps were reached (``len(raw_records)`` when all were decoded).
+    """
+
+    records: list[Record]
+    dropped: int
+    unread: int
+
+
 def to_records(
     stream: str,
     shard_id: str,
     raw_records: list[Mapping[str, Any]],
     hash_range: HashKeyRange | None,
     floor: StartingPosition,
-) -> tuple[list[Record], int]:
-    """Kinesis records -> user records after the floor, and how many fell outside the range."""
+    budget: DecodeBudget | None = None,
+) -> Decoded:
+    """Kinesis records -> user records after the floor, within the caps of ``budget``."""
     records: list[Record] = []
     dropped = 0
-    for raw in raw_records:
+    budget = budget or DecodeBudget()
+    for index, raw in enumerate(raw_records):
         kinesis_record = Record(
             stream=stream,
             shard_id=shard_id,
@@ -182,12 +203,14 @@ def to_records(
             arrival_time=raw.get("ApproximateArrivalTimestamp"),
             encryption_type=raw.get("EncryptionType"),
         )
-        expanded = deaggregate(kinesis_record, hash_range)
+        expanded = deaggregate(kinesis_record, hash_range, budget=budget)
+        if expanded.batch_full:
+            return Decoded(records, dropped, index)
         dropped += len(expanded.outside_hash_range)
         for record in expanded.records:
             if not floor.admits(record.position):
                 continue
-            event_id, payload = unwrap(record.data)
+            event_id, namespace, payload = unwrap_event(record.data)
             records.append(
                 record
                 if event_id is None
@@ -204,9 +227,10 @@ def to_records(
                     deaggregation_error=record.deaggregation_error,
                     encryption_type=record.encryption_type,
                     event_id=event_id,
+                    event_namespace=namespace,
                 )
             )
-    return records, dropped
+    return Decoded(records, dropped, len(raw_records))
 
 
 class ShardCursor:
@@ -231,6 +255,8 @@ class ShardCursor:
         self.finished = False
         self.millis_behind_latest: int | None = None
         self.iterators_expired = 0
+        # Where the next iterator starts after a batch ended at the caps of its aggregates.
+        self.resume_at: str | None = None
         self._resource = f"shard '{shard_id}' of {stream}"
 
     @property
@@ -240,9 +266,17 @@ class ShardCursor:
 
     def next_call(self) -> Call:
         if self.iterator is None:
+            start = (
+                self.floor.iterator_params()
+                if self.resume_at is None
+                else {
+                    "ShardIteratorType": "AT_SEQUENCE_NUMBER",
+                    "StartingSequenceNumber": self.resume_at,
+                }
+            )
             return Call(
                 "get_shard_iterator",
-                {**self.stream.params(), "ShardId": self.shard_id, **self.floor.iterator_params()},
+                {**self.stream.params(), "ShardId": self.shard_id, **start},
                 self._resource,
                 "GetShardIterator",
                 "kinesis",
@@ -261,13 +295,16 @@ class ShardCursor:
         """Take a response to ``next_call()``; a GetRecords response becomes a Batch."""
         if call.method == "get_shard_iterator":
             self.iterator = response["ShardIterator"]
+            self.resume_at = None
             return None
-        records, dropped = to_records(
+        raw_records = response.get("Records", [])
+        records, dropped, unread = to_records(
             self.stream.label,
             self.shard_id,
-            response.get("Records", []),
+            raw_records,
             self.hash_range,
             self.floor,
+            DecodeBudget(self.config.aggregate_limits),
         )
         if records:
             self.floor = StartingPosition.after(records[-1].position)
@@ -278,9 +315,21 @@ class ShardCursor:
                 dropped,
             )
         self.millis_behind_latest = response.get("MillisBehindLatest")
+        if unread < len(raw_records):
+            # The batch's caps were reached: what is left is read again, first
+            # thing, by a new iterator (one GetShardIterator call per cut batch).
+            log.info(
+                "%s: batch ended at the caps of its KPL aggregates; %d records are read again",
+                self._resource,
+                len(raw_records) - unread,
+            )
+            self.resume_at = raw_records[unread]["SequenceNumber"]
+            self.iterator = None
+            self.ready_at = now + self.config.min_read_interval_s
+            return Batch(self.shard_id, records, self.millis_behind_latest, False, (), dropped)
         self.iterator = response.get("NextShardIterator")
         self.finished = self.iterator is None
-        at_tip = not response.get("Records") and not self.millis_behind_latest
+        at_tip = not raw_records and not self.millis_behind_latest
         pause = self.config.idle_interval_s if at_tip else self.config.min_read_interval_s
         self.ready_at = now + pause
         return Batch(
