@@ -1,6 +1,6 @@
 """``kinesis-eo demo``: exactly-once effects shown end to end, on an embedded moto, in seconds.
 
-The demo makes records arrive twice in both of the ways the design notes
+The demo makes records arrive twice in both of the ways the notes in docs/design.md
 describe, then counts what the sink really did:
 
 - inbound duplicates: a seeded :class:`FaultInjector` reports some PutRecords

@@ -1,7 +1,7 @@
 """Local AWS back-ends for tests, demos, the chaos harness and benchmarks.
 
 Two emulators, because neither covers the whole of what kinesis_eo depends on
-(see "Test back-ends" in the design notes):
+(see "Test back-ends" in docs/design.md):
 
 - :class:`MotoServer`: moto's HTTP server in a thread of this process. DynamoDB
   conditions and transactions, and the only way to give aiobotocore a moto.
