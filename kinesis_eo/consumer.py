@@ -14,22 +14,16 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from kinesis_eo.checkpoint import Checkpoint, CheckpointStore
 from kinesis_eo.flow import pump, run_async, run_sync
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardGraph, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
 from kinesis_eo.retry import RetryConfig
-from kinesis_eo.sinks import BatchReport, ClaimSink, OutageBackoff, process_through_outages
+from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    """What the consumer needs of a sink: a flow that processes one shard's batch."""
-
-    def process(self, records: Any, guards: Any = ()) -> Generator[Any, Any, BatchReport]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +217,7 @@ class Consumer(_ConsumerBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
-            self.sink.run_flow = self._run
+        self.sink.bind(self._run)
 
     def _run(self, flow: Generator[Any, Any, Any]) -> Any:
         return run_sync(flow, self.clients, self.state.config.retry)
@@ -239,8 +232,7 @@ class AsyncConsumer(_ConsumerBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
-            self.sink.run_flow = self._run
+        self.sink.bind(self._run)
 
     async def _run(self, flow: Generator[Any, Any, Any]) -> Any:
         return await run_async(flow, self.clients, self.state.config.retry)

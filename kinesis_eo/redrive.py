@@ -65,7 +65,7 @@ from kinesis_eo.on_failure import BatchInfo, fetch_batch_flow, parse_on_failure
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.runner import RunOptions, build_sink, load_handler
-from kinesis_eo.sinks import ClaimSink, PoisonRecordError, idempotency_key
+from kinesis_eo.sinks import PoisonRecordError, idempotency_key
 
 __all__ = [
     "REDRIVE_SUFFIX",
@@ -531,8 +531,8 @@ def build_redrive_sink(
 def _with_flow_runner(
     sink: Any, clients: Mapping[str, Any] | None = None, retry: RetryConfig | None = None
 ) -> Any:
-    if isinstance(sink, ClaimSink) and clients is not None:
-        sink.run_flow = lambda flow: run_sync(flow, clients, retry or RetryConfig())
+    if clients is not None:
+        sink.bind(lambda flow: run_sync(flow, clients, retry or RetryConfig()))
     return sink
 
 

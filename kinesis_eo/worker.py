@@ -37,7 +37,7 @@ from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosit
 from kinesis_eo.retrieval.reader import step_flow
 from kinesis_eo.retrieval.shards import list_shards_flow
 from kinesis_eo.retry import RetryConfig
-from kinesis_eo.sinks import BatchReport, ClaimSink, OutageBackoff, process_through_outages
+from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def shard_flow(
     manager: LeaseManager,
     lease: Lease,
     stream: StreamRef,
-    sink: Any,
+    sink: Sink,
     config: WorkerConfig,
     state: WorkerState,
     clock: Callable[[], float] = time.monotonic,
@@ -225,7 +225,7 @@ def _shard_loop(
     manager: LeaseManager,
     lease: Lease,
     stream: StreamRef,
-    sink: Any,
+    sink: Sink,
     config: WorkerConfig,
     state: WorkerState,
     clock: Callable[[], float],
@@ -285,7 +285,7 @@ def _shard_loop(
 def _apply(
     manager: LeaseManager,
     batch: Batch,
-    sink: Any,
+    sink: Sink,
     config: WorkerConfig,
     state: WorkerState,
     keep_going: Callable[[], bool],
@@ -324,7 +324,7 @@ class _WorkerBase:
         kinesis: Any,
         dynamodb: Any,
         stream: str,
-        sink: Any,
+        sink: Sink,
         manager: LeaseManager,
         config: WorkerConfig,
         *,
@@ -389,8 +389,7 @@ class Worker(_WorkerBase):
         self._threads: list[threading.Thread] = []
         # Every wait of the worker's flows ends early when stop() is called.
         self._wake = threading.Event()
-        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
-            self.sink.run_flow = self._run
+        self.sink.bind(self._run)
 
     def _run(self, flow: Generator[Any, Any, Any]) -> Any:
         return run_sync(flow, self.clients, self.config.retry, self._wake.wait)
@@ -439,8 +438,7 @@ class AsyncWorker(_WorkerBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tasks: set[asyncio.Task[None]] = set()
-        if isinstance(self.sink, ClaimSink) and self.sink.run_flow is None:
-            self.sink.run_flow = lambda flow: run_async(flow, self.clients, self.config.retry)
+        self.sink.bind(lambda flow: run_async(flow, self.clients, self.config.retry))
 
     async def _run_shard(self, lease: Lease) -> None:
         try:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 from kinesis_eo.aggregation import DEFAULT_LIMITS, AggregateLimits
 from kinesis_eo.errors import ConfigurationError, KinesisEOError
@@ -48,6 +48,7 @@ from kinesis_eo.sinks import (
     DeadLetterSink,
     FailurePolicy,
     IdempotentKeySink,
+    Sink,
     TransactionalSink,
 )
 from kinesis_eo.sinks.base import BatchHandler, RecordHandler
@@ -222,13 +223,7 @@ class DeliveryGate:
         return False
 
 
-class GatedSink(Protocol):
-    def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Any = None
-    ) -> Generator[Any, Any, BatchReport]: ...
-
-
-def lane_flow(sink: GatedSink, records: Sequence[Record], gate: DeliveryGate) -> Flow:
+def lane_flow(sink: Sink, records: Sequence[Record], gate: DeliveryGate) -> Flow:
     """Process one lane's records in order through ``sink``; returns a BatchReport.
 
     An outage (throttling, a table or the sink down) is the world's fault,
@@ -418,8 +413,7 @@ class KinesisHandler(_HandlerBase):
             config=config,
             dynamodb=dynamodb,
         )
-        if isinstance(self.sink, ClaimSink):
-            self.sink.run_flow = self._run
+        self.sink.bind(self._run)
 
     def _run(self, flow: Flow) -> Any:
         return run_sync(flow, self.clients, self.config.retry)
@@ -461,8 +455,7 @@ class AsyncKinesisHandler(_HandlerBase):
             config=config,
             dynamodb=dynamodb,
         )
-        if isinstance(self.sink, ClaimSink):
-            self.sink.run_flow = self._run
+        self.sink.bind(self._run)
 
     async def _run(self, flow: Flow) -> Any:
         return await run_async(flow, self.clients, self.config.retry)

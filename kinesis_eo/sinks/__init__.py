@@ -8,6 +8,7 @@ from kinesis_eo.sinks.base import (
     Gate,
     OutageBackoff,
     PoisonRecordError,
+    Sink,
     idempotency_key,
     process_through_outages,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "IdempotentKeySink",
     "OutageBackoff",
     "PoisonRecordError",
+    "Sink",
     "TransactionalSink",
     "condition_check",
     "delete",

@@ -205,13 +205,39 @@ def attempt(
     return outcome
 
 
+FlowRunner = Callable[[Generator[Any, Any, Any]], Any]
+"""Runs a flow to its end with the runtime's clients: a function (sync) or a coroutine function."""
+
+
+class Sink(Protocol):
+    """What every runtime (consumer, worker, Lambda handler, redrive) needs of a sink.
+
+    ``bind`` is called once with the runtime's way of running a flow;
+    ``process`` is the flow that applies one shard's batch. ``guards`` are
+    checks committed with it (the lease's fencing check); ``gate`` lets the
+    caller stop part-way (see :class:`Gate`).
+    """
+
+    def bind(self, run_flow: FlowRunner) -> None: ...
+
+    def process(
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
+    ) -> Generator[Any, Any, BatchReport]: ...
+
+
 class SinkBase:
-    """The steps every sink takes around its own way of applying effects."""
+    """The steps every sink takes around its own way of applying effects.
+
+    :meth:`process` is the template: screen, run the handlers, turn each
+    outcome into a ledger entry (:meth:`entry_for`, the one step each sink
+    fills in), and commit.
+    """
 
     def __init__(
         self,
         ledger: Ledger,
         handler: RecordHandler | None = None,
+        *,
         batch_handler: BatchHandler | None = None,
         policy: FailurePolicy | None = None,
         dead_letters: DeadLetterSink | None = None,
@@ -226,6 +252,46 @@ class SinkBase:
 
     def key_of(self, record: Record) -> str:
         return idempotency_key(self.ledger, record)
+
+    def bind(self, run_flow: FlowRunner) -> None:
+        """Called by the runtime that drives this sink (consumer, worker, Lambda handler)
+        with the way it runs a flow, for sinks that run flows of their own outside
+        :meth:`process`. Most sinks need nothing."""
+
+    def process(
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
+    ) -> Generator[Any, Any, BatchReport]:
+        """Apply one shard's batch: the flow every runtime drives."""
+        report = BatchReport()
+        new, entries = yield from self.prepare(records, report)
+        outcomes = yield from self.run_handlers(new, report, gate)
+        for record, outcome in zip(new, outcomes, strict=True):
+            if outcome.deferred:
+                report.deferred.append(record)
+                continue
+            entry = yield from self.entry_for(record, outcome, report)
+            if entry is not None:
+                entries.append(entry)
+        yield from self.commit(entries, guards, report, self.retry_rejected(report))
+        return report
+
+    def entry_for(
+        self, record: Record, outcome: Attempted, report: BatchReport
+    ) -> Generator[Any, Any, Entry | None]:
+        """The ledger entry for a record's outcome: its mark, or its dead letter's mark."""
+        if outcome.ok:
+            return Entry(record)
+        assert outcome.error is not None
+        yield from self.dead_letter(
+            record, DeadLetterReason.PROCESSING_FAILED, outcome.error, outcome.attempts, report
+        )
+        return Entry(record, status=MarkStatus.DEAD_LETTERED)
+
+    def retry_rejected(
+        self, report: BatchReport
+    ) -> Callable[[Record, int, str], Generator[Any, Any, Entry | None]] | None:
+        """How to try again a record whose own writes a commit refused (sinks with writes)."""
+        return None
 
     def context(self, record: Record, attempt_number: int) -> EffectContext:
         return EffectContext(self.key_of(record), attempt_number)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -35,14 +35,13 @@ from kinesis_eo.sinks.base import (
     DeadLetterSink,
     EffectContext,
     FailurePolicy,
+    FlowRunner,
     Gate,
     RecordHandler,
     SinkBase,
 )
 
 log = logging.getLogger(__name__)
-
-FlowRunner = Callable[[Generator[Any, Any, Any]], Any]
 
 
 class ClaimExpiredError(Exception):
@@ -69,12 +68,17 @@ class ClaimSink(SinkBase):
         dead_letters: DeadLetterSink | None = None,
         run_flow: FlowRunner | None = None,
     ) -> None:
-        super().__init__(ledger, handler, None, policy, dead_letters)
+        super().__init__(ledger, handler, policy=policy, dead_letters=dead_letters)
         self.claim_for = claim_for
         self.expired_claims = expired_claims
         self.owner = owner or uuid.uuid4().hex
         self.run_flow = run_flow
         self.claims_lost = 0
+
+    def bind(self, run_flow: FlowRunner) -> None:
+        """The heartbeat runs its ledger write with the runtime's clients, unless given its own."""
+        if self.run_flow is None:
+            self.run_flow = run_flow
 
     def context(self, record: Record, attempt_number: int) -> EffectContext:
         def heartbeat() -> Any:

@@ -9,23 +9,18 @@ exists in which the effect is there and the mark is not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from boto3.dynamodb.types import TypeSerializer
 
 from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.errors import ConditionFailedError
-from kinesis_eo.ledger import Entry, Ledger, MarkStatus
+from kinesis_eo.ledger import Entry, MarkStatus
 from kinesis_eo.records import Record
 from kinesis_eo.sinks.base import (
     Attempted,
-    BatchHandler,
     BatchReport,
-    DeadLetterSink,
-    FailurePolicy,
-    Gate,
-    RecordHandler,
     SinkBase,
 )
 
@@ -118,50 +113,19 @@ class TransactionalSink(SinkBase):
     # mode reads anyway) makes a replay as fast as reading: measured in bench/.
     commit_detects_duplicates = False
 
-    def __init__(
-        self,
-        ledger: Ledger,
-        handler: RecordHandler | None = None,
-        *,
-        batch_handler: BatchHandler | None = None,
-        policy: FailurePolicy | None = None,
-        dead_letters: DeadLetterSink | None = None,
-    ) -> None:
-        super().__init__(ledger, handler, batch_handler, policy, dead_letters)
-
-    def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
-    ) -> Generator[Any, Any, BatchReport]:
-        report = BatchReport()
-        new, entries = yield from self.prepare(records, report)
-        outcomes = yield from self.run_handlers(new, report, gate)
-        for record, outcome in zip(new, outcomes, strict=True):
-            if outcome.deferred:
-                report.deferred.append(record)
-                continue
-            entry = yield from self._entry(record, outcome, report)
-            if entry is not None:
-                entries.append(entry)
-        yield from self.commit(entries, guards, report, self._retry_rejected(report))
-        return report
-
-    def _entry(
+    def entry_for(
         self, record: Record, outcome: Attempted, report: BatchReport
     ) -> Generator[Any, Any, Entry | None]:
         if outcome.ok:
             return Entry(record, tuple(outcome.value or ()))
-        assert outcome.error is not None
         # Screening may have skipped the ledger read: a replayed poison record is
         # already dead-lettered and marked, and must not be dead-lettered again.
         if (yield from self.ledger.already_done(record)):
             report.duplicates.append(record)
             return None
-        yield from self.dead_letter(
-            record, DeadLetterReason.PROCESSING_FAILED, outcome.error, outcome.attempts, report
-        )
-        return Entry(record, status=MarkStatus.DEAD_LETTERED)
+        return (yield from super().entry_for(record, outcome, report))
 
-    def _retry_rejected(
+    def retry_rejected(
         self, report: BatchReport
     ) -> Callable[[Record, int, str], Generator[Any, Any, Entry | None]]:
         def retry(
@@ -170,7 +134,7 @@ class TransactionalSink(SinkBase):
             if attempt_number <= self.policy.max_attempts:
                 outcome = yield from self.run_handler(record, attempt_number)
                 report.attempts += outcome.attempts - attempt_number + 1
-                return (yield from self._entry(record, outcome, report))
+                return (yield from self.entry_for(record, outcome, report))
             error = ConditionFailedError(f"the sink refused the record's writes: {reason}")
             yield from self.dead_letter(
                 record, DeadLetterReason.PROCESSING_FAILED, error, attempt_number - 1, report

@@ -1,0 +1,51 @@
+"""The public surface: what users import from ``kinesis_eo`` itself, and what that costs."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kinesis_eo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_importing_the_package_loads_no_aws_sdk() -> None:
+    # The CLI's start (and --version) must not pay for boto3.
+    code = "import sys, kinesis_eo; print(sorted({'boto3', 'botocore'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_exported_name_is_the_object_its_module_defines() -> None:
+    assert kinesis_eo.__all__ == sorted(kinesis_eo.__all__)
+    assert set(kinesis_eo.__all__) == set(kinesis_eo._EXPORTS)
+    for name, module in kinesis_eo._EXPORTS.items():
+        assert getattr(kinesis_eo, name) is getattr(importlib.import_module(module), name), name
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        kinesis_eo.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_the_readme_quick_start_imports_everything_from_the_package_in_one_statement() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## A consumer in a few lines", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None
+    imports = [
+        node
+        for node in ast.parse(block.group(1)).body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kinesis_eo")
+    ]
+    assert [node.module for node in imports] == ["kinesis_eo"]
+    assert {alias.name for alias in imports[0].names} <= set(kinesis_eo.__all__)
