@@ -46,7 +46,7 @@ DEFAULT_STOCK_RECORDS = 500
 QUICK_STOCK_RECORDS = 100
 STOCK_CASES = ("read_only", "watermark", "per_record", "powertools")
 
-# The targets; the bench reports them, no test asserts timings.
+# The targets the bench reports against; no test asserts timings.
 TARGET_RATIO_VS_POWERTOOLS = 50.0
 TARGET_DDB_OVERHEAD_PER_RECORD = 0.02
 TARGET_CPU_US_PER_RECORD = 20.0

@@ -2,8 +2,9 @@
 
 An item per shard keyed by ``leaseKey`` (the shard id) with ``checkpoint``
 (a sequence number, or ``SHARD_END`` once a closed shard is fully processed)
-and ``checkpointSubSequenceNumber``, as the Java KCL writes them, so that the
-leases issue can grow this table into a full lease table in place.
+and ``checkpointSubSequenceNumber``, as the Java KCL writes them (the attribute
+names are the lease table's, :mod:`kinesis_eo.leases.model`), so that a
+consumer's checkpoint table can grow into a worker's lease table in place.
 
 A checkpoint only saves re-reading: the ledger makes a replay harmless, so a
 crash between the sink commit and the checkpoint costs time, never an effect.
@@ -18,14 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kinesis_eo.flow import Call
+from kinesis_eo.leases.model import CHECKPOINT, LEASE_KEY, SUB_SEQUENCE, Sentinel
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval import StartingPosition
 from kinesis_eo.tables import create_table, create_table_flow
 
-SHARD_END = "SHARD_END"
-LEASE_KEY = "leaseKey"
-CHECKPOINT = "checkpoint"
-SUB_SEQUENCE = "checkpointSubSequenceNumber"
+SHARD_END = Sentinel.SHARD_END.value
 
 
 @dataclass(frozen=True, slots=True)

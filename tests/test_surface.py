@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -49,3 +50,22 @@ def test_the_readme_quick_start_imports_everything_from_the_package_in_one_state
     ]
     assert [node.module for node in imports] == ["kinesis_eo"]
     assert {alias.name for alias in imports[0].names} <= set(kinesis_eo.__all__)
+
+
+def test_every_public_exception_is_a_kinesis_eo_error_named_error() -> None:
+    found = {}
+    for info in pkgutil.walk_packages(kinesis_eo.__path__, "kinesis_eo."):
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("kinesis_eo")
+                and not value.__name__.startswith("_")  # private control flow, never raised out
+            ):
+                found[value.__name__] = value
+    assert len(found) > 10
+    outside = sorted(n for n, c in found.items() if not issubclass(c, kinesis_eo.KinesisEOError))
+    unsuffixed = sorted(n for n in found if not n.endswith("Error"))
+    assert outside == []
+    assert unsuffixed == []

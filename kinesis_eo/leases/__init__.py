@@ -5,6 +5,7 @@ from kinesis_eo.leases.manager import LeaseManager, Observations, plan_takes
 from kinesis_eo.leases.model import Lease, LeaseConfig, LeaseLostError, Sentinel
 from kinesis_eo.leases.store import (
     DynamoDBLeaseStore,
+    LeaseConflictError,
     LeaseStore,
     MemoryLeaseStore,
     create_lease_table,
@@ -14,6 +15,7 @@ __all__ = [
     "DynamoDBLeaseStore",
     "Lease",
     "LeaseConfig",
+    "LeaseConflictError",
     "LeaseLostError",
     "LeaseManager",
     "LeaseStore",

@@ -83,12 +83,16 @@ class Change:
     bump_counter: bool = False
 
 
-class LeaseConflict(KinesisEOError):
+class LeaseConflictError(KinesisEOError):
     """The condition of a lease write failed; ``current`` is the lease as it is (if known)."""
 
     def __init__(self, shard_id: str, current: Lease | None) -> None:
         super().__init__(f"the lease of {shard_id} changed hands or was never there")
         self.current = current
+
+
+# The name before errors took the Error suffix; kept for existing imports.
+LeaseConflict = LeaseConflictError
 
 
 class LeaseStore(ABC):

@@ -13,6 +13,7 @@ from kinesis_eo.ledger.base import (
 from kinesis_eo.ledger.model import (
     LedgerConfig,
     LedgerConflict,
+    LedgerConflictError,
     LedgerMode,
     MarkStatus,
     PayloadMismatchError,
@@ -38,6 +39,7 @@ __all__ = [
     "Ledger",
     "LedgerConfig",
     "LedgerConflict",
+    "LedgerConflictError",
     "LedgerMode",
     "LedgerStore",
     "MarkStatus",

@@ -224,7 +224,7 @@ class Increment:
 Op = Put | Update | Delete | Increment
 
 
-class LedgerConflict(KinesisEOError):
+class LedgerConflictError(KinesisEOError):
     """Some conditions of an atomic write did not hold; nothing was written.
 
     ``failed`` maps the index of each failed operation to the item as it was
@@ -235,6 +235,10 @@ class LedgerConflict(KinesisEOError):
     def __init__(self, failed: Mapping[int, Item | None]) -> None:
         super().__init__(f"conditions failed at operations {sorted(failed)}")
         self.failed = dict(failed)
+
+
+# The name before errors took the Error suffix; kept for existing imports.
+LedgerConflict = LedgerConflictError
 
 
 class PayloadMismatchError(KinesisEOError):

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from kinesis_eo.deadletter import DeadLetterReason
-from kinesis_eo.errors import SinkUnavailableError
+from kinesis_eo.errors import KinesisEOError, SinkUnavailableError
 from kinesis_eo.flow import Sleep
 from kinesis_eo.ledger import (
     ClaimLostError,
@@ -44,7 +44,7 @@ from kinesis_eo.sinks.base import (
 log = logging.getLogger(__name__)
 
 
-class ClaimExpiredError(Exception):
+class ClaimExpiredError(KinesisEOError):
     """Why a quarantined record was dead-lettered."""
 
 
