@@ -43,6 +43,7 @@ __all__ = [
     "OutagePhase",
     "OutageSwitch",
     "SinkOutage",
+    "distinct_events",
     "invalid_write",
     "invalid_write_kind",
     "outage_letters",
@@ -169,7 +170,7 @@ class SinkOutage:
             return None
         with contextlib.suppress(ValueError):
             return OutagePhase(text)
-        return None  # caught half-written: the harness writes it whole by a rename
+        return None  # no phase this module knows: nothing is down
 
     def check(self, record: Record, attempt: int) -> None:
         """Raise the outage's error for ``record`` while the sink is down.
@@ -275,11 +276,3 @@ def outage_letters(
 def distinct_events(letters: Sequence[DeadLetter], reason: DeadLetterReason) -> set[str]:
     """The event ids with at least one letter for ``reason`` (a crash may write one twice)."""
     return {str(letter.record.event_id) for letter in letters if letter.reason is reason}
-
-
-def describe_kinds(kinds: Mapping[str, InvalidWrite]) -> dict[str, int]:
-    """How many events of each invalid kind: for the report."""
-    counts = {kind.value: 0 for kind in InvalidWrite}
-    for kind in kinds.values():
-        counts[kind.value] += 1
-    return counts
