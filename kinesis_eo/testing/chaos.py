@@ -33,7 +33,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kinesis_eo.deadletter import create_dead_letter_table, read_dead_letters
+from kinesis_eo.deadletter import (
+    DeadLetter,
+    DeadLetterReason,
+    create_dead_letter_table,
+    read_dead_letters,
+)
 from kinesis_eo.leases import create_lease_table
 from kinesis_eo.ledger import create_ledger_table
 from kinesis_eo.producer import Event, Producer, ProducerConfig
@@ -41,6 +46,13 @@ from kinesis_eo.retrieval import list_shards
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.tables import create_table, create_table_flow
 from kinesis_eo.testing.backends import FAKE_CREDENTIALS, REGION, KinesisMock, MotoServer
+from kinesis_eo.testing.chaos_faults import (
+    InvalidWrite,
+    OutageSwitch,
+    distinct_events,
+    invalid_write_kind,
+    outage_letters,
+)
 from kinesis_eo.testing.chaos_worker import POISON_PREFIX, WorkerSpec
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 
@@ -50,6 +62,8 @@ __all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend", "run_chaos
 PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
 
 Progress = Callable[[str], None]
+# The file whose text tells every worker process that the sink is down (chaos_faults).
+OUTAGE_MARKER = "sink-outage"
 
 
 class KinesisBackend(Enum):
@@ -90,11 +104,21 @@ class ChaosConfig:
     pause_in_handler_probability: float = 0.0005
     # Split one shard, then merge two, while events are produced (kinesis-mock only).
     reshard: bool = True
+    # Share of events whose handler result DynamoDB refuses: each must be dead-lettered
+    # as INVALID_WRITE, never applied (see kinesis_eo.testing.chaos_faults).
+    invalid_write_rate: float = 0.0
+    # A window this long, starting at a seeded time while events are produced, in
+    # which the sink is down: the shards pause, and nothing may be dead-lettered for it.
+    sink_outage_s: float = 0.0
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.events < 1 or self.workers < 1 or self.shards < 1:
             raise ValueError("events, workers and shards must be positive")
+        if not 0.0 <= self.invalid_write_rate < 1.0:
+            raise ValueError("invalid_write_rate is a share of the events, from 0 to below 1")
+        if not 0.0 <= self.sink_outage_s < float("inf"):
+            raise ValueError("sink_outage_s is 0 or more seconds")
 
 
 @dataclass
@@ -112,16 +136,54 @@ class ChaosReport:
     throttles_injected: int = 0
     connection_faults_injected: int = 0
     producer_duplicates: int = 0
+    # Distinct events given a write DynamoDB refuses; those of them with an
+    # INVALID_WRITE letter; those of them applied all the same (must be 0).
+    invalid_writes_injected: int = 0
+    invalid_writes_dead_lettered: int = 0
+    invalid_writes_applied: int = 0
+    # How long the sink was down, the pauses it caused, and the events
+    # dead-lettered for it (must be 0: an outage dead-letters nothing).
+    outage_s: float = 0.0
+    outage_pauses: int = 0
+    outage_dead_lettered: int = 0
     wall_s: float = 0.0
     emulator: str = ""
     seed: int = 0
     workers: int = 0
     missing_ids: list[str] = field(default_factory=list)
     duplicated_ids: list[str] = field(default_factory=list)
+    invalid_writes_missing_ids: list[str] = field(default_factory=list)
+    outage_dead_lettered_ids: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.missing == 0 and self.duplicated == 0
+        return (
+            self.missing == 0
+            and self.duplicated == 0
+            and self.invalid_writes_dead_lettered == self.invalid_writes_injected
+            and self.invalid_writes_applied == 0
+            and self.outage_dead_lettered == 0
+        )
+
+    def failure(self) -> str:
+        """What went wrong, in one line ("" when ok)."""
+        problems = [
+            f"{self.missing} effects lost" if self.missing else "",
+            f"{self.duplicated} applied twice" if self.duplicated else "",
+            (
+                f"{self.invalid_writes_injected - self.invalid_writes_dead_lettered} invalid "
+                "writes not dead-lettered"
+            )
+            if self.invalid_writes_dead_lettered != self.invalid_writes_injected
+            else "",
+            f"{self.invalid_writes_applied} invalid writes applied"
+            if self.invalid_writes_applied
+            else "",
+            f"{self.outage_dead_lettered} dead-lettered for the outage"
+            if self.outage_dead_lettered
+            else "",
+        ]
+        return ", ".join(p for p in problems if p)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "ok": self.ok}, indent=2, sort_keys=True)
@@ -285,8 +347,42 @@ def _applied(client: Any, table: str) -> dict[str, int]:
     return {i["id"]["S"]: int(i["applied"]["N"]) for i in _scan(client, table)}
 
 
-def _dead_lettered(client: Any, table: str) -> set[str]:
-    return {str(letter.record.event_id) for letter in read_dead_letters(client, table)}
+@dataclass
+class _Planned:
+    """What the run's events were made to do: poison ones fail, invalid ones are refused."""
+
+    events: list[Event]
+    poison: set[str]
+    invalid: dict[str, InvalidWrite]
+
+    @classmethod
+    def of(cls, config: ChaosConfig) -> _Planned:
+        events = _events(config)
+        poison = {str(e.event_id) for e in events if e.data.startswith(POISON_PREFIX)}
+        invalid = {}
+        for event in events:
+            event_id = str(event.event_id)
+            kind = invalid_write_kind(config.seed, config.invalid_write_rate, event_id)
+            if kind is not None and event_id not in poison:
+                invalid[event_id] = kind
+        return cls(events, poison, invalid)
+
+    @property
+    def to_apply(self) -> set[str]:
+        return {str(e.event_id) for e in self.events} - self.poison - self.invalid.keys()
+
+    @property
+    def letter_reasons(self) -> dict[str, DeadLetterReason]:
+        """The reason each event that must be dead-lettered gets its letter for."""
+        reasons = dict.fromkeys(self.poison, DeadLetterReason.PROCESSING_FAILED)
+        reasons.update(dict.fromkeys(self.invalid, DeadLetterReason.INVALID_WRITE))
+        return reasons
+
+    def done(self, applied: set[str], letters: list[DeadLetter]) -> bool:
+        """Whether every event is applied, or dead-lettered for what it was made to do."""
+        dead = {str(letter.record.event_id) for letter in letters}
+        invalid = distinct_events(letters, DeadLetterReason.INVALID_WRITE)
+        return self.to_apply <= applied and self.poison <= dead and self.invalid.keys() <= invalid
 
 
 def _events(config: ChaosConfig) -> list[Event]:
@@ -397,115 +493,50 @@ def _start_fleet(
         disconnect_probability=config.disconnect_probability,
         crash_after_commit_probability=config.crash_after_commit_probability,
         pause_in_handler_probability=config.pause_in_handler_probability,
+        invalid_write_rate=config.invalid_write_rate,
+        invalid_write_seed=config.seed,
+        outage_marker=str(directory / OUTAGE_MARKER) if config.sink_outage_s else "",
     )
     return _Fleet(base, config.workers, directory, rng)
 
 
 def _verified(
     report: ChaosReport,
-    events: list[Event],
-    poison: set[str],
+    planned: _Planned,
     dynamodb: Any,
     names: _Names,
     producer_faults: FaultInjector,
+    outage: OutageSwitch,
     started: float,
 ) -> ChaosReport:
     """Count, per produced event, what the sink and the dead-letter table hold."""
     report.producer_duplicates = producer_faults.injected[FaultKind.ENTRY_STORED_REPORTED_FAILED]
     applied = _applied(dynamodb, names.effects)
-    dead = _dead_lettered(dynamodb, names.dead_letters)
-    expected = {str(e.event_id) for e in events} - poison
-    report.produced = len(events)
-    report.poison = len(poison)
+    letters = read_dead_letters(dynamodb, names.dead_letters)
+    dead = {str(letter.record.event_id) for letter in letters}
+    report.produced = len(planned.events)
+    report.poison = len(planned.poison)
     report.effects = sum(1 for count in applied.values() if count >= 1)
     report.dead_lettered = len(dead)
-    missing = sorted((expected - applied.keys()) | (poison - dead))
+    # Invalid writes are never applied, as poison events are not: they are missing only
+    # when their letter is, and that is counted apart.
+    missing = sorted((planned.to_apply - applied.keys()) | (planned.poison - dead))
     doubled = sorted(k for k, count in applied.items() if count > 1)
     report.missing, report.missing_ids = len(missing), missing[:20]
     report.duplicated, report.duplicated_ids = len(doubled), doubled[:20]
+    invalid = planned.invalid.keys()
+    refused = distinct_events(letters, DeadLetterReason.INVALID_WRITE) & invalid
+    report.invalid_writes_injected = len(invalid)
+    report.invalid_writes_dead_lettered = len(refused)
+    report.invalid_writes_missing_ids = sorted(invalid - refused)[:20]
+    report.invalid_writes_applied = len(invalid & applied.keys())
+    window = outage.window
+    report.outage_s = outage.length_s
+    wrongly = sorted(outage_letters(letters, planned.letter_reasons, window))
+    report.outage_dead_lettered = len(wrongly)
+    report.outage_dead_lettered_ids = wrongly[:20]
     report.wall_s = round(time.monotonic() - started, 1)
     return report
-
-
-class _SimulatedCrash(Exception):
-    """The function instance died after its commits and before it answered."""
-
-
-def _consume_with_lambda(
-    config: ChaosConfig,
-    kinesis: Any,
-    dynamodb: Any,
-    names: _Names,
-    report: ChaosReport,
-    rng: random.Random,
-    say: Progress,
-) -> None:
-    """The Lambda handler under a simulated event source mapping, with faults.
-
-    Invocations crash after their commits (the ESM delivers the batch again,
-    bisected); the handler's DynamoDB calls are throttled and lose responses;
-    some invocations are played again at the end, as a function instance that
-    timed out but went on running would (a zombie): none may apply anything.
-    """
-    from kinesis_eo.deadletter import DynamoDBDeadLetterTable
-    from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, LedgerMode
-    from kinesis_eo.sinks import FailurePolicy
-    from kinesis_eo.testing.chaos_worker import effect_handler
-    from kinesis_eo.testing.lambda_esm import (
-        EsmConfig,
-        EventSourceMapping,
-        FakeContext,
-        read_stream,
-    )
-    from lambda_handlers import KinesisHandler, LambdaConfig
-
-    handler_dynamodb = _client("dynamodb", dynamodb.meta.endpoint_url)
-    faults = FaultInjector(seed=config.seed + 1)
-    faults.throttle("TransactWriteItems", schedule=Probability(config.throttle_probability))
-    faults.disconnect("*", schedule=Probability(config.disconnect_probability), after_send=True)
-    faults.attach(handler_dynamodb)
-    retry = RetryConfig(max_attempts=10, initial_backoff_s=0.01, max_backoff_s=0.2)
-    handler = KinesisHandler(
-        effect_handler(names.effects),
-        ledger=Ledger(
-            DynamoDBLedgerStore(names.ledger, retry),
-            LedgerConfig(names.group, LedgerMode.PER_RECORD),
-        ),
-        dead_letters=DynamoDBDeadLetterTable(handler_dynamodb, names.dead_letters),
-        config=LambdaConfig(
-            policy=FailurePolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01),
-            max_failed_deliveries=2,
-            retry=retry,
-        ),
-        dynamodb=handler_dynamodb,
-    )
-    crash_probability = max(config.crash_after_commit_probability * 20, 0.05)
-    replays: list[dict[str, Any]] = []
-    calls = 0
-
-    def invoke(event: dict[str, Any], context: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if len(replays) < 5 and calls % 10 == 1:
-            replays.append(event)
-        response = handler(event, context)
-        if rng.random() < crash_probability:
-            report.kills += 1
-            raise _SimulatedCrash("the instance died before it answered")
-        return response
-
-    records = read_stream(kinesis, names.stream)
-    esm = EventSourceMapping(invoke, records, stream=names.stream, config=EsmConfig(batch_size=100))
-    invocations = esm.run(max_invocations=100 * (len(records) // 10 + 10))
-    say(f"{len(invocations)} invocations for {len(records)} records, {report.kills} crashed")
-    for event in replays:
-        before = sum(_applied(dynamodb, names.effects).values())
-        handler(event, FakeContext())
-        report.zombies += 1
-        if sum(_applied(dynamodb, names.effects).values()) == before:
-            report.zombies_fenced += 1
-    report.throttles_injected = faults.injected[FaultKind.ERROR_RESPONSE]
-    report.connection_faults_injected = faults.injected[FaultKind.CONNECTION_LOST]
 
 
 def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosReport:
@@ -529,11 +560,12 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
         create_dead_letter_table(dynamodb, names.dead_letters)
         say(f"emulators up ({report.emulator}); stream {names.stream} with {config.shards} shards")
 
-        events = _events(config)
-        poison = {str(e.event_id) for e in events if e.data.startswith(POISON_PREFIX)}
+        planned = _Planned.of(config)
+        events = planned.events
         produced = threading.Event()
         producer_faults = FaultInjector(seed=config.seed)
         directory = stack.enter_context(_workspace())
+        outage = OutageSwitch(directory / OUTAGE_MARKER, config.sink_outage_s)
         producer_client = _client("kinesis", kinesis_endpoint)
         if config.producer_duplicate_rate:
             producer_faults.fail_stored_entries(
@@ -559,13 +591,19 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
             finally:
                 produced.set()
 
+        # Its own generator, so that the seeded schedules of runs without an outage stay.
+        outage_at = time.monotonic() + config.produce_s * random.Random(config.seed).uniform(
+            0.2, 0.5
+        )
         threading.Thread(target=produce, name="chaos-producer", daemon=True).start()
         if config.adapter is Adapter.LAMBDA:
             produced.wait()
             if errors:
                 raise RuntimeError(f"the producer failed: {errors[0]}") from errors[0]
-            _consume_with_lambda(config, kinesis, dynamodb, names, report, rng, say)
-            return _verified(report, events, poison, dynamodb, names, producer_faults, started)
+            from kinesis_eo.testing.chaos_lambda import consume_with_lambda
+
+            consume_with_lambda(config, kinesis, dynamodb, names, report, rng, say, outage)
+            return _verified(report, planned, dynamodb, names, producer_faults, outage, started)
         fleet = _start_fleet(config, kinesis_endpoint, moto.endpoint_url, names, directory, rng)
         stack.callback(fleet.shut_down)
 
@@ -581,7 +619,6 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
         next_zombie = (
             started + rng.expovariate(1 / config.zombie_every_s) if config.zombie_every_s else None
         )
-        expected = {str(e.event_id) for e in events} - poison
         last_check = 0.0
         check_every_s = min(5.0, max(0.5, len(events) / 20_000))
         while True:
@@ -591,6 +628,7 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
             report.zombies += fleet.notice_self_stopped(now, config.failover_s * 1.6)
             fleet.continue_due(now)
             fleet.restart_dead()
+            outage.step(now, outage_at)
             faults_open = now < started + config.produce_s * 1.2
             if faults_open and next_kill is not None and now >= next_kill:
                 fleet.kill_one()
@@ -605,13 +643,14 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
                 resharder.step()
                 say(f"resharded ({'split' if resharder.done == 1 else 'merge'})")
             # Scanning the sink competes with the workers for the emulator: not too often.
-            if produced.is_set() and not fleet.stopped and now - last_check >= check_every_s:
+            ready = produced.is_set() and not fleet.stopped and outage.over
+            if ready and now - last_check >= check_every_s:
                 applied = _applied(dynamodb, names.effects)
-                dead = _dead_lettered(dynamodb, names.dead_letters)
+                letters = read_dead_letters(dynamodb, names.dead_letters)
                 last_check = time.monotonic()
-                if expected <= applied.keys() and poison <= dead:
+                if planned.done(set(applied), letters):
                     break
-                say(f"{len(applied)}/{len(expected)} effects, {len(dead)} dead-lettered")
+                say(f"{len(applied)}/{len(planned.to_apply)} effects, {len(letters)} letters")
             if now - started > config.timeout_s:
                 say("timed out: verifying what is there")
                 break
@@ -622,8 +661,9 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
         report.reshards = resharder.done if resharder else 0
         totals = fleet.totals()
         report.zombies_fenced = totals.get("fenced_commits", 0)
+        report.outage_pauses = totals.get("outage_pauses", 0)
         report.throttles_injected = totals.get(FaultKind.ERROR_RESPONSE.value, 0)
         report.connection_faults_injected = totals.get(
             FaultKind.CONNECTION_REFUSED.value, 0
         ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
-        return _verified(report, events, poison, dynamodb, names, producer_faults, started)
+        return _verified(report, planned, dynamodb, names, producer_faults, outage, started)

@@ -29,7 +29,8 @@ from kinesis_eo.retrieval import Batch, ReaderConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, EffectContext, FailurePolicy, TransactionalSink, update
 from kinesis_eo.testing.backends import FAKE_CREDENTIALS, REGION
-from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
+from kinesis_eo.testing.chaos_faults import SinkOutage, invalid_write, invalid_write_kind
+from kinesis_eo.testing.faults import Always, FaultInjector, FaultKind, Probability
 from kinesis_eo.worker import Worker, WorkerConfig
 
 POISON_PREFIX = b"POISON"
@@ -57,21 +58,45 @@ class WorkerSpec:
     # A SIGSTOP of itself inside the handler, writes in hand and the commit
     # next: a GC pause at the worst moment. The harness sends the SIGCONT.
     pause_in_handler_probability: float = 0.0
+    # Record faults: this share of events gets a handler result DynamoDB refuses,
+    # chosen from invalid_write_seed (the run's seed, the same in every process).
+    invalid_write_rate: float = 0.0
+    invalid_write_seed: int = 0
+    # World faults: while this file says so, the sink is down (see chaos_faults).
+    outage_marker: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
 
 def effect_handler(
-    effects_table: str, pause_probability: float = 0.0, rng: random.Random | None = None
+    effects_table: str,
+    pause_probability: float = 0.0,
+    rng: random.Random | None = None,
+    *,
+    invalid_write_rate: float = 0.0,
+    invalid_write_seed: int = 0,
+    outage: SinkOutage | None = None,
 ) -> Any:
+    """The chaos sink's handler: ``ADD applied 1`` on the event's item, which is not idempotent.
+
+    Poison events raise; the events :func:`invalid_write_kind` chooses return a
+    write DynamoDB refuses; while ``outage`` says the sink is down, every call raises.
+    """
     chance = rng or random.Random()
 
     def apply(record: Record, ctx: EffectContext) -> list[Any]:
+        if outage is not None:
+            # The world first: a sink that is down fails every record alike.
+            outage.check(record, ctx.attempt)
         if record.data.startswith(POISON_PREFIX):
             raise ValueError(f"poison record {record.event_id}")
         key = record.event_id or ctx.idempotency_key
-        writes = [update(effects_table, {"id": key}, "ADD applied :one", values={":one": 1})]
+        kind = invalid_write_kind(invalid_write_seed, invalid_write_rate, record.event_id)
+        if kind is not None:
+            writes = [invalid_write(kind, effects_table, key)]
+        else:
+            writes = [update(effects_table, {"id": key}, "ADD applied :one", values={":one": 1})]
         if pause_probability and chance.random() < pause_probability:
             os.kill(os.getpid(), signal.SIGSTOP)
         return writes
@@ -103,6 +128,13 @@ def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
         if spec.disconnect_probability:
             faults.disconnect("*", schedule=Probability(spec.disconnect_probability))
         injectors.append(faults.attach(target))
+    # Added last, so that the seeded draws of the rules above stay as they were.
+    commit_throttle = (
+        injectors[1].throttle("TransactWriteItems", schedule=Always())
+        if spec.outage_marker
+        else None
+    )
+    outage = SinkOutage(spec.outage_marker, commit_throttle)
 
     retry = RetryConfig(max_attempts=10, initial_backoff_s=0.02, max_backoff_s=0.5)
     ledger = Ledger(
@@ -112,7 +144,14 @@ def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
     rng = random.Random(spec.seed)
     sink = TransactionalSink(
         ledger,
-        effect_handler(spec.effects_table, spec.pause_in_handler_probability, rng),
+        effect_handler(
+            spec.effects_table,
+            spec.pause_in_handler_probability,
+            rng,
+            invalid_write_rate=spec.invalid_write_rate,
+            invalid_write_seed=spec.invalid_write_seed,
+            outage=outage,
+        ),
         policy=FailurePolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05),
         dead_letters=DynamoDBDeadLetterTable(dynamodb, spec.dead_letter_table),
     )
@@ -127,6 +166,10 @@ def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
         # Children are found at their parents' ends; a full ListShards is slow on
         # kinesis-mock once the stream is large (seconds), so not often.
         shard_sync_interval_s=15.0,
+        # Short pauses: an outage of a few seconds is over in a few seconds here, and
+        # every retry through it is one more chance to dead-letter what must not be.
+        outage_initial_backoff_s=0.05,
+        outage_max_backoff_s=0.25,
     )
 
     def maybe_die(batch: Batch, report: BatchReport) -> None:
