@@ -24,6 +24,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from kinesis_eo.batching import plan_batches as plan_sized_batches
 from kinesis_eo.envelope import check_namespace, wrap
 from kinesis_eo.errors import (
     AwsCallError,
@@ -252,20 +253,11 @@ def prepare_records(events: Iterable[Event], config: ProducerConfig) -> list[Pre
 
 def plan_batches(sizes: Sequence[int], config: ProducerConfig) -> list[range]:
     """Split records of these sizes, in order, into PutRecords batches within both limits."""
-    batches: list[range] = []
-    start, count, total = 0, 0, 0
     max_bytes = config.batch_limit
     for index, size in enumerate(sizes):
         if size > max_bytes:
             raise ValueError(f"record #{index} ({size} bytes) cannot fit in any batch")
-        if count and (count == config.max_batch_records or total + size > max_bytes):
-            batches.append(range(start, index))
-            start, count, total = index, 0, 0
-        count += 1
-        total += size
-    if count:
-        batches.append(range(start, len(sizes)))
-    return batches
+    return plan_sized_batches(sizes, config.max_batch_records, max_bytes)
 
 
 # --- the flow ---------------------------------------------------------------------------------
