@@ -1,0 +1,447 @@
+"""Both templates deployed into moto's CloudFormation, and the product run on the stacks' resources.
+
+cfn-lint checks the templates against CloudFormation, checkov against security rules; only
+this checks them against the code: a flag renamed in the CLI, an environment variable the
+sample no longer reads, an output that names the wrong resource, and these tests fail.
+
+What moto's CloudFormation deploys: every resource type of both templates (Kinesis stream,
+DynamoDB tables, SQS queues, log groups, IAM roles, ECS cluster, task definition and service,
+security group, Lambda function and event source mapping) except ``AWS::CloudWatch::Alarm``,
+which it skips with a warning: the alarms are checked here against the template instead.
+moto stores what it deploys but runs nothing, and does not enforce IAM policies. So the
+tests bridge, and only this:
+
+- the ECS task: the deployed task definition's ``entryPoint`` + ``command``, read back through
+  moto's ECS API, run as ``desiredCount`` processes (the service's, read back too), each with
+  the task's scratch volume mapped to a folder of its own, and ``--endpoint-url`` added (the
+  one argument not in the template) so the calls reach moto;
+- the Lambda runtime: the function's ``Handler`` is imported from ``samples/`` (the zip in S3
+  holds the same file), with the deployed function's environment plus ``AWS_ENDPOINT_URL``;
+  ``kinesis_eo.testing.lambda_esm`` plays the deployed event source mapping (its batch size,
+  bisection, retries and parallelization read back from moto's Lambda API). moto's own
+  mapping would run the function in docker on every put after it exists, which is not
+  available here: the records go into the stream before the function's stack is deployed;
+- the VPC and subnet the worker template takes as parameters are made in moto's EC2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kinesis_eo import cli
+from kinesis_eo.deadletter import reassemble
+from kinesis_eo.producer import Event, Producer
+from kinesis_eo.testing.backends import MotoServer
+from kinesis_eo.testing.lambda_esm import EsmConfig, EventSourceMapping, read_stream
+from tests.handlers import EFFECTS_TABLE_ENV
+from tests.workers import produce, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+SAMPLES = REPO / "samples"
+
+# moto skips the alarms, with this warning; the suite turns warnings into errors.
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..CloudWatch..Alarm")
+
+
+# --- deploying ----------------------------------------------------------------------------------
+
+
+def deploy(server: MotoServer, template: str, name: str, **parameters: str) -> dict[str, str]:
+    """Create the stack ``name`` from ``infra/<template>``; its outputs, once CREATE_COMPLETE."""
+    cloudformation = server.client("cloudformation")
+    cloudformation.create_stack(
+        StackName=name,
+        TemplateBody=(INFRA / template).read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    (stack,) = cloudformation.describe_stacks(StackName=name)["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def physical_id(server: MotoServer, stack: str, logical_id: str) -> str:
+    resource = server.client("cloudformation").describe_stack_resource(
+        StackName=stack, LogicalResourceId=logical_id
+    )["StackResourceDetail"]
+    physical: str = resource["PhysicalResourceId"]
+    return physical
+
+
+def deploy_worker(server: MotoServer, **parameters: str) -> tuple[str, dict[str, str]]:
+    """The worker stack, with a network made for it; its name and outputs."""
+    ec2 = server.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    name = f"worker-{uuid.uuid4().hex[:8]}"
+    outputs = deploy(
+        server,
+        "worker.yaml",
+        name,
+        ImageUri="kinesis-eo:test",
+        AppName=name,
+        VpcId=vpc,
+        Subnets=subnet,
+        **parameters,
+    )
+    return name, outputs
+
+
+def create_effects_table(server: MotoServer, name: str) -> None:
+    # The transactional sink's table: the worker template names it, and does not create it.
+    server.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def applied(server: MotoServer, table: str) -> dict[str, int]:
+    items = server.client("dynamodb").scan(TableName=table, ConsistentRead=True)["Items"]
+    return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
+
+
+# --- (a) the ECS task's command -----------------------------------------------------------------
+
+
+def mounted(container: dict[str, Any], volumes: dict[str, Path], args: list[str]) -> list[str]:
+    """``args`` with paths under the container's mount points moved to ``volumes``' folders."""
+    mounts = {m["containerPath"]: volumes[m["sourceVolume"]] for m in container["mountPoints"]}
+
+    def mapped(argument: str) -> str:
+        for container_path, folder in mounts.items():
+            if argument.startswith(container_path + "/"):
+                return str(folder / argument[len(container_path) + 1 :])
+        return argument
+
+    return [mapped(a) for a in args]
+
+
+def task_argv(container: dict[str, Any], volumes: dict[str, Path]) -> list[str]:
+    """The container's entry point and command, its mount points moved to ``volumes``."""
+    assert container["entryPoint"] == ["kinesis-eo"]
+    # The console script of this environment is what `pip install .` puts on PATH in the image.
+    script = Path(sys.executable).with_name("kinesis-eo")
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "kinesis_eo.cli"]
+    return program + mounted(container, volumes, container["command"])
+
+
+def task_environment(effects_table: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SESSION_TOKEN="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PYTHONUNBUFFERED="1",
+    )
+    env[EFFECTS_TABLE_ENV] = effects_table
+    return env
+
+
+@pytest.fixture
+def tasks() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Started task processes, killed if a test leaves one running."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_the_task_definitions_command_consumes_the_stacks_stream_exactly_once(
+    moto_server: MotoServer,
+    tasks: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    effects = f"effects-{uuid.uuid4().hex[:8]}"
+    create_effects_table(moto_server, effects)
+    stack, outputs = deploy_worker(
+        moto_server, Handler="tests.handlers:count_effect", SinkTableName=effects
+    )
+    ecs = moto_server.client("ecs")
+    definition = ecs.describe_task_definition(
+        taskDefinition=physical_id(moto_server, stack, "TaskDefinition")
+    )["taskDefinition"]
+    (container,) = definition["containerDefinitions"]
+    (service,) = ecs.describe_services(
+        cluster=outputs["ClusterName"], services=[outputs["ServiceName"]]
+    )["services"]
+    assert service["taskDefinition"] == definition["taskDefinitionArn"]
+    assert service["desiredCount"] == 2
+
+    def start_task(number: int) -> tuple[subprocess.Popen[bytes], list[str], Path]:
+        # Each task gets its scratch volume empty, as ECS does; the worker makes the folder.
+        folder = tmp_path / f"task-{number}"
+        volumes = {v["name"]: folder / v["name"] for v in definition["volumes"]}
+        argv = [*task_argv(container, volumes), "--endpoint-url", moto_server.endpoint_url]
+        log = tmp_path / f"task-{number}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=task_environment(effects),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        tasks.append(process)
+        health = mounted(container, volumes, container["healthCheck"]["command"])
+        return process, health, log
+
+    def running(started: list[tuple[subprocess.Popen[bytes], list[str], Path]]) -> bool:
+        # A command the CLI refuses exits at once (2, one line): say so, not a timeout later.
+        for process, _, log in started:
+            code = process.poll()
+            assert code is None, f"the task exited {code}:\n{log.read_text(errors='replace')}"
+        return True
+
+    def healthy(health: list[str]) -> bool:
+        # The container's health check, on the file the task keeps in its scratch volume.
+        assert health[:2] == ["CMD", "kinesis-eo"]
+        return cli.main(health[2:]) == 0
+
+    def stop(process: subprocess.Popen[bytes], log: Path) -> None:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        assert code == 0, log.read_text(errors="replace")
+
+    kinesis = moto_server.client("kinesis")
+    stream = outputs["StreamName"]
+    first = [start_task(n) for n in range(service["desiredCount"])]
+    ids = produce(kinesis, stream, 0, 120)
+    wait_for(
+        lambda: running(first) and len(applied(moto_server, effects)) == 120,
+        timeout=60,
+        what="the tasks to apply 120 effects",
+    )
+    wait_for(
+        lambda: running(first) and all(healthy(health) for _, health, _ in first),
+        timeout=30,
+        what="every task's health check to pass",
+    )
+    for process, _, log in first:
+        stop(process, log)
+
+    # A task started later (a deployment, a replaced task) resumes from the checkpoints.
+    later_task = start_task(len(first))
+    later, _, later_log = later_task
+    ids += produce(kinesis, stream, 120, 30)
+    wait_for(
+        lambda: running([later_task]) and len(applied(moto_server, effects)) == 150,
+        timeout=60,
+        what="the later task to apply 30 more effects",
+    )
+    stop(later, later_log)
+
+    assert applied(moto_server, effects) == dict.fromkeys(ids, 1)
+    leases = moto_server.client("dynamodb").scan(TableName=outputs["LeaseTableName"])["Items"]
+    assert len(leases) == 2  # the stack's ShardCount, in the stack's lease table
+    dead = moto_server.client("sqs").get_queue_attributes(
+        QueueUrl=outputs["DeadLetterQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+# --- (b) the Lambda function's handler ----------------------------------------------------------
+
+
+def code_zip(module: str) -> bytes:
+    """A zip with the handler's module at its root (what the template's comment packages)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.write(SAMPLES / f"{module}.py", f"{module}.py")
+    return buffer.getvalue()
+
+
+def load_handler(handler: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """``module.function`` as the Lambda runtime resolves it, from samples/."""
+    module_name, function = handler.rsplit(".", 1)
+    monkeypatch.syspath_prepend(str(SAMPLES))
+    module = importlib.import_module(module_name)
+    entry: Callable[..., Any] = getattr(module, function)
+    return entry
+
+
+def test_the_functions_handler_with_its_deployed_environment_applies_each_order_once(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, worker = deploy_worker(moto_server, Handler="tests.handlers:count_effect")
+    # Put before the function's stack exists: moto's own mapping runs the function in docker
+    # on each put once it exists. The mapping starts at TRIM_HORIZON, so it delivers these.
+    orders = [
+        Event(json.dumps({"account": f"acct-{i % 3}", "amount": 10}).encode(), f"k-{i}", f"o-{i}")
+        for i in range(30)
+    ]
+    orders.insert(7, Event(b"not an order", "k-bad", "o-bad"))
+    kinesis = moto_server.client("kinesis")
+    Producer(kinesis, worker["StreamName"]).put(orders)
+
+    s3 = moto_server.client("s3")
+    bucket = f"code-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="function.zip", Body=code_zip("lambda_orders"))
+    stack = f"orders-{uuid.uuid4().hex[:8]}"
+    outputs = deploy(
+        moto_server,
+        "lambda.yaml",
+        stack,
+        StreamName=worker["StreamName"],
+        CodeBucket=bucket,
+        CodeKey="function.zip",
+        BatchSize="10",
+    )
+
+    lambda_ = moto_server.client("lambda")
+    function = lambda_.get_function_configuration(FunctionName=outputs["FunctionArn"])
+    mapping = lambda_.get_event_source_mapping(UUID=outputs["EventSourceMappingId"])
+    assert mapping["FunctionArn"] == function["FunctionArn"]
+    # The safe defaults: the mapping never skips a batch; the function dead-letters.
+    assert mapping["MaximumRetryAttempts"] == -1
+    assert mapping["MaximumRecordAgeInSeconds"] == -1
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    stream = mapping["EventSourceArn"].rsplit("/", 1)[1]
+    assert stream == worker["StreamName"]
+
+    # The function's environment as Lambda hands it over (strings; moto keeps numbers).
+    for key, value in function["Environment"]["Variables"].items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    handler = load_handler(function["Handler"], monkeypatch)
+    entry_point = sys.modules[handler.__module__]._entry_point
+    entry_point.cache_clear()  # clients and tables of an earlier test must not be reused
+
+    stored = read_stream(kinesis, stream)
+    assert len(stored) == len(orders)
+    config = EsmConfig(
+        batch_size=mapping["BatchSize"],
+        bisect_on_function_error=mapping["BisectBatchOnFunctionError"],
+        maximum_retry_attempts=mapping["MaximumRetryAttempts"],
+        parallelization_factor=mapping["ParallelizationFactor"],
+    )
+    try:
+        for _ in range(2):  # the second pass redelivers everything: it changes nothing
+            esm = EventSourceMapping(handler, stored, stream=stream, config=config)
+            esm.run()
+            assert esm.on_failure == []
+    finally:
+        entry_point.cache_clear()
+
+    dynamodb = moto_server.client("dynamodb")
+    balances = {
+        i["account"]["S"]: int(i["balance"]["N"])
+        for i in dynamodb.scan(TableName=outputs["BalancesTableName"])["Items"]
+    }
+    assert balances == {"acct-0": 100, "acct-1": 100, "acct-2": 100}
+    assert dynamodb.scan(TableName=outputs["LedgerTableName"])["Count"] > 0
+    messages = moto_server.client("sqs").receive_message(
+        QueueUrl=outputs["DeadLetterQueueUrl"], MaxNumberOfMessages=10
+    )["Messages"]
+    assert [letter.record.data for letter in reassemble(messages)] == [b"not an order"]
+
+
+# --- the alarms, which moto does not deploy -----------------------------------------------------
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    """The template with its short-form tags (!Ref, !GetAtt, ...) as ``{tag: value}``."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+        if isinstance(node, yaml.ScalarNode):
+            return {suffix: loader.construct_scalar(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return {suffix: loader.construct_sequence(node, deep=True)}
+        return {suffix: loader.construct_mapping(node, deep=True)}
+
+    Loader.add_multi_constructor("!", tagged)
+    document: dict[str, Any] = yaml.load(path.read_text(), Loader=Loader)
+    return document
+
+
+def alarms(template: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """(metric, the resource its dimension names) -> the alarm's properties."""
+    found = {}
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        properties = resource["Properties"]
+        (dimension,) = properties["Dimensions"]
+        value = dimension["Value"]
+        target = value["Ref"] if "Ref" in value else value["GetAtt"].split(".")[0]
+        found[(properties["MetricName"], target)] = properties
+    return found
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            "lambda.yaml",
+            {
+                ("IteratorAge", "Function"),
+                ("ApproximateNumberOfMessagesVisible", "DeadLetterQueue"),
+                ("ApproximateAgeOfOldestMessage", "DeadLetterQueue"),
+                ("ApproximateNumberOfMessagesVisible", "OnFailureQueue"),
+                ("ApproximateAgeOfOldestMessage", "OnFailureQueue"),
+            },
+        ),
+        (
+            "worker.yaml",
+            {
+                ("GetRecords.IteratorAgeMilliseconds", "Stream"),
+                ("ApproximateNumberOfMessagesVisible", "DeadLetterQueue"),
+                ("ApproximateAgeOfOldestMessage", "DeadLetterQueue"),
+            },
+        ),
+    ],
+)
+def test_alarms_watch_iterator_age_and_every_queue_and_notify_the_optional_topic(
+    template: str, expected: set[tuple[str, str]]
+) -> None:
+    document = load_template(INFRA / template)
+    found = alarms(document)
+    assert set(found) == expected
+    namespaces = {
+        "IteratorAge": "AWS/Lambda",
+        "GetRecords.IteratorAgeMilliseconds": "AWS/Kinesis",
+        "ApproximateNumberOfMessagesVisible": "AWS/SQS",
+        "ApproximateAgeOfOldestMessage": "AWS/SQS",
+    }
+    dimension_names = {"AWS/Lambda": "FunctionName", "AWS/Kinesis": "StreamName"}
+    for (metric, _), properties in found.items():
+        namespace = namespaces[metric]
+        assert properties["Namespace"] == namespace
+        (dimension,) = properties["Dimensions"]
+        assert dimension["Name"] == dimension_names.get(namespace, "QueueName")
+        notify = {"If": ["NotifyTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+        assert properties["AlarmActions"] == notify
+        assert properties["OKActions"] == notify
+    assert document["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    # A dead letter or a skipped batch needs a person at once.
+    for (metric, _), properties in found.items():
+        if metric == "ApproximateNumberOfMessagesVisible":
+            assert properties["Threshold"] == 0
+            assert properties["ComparisonOperator"] == "GreaterThanThreshold"
