@@ -139,7 +139,10 @@ def task_argv(container: dict[str, Any], volumes: dict[str, Path]) -> list[str]:
     # The console script of this environment is what `pip install .` puts on PATH in the image.
     script = Path(sys.executable).with_name("kinesis-eo")
     program = [str(script)] if script.exists() else [sys.executable, "-m", "kinesis_eo.cli"]
-    return program + mounted(container, volumes, container["command"])
+    # moto renders an `!If [..., !Ref AWS::NoValue]` list element as null where CloudFormation
+    # drops the element: drop it here, the one deviation bridged.
+    command = [argument for argument in container["command"] if argument is not None]
+    return program + mounted(container, volumes, command)
 
 
 def task_environment(effects_table: str) -> dict[str, str]:
@@ -445,3 +448,35 @@ def test_alarms_watch_iterator_age_and_every_queue_and_notify_the_optional_topic
         if metric == "ApproximateNumberOfMessagesVisible":
             assert properties["Threshold"] == 0
             assert properties["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_the_templates_mark_ttl_reaches_the_task_and_a_ttl_below_retention_is_refused(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    effects = f"effects-{uuid.uuid4().hex[:8]}"
+    create_effects_table(moto_server, effects)
+    stack, _ = deploy_worker(
+        moto_server,
+        Handler="tests.handlers:count_effect",
+        SinkTableName=effects,
+        LedgerMode="per-record",
+        StreamRetentionHours="48",
+        MarkTtlHours="24",
+    )
+    definition = moto_server.client("ecs").describe_task_definition(
+        taskDefinition=physical_id(moto_server, stack, "TaskDefinition")
+    )["taskDefinition"]
+    (container,) = definition["containerDefinitions"]
+    volumes = {v["name"]: tmp_path / v["name"] for v in definition["volumes"]}
+    argv = [*task_argv(container, volumes), "--endpoint-url", moto_server.endpoint_url]
+    assert argv[argv.index("--mark-ttl-hours") + 1] == "24"
+
+    done = subprocess.run(
+        argv, cwd=REPO, env=task_environment(effects), capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 2, done.stderr
+    # Log lines (JSON) may come first; the refusal is the one error line, last.
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("kinesis-eo: error: per-record marks expire after 24 h")
+    assert "keeps records for 48 h" in line
