@@ -87,11 +87,34 @@ def _arrival(value: Any, where: str) -> datetime | None:
     return datetime.fromtimestamp(value, UTC)
 
 
-def _user_records(
-    entry: Mapping[str, Any], index: int, budget: DecodeBudget
-) -> tuple[str, str, list[Record]]:
-    """(stream, shard id, user records) of the event's record number ``index``."""
-    where = f"record {index} of the event"
+@dataclass(frozen=True, slots=True)
+class _StoredRecord:
+    """One record of the event as the stream stored it, its fields checked, its data still text."""
+
+    stream: str
+    shard_id: str
+    sequence_number: str
+    partition_key: str
+    data: str
+    arrival: datetime | None
+    encryption: str | None
+
+    def set_aside(self, data: bytes, error: str) -> Record:
+        """The record whole, holding ``data``, with ``error`` for the sinks to dead-letter it."""
+        return Record(
+            stream=self.stream,
+            shard_id=self.shard_id,
+            sequence_number=self.sequence_number,
+            partition_key=self.partition_key,
+            data=data,
+            arrival_time=self.arrival,
+            encryption_type=self.encryption,
+            deaggregation_error=error,
+        )
+
+
+def _stored_record(entry: Mapping[str, Any], where: str) -> _StoredRecord:
+    """The checked fields of one record of the event; the first that is wrong raises."""
     if not isinstance(entry, Mapping):
         raise MalformedEventError(f"{where} is not an object")
     source = entry.get("eventSource")
@@ -121,28 +144,39 @@ def _user_records(
         raise MalformedEventError(f"{where} has no 'kinesis.data' string")
     arrival = _arrival(kinesis.get("approximateArrivalTimestamp"), where)
     encryption = kinesis.get("encryptionType")
+    return _StoredRecord(
+        stream,
+        shard_id,
+        sequence_number,
+        partition_key,
+        data,
+        arrival,
+        encryption if isinstance(encryption, str) else None,
+    )
+
+
+def _user_records(
+    entry: Mapping[str, Any], index: int, budget: DecodeBudget
+) -> tuple[str, str, list[Record]]:
+    """(stream, shard id, user records) of the event's record number ``index``."""
+    stored = _stored_record(entry, f"record {index} of the event")
+    stream, shard_id = stored.stream, stored.shard_id
     try:
-        payload = base64.b64decode(data, validate=True)
+        payload = base64.b64decode(stored.data, validate=True)
     except (binascii.Error, ValueError) as exc:
         # The record is real (it has a place in the shard) but its bytes are
         # lost to us: keep the text as its payload and let the sinks dead-letter it.
-        undecodable = Record(
-            stream=stream,
-            shard_id=shard_id,
-            sequence_number=sequence_number,
-            partition_key=partition_key,
-            data=data.encode("utf-8", "backslashreplace"),
-            arrival_time=arrival,
-            encryption_type=encryption if isinstance(encryption, str) else None,
-            deaggregation_error=f"the event's data is not base64 ({exc})",
+        undecodable = stored.set_aside(
+            stored.data.encode("utf-8", "backslashreplace"),
+            f"the event's data is not base64 ({exc})",
         )
         return stream, shard_id, [undecodable]
     raw = {
-        "SequenceNumber": sequence_number,
-        "PartitionKey": partition_key,
+        "SequenceNumber": stored.sequence_number,
+        "PartitionKey": stored.partition_key,
         "Data": payload,
-        "ApproximateArrivalTimestamp": arrival,
-        "EncryptionType": encryption if isinstance(encryption, str) else None,
+        "ApproximateArrivalTimestamp": stored.arrival,
+        "EncryptionType": stored.encryption,
     }
     # Lambda does not say which hash range the shard owns: no filter here. An
     # aggregate's user records that the KPL re-sent to a child shard after a
@@ -152,20 +186,12 @@ def _user_records(
     )
     if unread == 0:
         limits = budget.limits
-        over_cap = Record(
-            stream=stream,
-            shard_id=shard_id,
-            sequence_number=sequence_number,
-            partition_key=partition_key,
-            data=payload,
-            arrival_time=arrival,
-            encryption_type=encryption if isinstance(encryption, str) else None,
-            deaggregation_error=(
-                f"aggregate does not fit what is left of the event's caps "
-                f"({budget.records} of {limits.max_records_per_batch} user records, "
-                f"{budget.bytes} of {limits.max_bytes_per_batch} bytes used): lower the "
-                "event source mapping's BatchSize or raise LambdaConfig.aggregate_limits"
-            ),
+        over_cap = stored.set_aside(
+            payload,
+            f"aggregate does not fit what is left of the event's caps "
+            f"({budget.records} of {limits.max_records_per_batch} user records, "
+            f"{budget.bytes} of {limits.max_bytes_per_batch} bytes used): lower the "
+            "event source mapping's BatchSize or raise LambdaConfig.aggregate_limits",
         )
         return stream, shard_id, [over_cap]
     return stream, shard_id, records

@@ -1,15 +1,8 @@
 """The idempotent sink ledger: what is done, marked atomically with the effect."""
 
-from kinesis_eo.ledger.base import (
-    ClaimLostError,
-    ClaimOutcome,
-    CommitResult,
-    Entry,
-    ExpiredClaimPolicy,
-    FencedError,
-    Ledger,
-    Screened,
-)
+from kinesis_eo.ledger.claims import ClaimLostError, ClaimOutcome, ExpiredClaimPolicy
+from kinesis_eo.ledger.commit import CommitResult, Entry, FencedError
+from kinesis_eo.ledger.ledger import Ledger
 from kinesis_eo.ledger.model import (
     LedgerConfig,
     LedgerConflict,
@@ -20,6 +13,7 @@ from kinesis_eo.ledger.model import (
     event_id_or_position,
     payload_hash,
 )
+from kinesis_eo.ledger.screening import Screened
 from kinesis_eo.ledger.store import (
     DynamoDBLedgerStore,
     LedgerStore,

@@ -1,6 +1,6 @@
 """What the ledger stores and the few conditional operations every store must support.
 
-The ledger's protocol (:mod:`kinesis_eo.ledger.base`) is written once over
+The ledger's protocol (:mod:`kinesis_eo.ledger.ledger`) is written once over
 these operations; a store (DynamoDB, in-memory) only has to read items and
 apply a list of operations atomically, all or none, telling which conditions
 failed. Conditions are small values that the in-memory store evaluates itself

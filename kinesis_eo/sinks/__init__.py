@@ -1,17 +1,6 @@
 """Sinks: how an effect and its ledger mark become exactly-once, by kind of effect."""
 
-from kinesis_eo.sinks.base import (
-    BatchReport,
-    DeadLetterSink,
-    EffectContext,
-    FailurePolicy,
-    Gate,
-    OutageBackoff,
-    PoisonRecordError,
-    Sink,
-    idempotency_key,
-    process_through_outages,
-)
+from kinesis_eo.sinks.base import PoisonRecordError, idempotency_key
 from kinesis_eo.sinks.claim import ClaimSink
 from kinesis_eo.sinks.dynamodb import (
     TransactionalSink,
@@ -21,6 +10,10 @@ from kinesis_eo.sinks.dynamodb import (
     update,
 )
 from kinesis_eo.sinks.keyed import IdempotentKeySink
+from kinesis_eo.sinks.outages import OutageBackoff, process_through_outages
+from kinesis_eo.sinks.policy import FailurePolicy
+from kinesis_eo.sinks.protocols import DeadLetterSink, EffectContext, Gate, Sink
+from kinesis_eo.sinks.report import BatchReport
 
 __all__ = [
     "BatchReport",

@@ -1,35 +1,59 @@
-"""What every sink shares: the failure policy, dead-lettering, and the batch report.
+"""What every sink shares: the template of processing a batch, and dead-lettering.
 
 A sink processes one shard's batch as a flow: screen it against the ledger,
-run the user's handler for what is new (retrying per the failure policy),
-dead-letter what keeps failing, and commit the marks. Handlers are plain
-callables, sync or async; the flow calls them through :class:`Invoke`, so
-one sink serves the sync and the asyncio consumer.
+run the user's handler for what is new (retrying per the failure policy,
+:mod:`kinesis_eo.sinks.policy`), dead-letter what keeps failing, and commit
+the marks. Handlers are plain callables, sync or async; the flow calls them
+through :class:`Invoke`, so one sink serves the sync and the asyncio consumer.
+What sinks and callers agree on is in :mod:`kinesis_eo.sinks.protocols`, the
+batch report in :mod:`kinesis_eo.sinks.report`, outages in
+:mod:`kinesis_eo.sinks.outages`; their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from kinesis_eo.aggregation import MAGIC
 from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
-from kinesis_eo.errors import (
-    InvalidWriteError,
-    KinesisEOError,
-    SinkUnavailableError,
-    is_outage,
-    is_setup_fault,
-    translate_aws_error,
-)
-from kinesis_eo.flow import Invoke, Sleep
-from kinesis_eo.ledger import Entry, Ledger, LedgerMode, MarkStatus, PayloadMismatchError
+from kinesis_eo.errors import InvalidWriteError, KinesisEOError, SinkUnavailableError
+from kinesis_eo.flow import Invoke
+from kinesis_eo.ledger import Entry, Ledger, LedgerMode, MarkStatus
 from kinesis_eo.records import Record
-from kinesis_eo.retry import RetryConfig, backoff_delay
+from kinesis_eo.sinks.outages import OutageBackoff, process_through_outages
+from kinesis_eo.sinks.policy import Attempted, FailurePolicy, attempt
+from kinesis_eo.sinks.protocols import (
+    BatchHandler,
+    DeadLetterSink,
+    EffectContext,
+    FlowRunner,
+    Gate,
+    RecordHandler,
+    Sink,
+)
+from kinesis_eo.sinks.report import BatchReport
+
+__all__ = [
+    "Attempted",
+    "BatchHandler",
+    "BatchReport",
+    "DeadLetterSink",
+    "EffectContext",
+    "FailurePolicy",
+    "FlowRunner",
+    "Gate",
+    "OutageBackoff",
+    "PoisonRecordError",
+    "RecordHandler",
+    "Sink",
+    "SinkBase",
+    "attempt",
+    "idempotency_key",
+    "process_through_outages",
+]
 
 
 class PoisonRecordError(KinesisEOError):
@@ -40,189 +64,9 @@ class PoisonRecordError(KinesisEOError):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class FailurePolicy:
-    """How often a failing record is tried before it is dead-lettered.
-
-    ``max_attempts`` counts the first try; waits between tries grow from
-    ``initial_backoff_s`` up to ``max_backoff_s`` (jittered exponential).
-    """
-
-    max_attempts: int = 3
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        RetryConfig(self.max_attempts, self.initial_backoff_s, self.max_backoff_s)  # validates
-
-    @property
-    def backoff(self) -> RetryConfig:
-        return RetryConfig(self.max_attempts, self.initial_backoff_s, self.max_backoff_s)
-
-
-@dataclass(frozen=True, slots=True)
-class EffectContext:
-    """What a handler gets beside its record.
-
-    ``idempotency_key`` is stable for the record in this consumer group: hand
-    it to the sink (S3 object key, SQS deduplication id, HTTP
-    ``Idempotency-Key``) so that a repeated call changes nothing.
-    """
-
-    idempotency_key: str
-    attempt: int
-    heartbeat: Callable[[], Any] | None = None
-
-
-class RecordHandler(Protocol):
-    """What users implement per record: ``handler(record, ctx)``, sync or ``async def``.
-
-    What it returns depends on the sink: the writes for a transactional sink,
-    nothing for the others.
-    """
-
-    def __call__(self, record: Record, ctx: EffectContext, /) -> Any: ...
-
-
-class BatchHandler(Protocol):
-    """What users implement per batch: ``handler(records, contexts)``, sync or ``async def``.
-
-    Returns one result per record, in order (or None where the sink wants no
-    results). If it raises, the sink calls it again one record at a time, so
-    that only a poison record is dead-lettered.
-    """
-
-    def __call__(self, records: list[Record], contexts: list[EffectContext], /) -> Any: ...
-
-
-class Gate(Protocol):
-    """Lets the caller of a sink stop a batch part-way, to finish it in a later delivery.
-
-    A Lambda function uses it to stop before its deadline and to leave a failed
-    record to the event source mapping's next delivery instead of
-    dead-lettering it at once. Both methods are flows. ``admit`` is asked
-    before each handler call (and before waiting on another owner's claim);
-    ``on_failure`` after a record failed every attempt of the policy, and says
-    whether to dead-letter it now (True) or defer it (False). Records refused
-    or deferred are not committed and come back in :attr:`BatchReport.deferred`.
-    A gate that refused or deferred one record must refuse every later record
-    that has to stay in order after it.
-    """
-
-    def admit(self, record: Record) -> Generator[Any, Any, bool]: ...
-
-    def on_failure(
-        self, record: Record, error: BaseException, attempts: int
-    ) -> Generator[Any, Any, bool]: ...
-
-
-class DeadLetterSink(Protocol):
-    """A dead-letter target: sync (``send`` returns None) or async (``send`` is awaitable)."""
-
-    def send(self, letters: Sequence[DeadLetter]) -> Any: ...
-
-
-@dataclass
-class BatchReport:
-    """What happened to a batch, for metrics and for the caller's checkpoint."""
-
-    applied: list[Record] = field(default_factory=list)
-    duplicates: list[Record] = field(default_factory=list)
-    dead_lettered: list[DeadLetter] = field(default_factory=list)
-    mismatched: list[PayloadMismatchError] = field(default_factory=list)
-    # Records a gate or an outage stopped: neither applied nor marked; deliver them again.
-    deferred: list[Record] = field(default_factory=list)
-    attempts: int = 0
-    ledger_writes: int = 0
-    # The outage that stopped the batch part-way (the handler's sink was unavailable):
-    # what came before it is committed, what is deferred waits for the world to recover.
-    outage: BaseException | None = None
-
-    def merge(self, other: BatchReport) -> None:
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.dead_lettered += other.dead_lettered
-        self.mismatched += other.mismatched
-        self.deferred += other.deferred
-        self.attempts += other.attempts
-        self.ledger_writes += other.ledger_writes
-        self.outage = self.outage or other.outage
-
-
 def idempotency_key(ledger: Ledger, record: Record) -> str:
     """A compact stable key (64 hex characters): fits SQS, S3 and HTTP headers alike."""
     return hashlib.sha256(ledger.record_key(record).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass
-class Attempted:
-    """The result of running a handler under the failure policy."""
-
-    value: Any = None
-    error: BaseException | None = None
-    attempts: int = 0
-    # A gate left the record for a later delivery (before or after running it).
-    deferred: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def attempt(
-    function: Callable[..., Any],
-    args: Callable[[int], tuple[Any, ...]],
-    policy: FailurePolicy,
-    first_attempt: int = 1,
-) -> Generator[Any, Any, Attempted]:
-    """Call ``function(*args(n))`` until it returns, at most up to the policy's limit."""
-    outcome = Attempted()
-    for number in range(first_attempt, policy.max_attempts + 1):
-        if number > first_attempt:
-            yield Sleep(backoff_delay(number - 1, policy.backoff))
-        outcome.attempts = number
-        try:
-            outcome.value = yield Invoke(function, args(number))
-        except KinesisEOError:
-            # Retryable ones are outages (the caller pauses the shard); the others
-            # (lost lease, missing table) are not the record's fault either.
-            raise
-        except Exception as exc:
-            if is_outage(exc):
-                # The world is down, not the record bad: the caller pauses the shard.
-                raise SinkUnavailableError(
-                    f"the handler's sink is unavailable: {type(exc).__name__}: {exc}"
-                ) from exc
-            if is_setup_fault(exc):
-                # Denied or missing: no record causes that, and none is dead-lettered.
-                raise translate_aws_error(
-                    exc, resource="the handler's sink", action="a call"
-                ) from exc
-            outcome.error = exc  # the handler's own failure: the record may be poison
-            continue
-        outcome.error = None
-        return outcome
-    return outcome
-
-
-FlowRunner = Callable[[Generator[Any, Any, Any]], Any]
-"""Runs a flow to its end with the runtime's clients: a function (sync) or a coroutine function."""
-
-
-class Sink(Protocol):
-    """What every runtime (consumer, worker, Lambda handler, redrive) needs of a sink.
-
-    ``bind`` is called once with the runtime's way of running a flow;
-    ``process`` is the flow that applies one shard's batch. ``guards`` are
-    checks committed with it (the lease's fencing check); ``gate`` lets the
-    caller stop part-way (see :class:`Gate`).
-    """
-
-    def bind(self, run_flow: FlowRunner) -> None: ...
-
-    def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
-    ) -> Generator[Any, Any, BatchReport]: ...
 
 
 class SinkBase:
@@ -486,64 +330,3 @@ class SinkBase:
         known = {id(r) for r in report.deferred}
         report.deferred += [r for r in withheld if id(r) not in known]
         return [e for e in entries if e.record.position < first]
-
-
-@dataclass(frozen=True, slots=True)
-class OutageBackoff:
-    """How a shard paused by an outage waits before it tries its batch again.
-
-    Waits double from ``initial_s`` up to ``max_s``, each drawn from the upper
-    half of that bound, so that workers paused together do not return together
-    and a long outage costs a call every ``max_s`` at most.
-    """
-
-    initial_s: float = 0.5
-    max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial_s <= self.max_s < float("inf"):
-            raise ValueError("need 0 < initial_s <= max_s for the outage back-off")
-
-    def delay(self, pauses: int) -> float:
-        cap = min(self.max_s, self.initial_s * 2.0 ** max(pauses - 1, 0))
-        return cap / 2 + random.uniform(0, cap / 2)
-
-
-def process_through_outages(
-    process: Callable[[Sequence[Record]], Generator[Any, Any, BatchReport]],
-    records: Sequence[Record],
-    backoff: OutageBackoff,
-    keep_going: Callable[[], bool],
-    on_pause: Callable[[BaseException, float], None],
-) -> Generator[Any, Any, BatchReport | None]:
-    """Run ``process(records)`` (a sink's flow for one batch) until it gets through outages.
-
-    A retryable failure (throttling, a table or endpoint down, a handler's
-    :class:`SinkUnavailableError`) is the world's, not the batch's: nothing
-    is dead-lettered and nothing is committed past it; after a back-off the
-    records not yet done are processed again, for as long as ``keep_going()``
-    says. Returns the whole batch's report, or None if it stopped first.
-    """
-    total = BatchReport()
-    pending = list(records)
-    pauses = 0
-    while True:
-        try:
-            report = yield from process(pending)
-        except KinesisEOError as exc:
-            if not exc.retryable:
-                raise
-            # A commit or a dead letter failed: what got through shows as duplicates next time.
-            outage: BaseException = exc
-        else:
-            pending, report.deferred = report.deferred, []
-            total.merge(report)
-            if report.outage is None:
-                return total
-            outage, total.outage = report.outage, None
-        pauses += 1
-        delay = backoff.delay(pauses)
-        on_pause(outage, delay)
-        yield Sleep(delay)
-        if not keep_going():
-            return None
