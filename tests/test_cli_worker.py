@@ -43,10 +43,12 @@ from kinesis_eo.runner import RunOptions, load_handler
 from kinesis_eo.sinks import TransactionalSink
 from kinesis_eo.status import abbreviate_checkpoint, check_health, human_lag
 from kinesis_eo.testing.backends import MotoServer
+from kinesis_eo.testing.effects import create_effects_table, scan_table
 from kinesis_eo.worker import Worker
 from tests.handlers import EFFECTS_TABLE_ENV, count_effect
+from tests.helpers import applied, produce
 from tests.streams import make_stream
-from tests.workers import CONFIG, QUICK, produce, wait_for
+from tests.workers import CONFIG, QUICK, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 # The subprocess's failover time. The worker that takes over judges expiry
@@ -72,32 +74,11 @@ def unique_names(prefix: str) -> Names:
 def create_tables(dynamodb: Any, names: Names) -> None:
     create_lease_table(dynamodb, names.leases)
     create_ledger_table(dynamodb, names.ledger)
-    dynamodb.create_table(
-        TableName=names.effects,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-
-
-def lease_items(dynamodb: Any, table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
-    return items
+    create_effects_table(dynamodb, names.effects)
 
 
 def lease_owners(dynamodb: Any, table: str) -> Counter[str | None]:
-    return Counter(i.get("leaseOwner", {}).get("S") for i in lease_items(dynamodb, table))
-
-
-def applied(dynamodb: Any, table: str) -> dict[str, int]:
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": table}
-    while True:
-        page = dynamodb.scan(**params)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return Counter(i.get("leaseOwner", {}).get("S") for i in scan_table(dynamodb, table))
 
 
 def subprocess_env(names: Names) -> dict[str, str]:
@@ -173,7 +154,7 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
     kinesis, dynamodb = moto_server.client("kinesis"), moto_server.client("dynamodb")
     make_stream(kinesis, names.stream, 4)
     create_tables(dynamodb, names)
-    ids = produce(kinesis, names.stream, 0, 200)
+    ids = produce(kinesis, names.stream, 200)
     health_file = tmp_path / "health.json"
     log_path = tmp_path / "run.log"
     with log_path.open("wb") as log:
@@ -237,7 +218,7 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
         exit_s = time.monotonic() - signalled
-        after_exit = lease_items(dynamodb, names.leases)
+        after_exit = scan_table(dynamodb, names.leases)
         assert code == 0, logs()
         assert exit_s < 10, f"took {exit_s:.1f} s to stop"
         # Released, not left to expire: no owner and no fencing token right after
@@ -252,7 +233,7 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
             timeout=20,
             what="the in-process worker to take every lease",
         )
-        ids += produce(kinesis, names.stream, 200, 100)
+        ids += produce(kinesis, names.stream, 100, start=200)
         wait_for(
             lambda: len(applied(dynamodb, names.effects)) == 300,
             timeout=30,
