@@ -98,6 +98,32 @@ def subprocess_env(names: Names) -> dict[str, str]:
     return env
 
 
+def start_run(
+    moto_server: MotoServer,
+    names: Names,
+    log_path: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`kinesis-eo run` of the test handler on ``names`` with ``flags``, output to ``log_path``."""
+    command = [
+        *(sys.executable, "-m", "kinesis_eo.cli", "run"),
+        *("--stream", names.stream, "--app", names.app),
+        *("--handler", "tests.handlers:count_effect"),
+        *flags,
+        *("--endpoint-url", moto_server.endpoint_url, "--region", "us-east-1"),
+    ]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=subprocess_env(names) if env is None else env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     # `run` configures the root logger for a process; in a test it must not outlive the test.
@@ -157,38 +183,19 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
     ids = produce(kinesis, names.stream, 200)
     health_file = tmp_path / "health.json"
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kinesis_eo.cli",
-                "run",
-                "--stream",
-                names.stream,
-                "--app",
-                names.app,
-                "--handler",
-                "tests.handlers:count_effect",
-                "--failover-seconds",
-                str(SUBPROCESS_FAILOVER_S),
-                "--worker-id",
-                "leaving",
-                "--health-file",
-                str(health_file),
-                "--log-format",
-                "json",
-                "--endpoint-url",
-                moto_server.endpoint_url,
-                "--region",
-                "us-east-1",
-            ],
-            cwd=REPO,
-            env=subprocess_env(names),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_run(
+        moto_server,
+        names,
+        log_path,
+        "--failover-seconds",
+        str(SUBPROCESS_FAILOVER_S),
+        "--worker-id",
+        "leaving",
+        "--health-file",
+        str(health_file),
+        "--log-format",
+        "json",
+    )
     run_process.append(process)
 
     def logs() -> str:
