@@ -1,10 +1,13 @@
-"""Helpers shared by tests of every layer: numbered events in, applied effects out."""
+"""Helpers shared by tests of every layer: numbered events in; applied effects and letters out."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
 
+import boto3
+
+from kinesis_eo.deadletter import SqsDeadLetterQueue, reassemble
 from kinesis_eo.producer import Event, Producer
 from kinesis_eo.testing.effects import applied_counts
 
@@ -40,3 +43,28 @@ def produce(
 def applied(dynamodb: Any, table: str = "effects") -> dict[str, int]:
     """Event id -> times its effect was applied, from the tests' effects table."""
     return applied_counts(dynamodb, table)
+
+
+class DeadLetterQueue:
+    """The SQS dead-letter target, read back whole."""
+
+    def __init__(self) -> None:
+        self.sqs = boto3.client("sqs", region_name="us-east-1")
+        self.url = self.sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
+        self.target = SqsDeadLetterQueue(self.sqs, self.url)
+        self._seen: list[Any] = []
+
+    def send(self, letters: Any) -> None:
+        self.target.send(letters)
+
+    @property
+    def letters(self) -> list[Any]:
+        messages: list[Any] = []
+        while batch := self.sqs.receive_message(
+            QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0
+        ).get("Messages"):
+            messages += batch
+            for message in batch:
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
+        self._seen += reassemble(messages)
+        return list(self._seen)

@@ -20,8 +20,9 @@ from kinesis_eo.retrieval import ShardReader
 from kinesis_eo.sinks import EffectContext, update
 from kinesis_eo.testing.effects import scan_table
 from kinesis_eo.testing.lambda_esm import FakeContext, kinesis_event, read_stream, stream_arn
+from tests.helpers import DeadLetterQueue
 from tests.streams import make_stream, read_until
-from tests.test_lambda_handler import DeadLetterQueue, lambda_handler, tables  # noqa: F401
+from tests.test_lambda_handler import lambda_handler, tables  # noqa: F401
 
 
 def scoped_effect(record: Record, ctx: EffectContext) -> list[Any]:

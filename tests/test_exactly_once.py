@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-import boto3
 import pytest
 
 from kinesis_eo.checkpoint import (
@@ -21,10 +20,8 @@ from kinesis_eo.checkpoint import (
 from kinesis_eo.consumer import Consumer, ConsumerConfig
 from kinesis_eo.deadletter import (
     DynamoDBDeadLetterTable,
-    SqsDeadLetterQueue,
     create_dead_letter_table,
     read_dead_letters,
-    reassemble,
 )
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
@@ -41,6 +38,7 @@ from kinesis_eo.testing.effects import create_effects_table
 from kinesis_eo.testing.fakes import MemoryDeadLetters
 from kinesis_eo.testing.faults import FaultInjector, Probability
 from tests import helpers
+from tests.helpers import DeadLetterQueue
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -191,30 +189,6 @@ def test_inbound_duplicates_under_different_sequence_numbers_apply_once_in_per_r
     assert stats.duplicates == resent
 
 
-class SqsLetters:
-    """The SQS dead-letter target, read back whole."""
-
-    def __init__(self, sqs: Any) -> None:
-        self.sqs = sqs
-        self.url = sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
-        self.target = SqsDeadLetterQueue(sqs, self.url)
-
-    def send(self, letters: Any) -> None:
-        self.target.send(letters)
-
-    @property
-    def letters(self) -> list[Any]:
-        messages: list[Any] = []
-        while batch := self.sqs.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0
-        ).get("Messages"):
-            messages += batch
-            for message in batch:
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        self._seen = getattr(self, "_seen", []) + reassemble(messages)
-        return list(self._seen)
-
-
 class TableLetters:
     """The DynamoDB dead-letter target, read back whole."""
 
@@ -239,7 +213,7 @@ def test_a_poison_record_is_dead_lettered_with_its_payload_and_the_shard_moves_o
     ids = produce(kinesis, "orders", 120, poison={7, 80})
     dead: Any = {
         "memory": MemoryDeadLetters,
-        "sqs": lambda: SqsLetters(boto3.client("sqs", region_name="us-east-1")),
+        "sqs": DeadLetterQueue,
         "dynamodb": lambda: TableLetters(tables),
     }[target]()
 

@@ -13,11 +13,10 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-import boto3
 import pytest
 
 from kinesis_eo.aggregation import MAGIC, UserRecord, aggregate
-from kinesis_eo.deadletter import DeadLetterReason, SqsDeadLetterQueue, reassemble
+from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.envelope import wrap
 from kinesis_eo.errors import ConfigurationError, InvalidRecordError
 from kinesis_eo.ledger import (
@@ -49,6 +48,7 @@ from lambda_handlers import (
     SinkKind,
 )
 from tests import helpers
+from tests.helpers import DeadLetterQueue
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -61,31 +61,6 @@ def tables(dynamodb: Any) -> Any:
     create_ledger_table(dynamodb, "ledger")
     create_effects_table(dynamodb, "effects")
     return dynamodb
-
-
-class DeadLetterQueue:
-    """The SQS dead-letter target, read back whole."""
-
-    def __init__(self) -> None:
-        self.sqs = boto3.client("sqs", region_name="us-east-1")
-        self.url = self.sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
-        self.target = SqsDeadLetterQueue(self.sqs, self.url)
-        self._seen: list[Any] = []
-
-    def send(self, letters: Any) -> None:
-        self.target.send(letters)
-
-    @property
-    def letters(self) -> list[Any]:
-        messages: list[Any] = []
-        while batch := self.sqs.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0
-        ).get("Messages"):
-            messages += batch
-            for message in batch:
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        self._seen += reassemble(messages)
-        return list(self._seen)
 
 
 def effect_id(record: Record) -> str:
