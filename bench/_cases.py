@@ -29,11 +29,11 @@ sink table.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from kinesis_eo.checkpoint import (
@@ -55,6 +55,9 @@ from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
 from kinesis_eo.sinks import BatchReport, ClaimSink, EffectContext, TransactionalSink, update
+from kinesis_eo.sinks.base import FlowRunner, Gate
+from kinesis_eo.testing.effects import applied_counts, create_effects_table
+from kinesis_eo.testing.lambda_esm import FakeContext, StreamRecord, kinesis_event
 
 SINK_UPDATE = "ADD applied :one SET payload = :p"
 POWERTOOLS_KEY = "powertools_json(powertools_base64(kinesis.data)).id"
@@ -95,28 +98,6 @@ def produce(env: Env) -> list[str]:
     return [e.event_id for e in events if e.event_id is not None]
 
 
-def create_sink_table(dynamodb: Any, table: str, key: str = "id") -> None:
-    dynamodb.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-
-
-def sink_effects(dynamodb: Any, table: str) -> dict[str, int]:
-    """Event id -> how often its effect was applied."""
-    found: dict[str, int] = {}
-    params: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = dynamodb.scan(**params)
-        for item in page["Items"]:
-            found[item["id"]["S"]] = int(item["applied"]["N"])
-        if "LastEvaluatedKey" not in page:
-            return found
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def sink_update_request(table: str, record: Record) -> dict[str, Any]:
     """The sink write as a low-level ``UpdateItem`` request (the cases that write it themselves)."""
     return {
@@ -152,7 +133,7 @@ class Case:
     def setup(self) -> None:
         """Create what the case needs (not timed)."""
         if self.applies_effects:
-            create_sink_table(self.env.dynamodb, self.sink_table)
+            create_effects_table(self.env.dynamodb, self.sink_table)
         for number in (1, 2):
             create_checkpoint_table(self.env.dynamodb, self.checkpoint_table(number))
 
@@ -168,7 +149,7 @@ class Case:
         return self.consumer(number).run()
 
     def effects(self) -> dict[str, int]:
-        return sink_effects(self.env.dynamodb, self.sink_table) if self.applies_effects else {}
+        return applied_counts(self.env.dynamodb, self.sink_table) if self.applies_effects else {}
 
 
 # --- kinesis_eo ---------------------------------------------------------------------------------
@@ -257,8 +238,11 @@ class FunctionSink:
     def __init__(self, function: BatchFunction) -> None:
         self.function = function
 
+    def bind(self, run_flow: FlowRunner) -> None:
+        """Nothing to bind: the function runs inside :meth:`process`."""
+
     def process(
-        self, records: Sequence[Record], guards: Sequence[Any] = ()
+        self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
     ) -> Generator[Any, Any, BatchReport]:
         applied, duplicates = yield Invoke(self.function, (list(records),))
         return BatchReport(applied=applied, duplicates=duplicates)
@@ -298,7 +282,7 @@ class NaiveCase(Case):
 
     def setup(self) -> None:
         super().setup()
-        create_sink_table(self.env.dynamodb, self.ledger_table, key="pk")
+        create_effects_table(self.env.dynamodb, self.ledger_table, key="pk")
 
     def process(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
         dynamodb = self.env.dynamodb
@@ -332,50 +316,18 @@ class NaiveCase(Case):
         )
 
 
-class _LambdaContext:
-    """The few attributes Powertools reads of a Lambda context."""
-
-    function_name = "kinesis-eo-bench"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kinesis-eo-bench"
-    memory_limit_in_mb = 1024
-    aws_request_id = "bench"
-    log_group_name = "/aws/lambda/kinesis-eo-bench"
-    log_stream_name = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 900_000
-
-
-def lambda_event(records: Sequence[Record], stream_arn: str) -> dict[str, Any]:
+def lambda_event(records: Sequence[Record], arn: str) -> dict[str, Any]:
     """A Kinesis event as the event source mapping hands it to a Lambda function.
 
     ``data`` is the payload as its producer wrote it (a Powertools user's
     producer writes no kinesis_eo envelope).
     """
-    return {
-        "Records": [
-            {
-                "kinesis": {
-                    "kinesisSchemaVersion": "1.0",
-                    "partitionKey": r.partition_key,
-                    "sequenceNumber": r.sequence_number,
-                    "data": base64.b64encode(r.data).decode(),
-                    "approximateArrivalTimestamp": (
-                        r.arrival_time.timestamp() if r.arrival_time else 0.0
-                    ),
-                },
-                "eventSource": "aws:kinesis",
-                "eventVersion": "1.0",
-                "eventID": f"{r.shard_id}:{r.sequence_number}",
-                "eventName": "aws:kinesis:record",
-                "invokeIdentityArn": "arn:aws:iam::123456789012:role/kinesis-eo-bench",
-                "awsRegion": "us-east-1",
-                "eventSourceARN": stream_arn,
-            }
-            for r in records
-        ]
-    }
+    now = datetime.now(UTC)
+    stored = [
+        StreamRecord(r.shard_id, r.sequence_number, r.partition_key, r.data, r.arrival_time or now)
+        for r in records
+    ]
+    return kinesis_event(stored, arn)
 
 
 class PowertoolsCase(Case):
@@ -386,8 +338,8 @@ class PowertoolsCase(Case):
         return f"{self.name}-idempotency"
 
     def setup(self) -> None:
-        create_sink_table(self.env.dynamodb, self.idempotency_table)
-        create_sink_table(self.env.dynamodb, self.sink_table)
+        create_effects_table(self.env.dynamodb, self.idempotency_table)
+        create_effects_table(self.env.dynamodb, self.sink_table)
         summary = self.env.kinesis.describe_stream_summary(StreamName=self.env.stream)
         self.stream_arn = summary["StreamDescriptionSummary"]["StreamARN"]
 
@@ -430,7 +382,8 @@ class PowertoolsCase(Case):
             )
             ran.append(order["id"])
 
-        context = _LambdaContext()
+        # As Lambda gives it: 15 minutes left, the longest a function may run.
+        context = FakeContext(timedelta(minutes=15), function_name="kinesis-eo-bench")
 
         def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             config.register_lambda_context(context)

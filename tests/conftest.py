@@ -5,11 +5,13 @@ The HTTP back-ends (moto server, kinesis-mock) are added below by their own sect
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import boto3
 import pytest
+import pytest_asyncio
+from aiobotocore.session import get_session
 from moto import mock_aws
 
 from kinesis_eo.testing.backends import serialize_moto_requests
@@ -73,6 +75,18 @@ def moto_server_reset(moto_server: MotoServer) -> MotoServer:
     """The moto server, emptied before this test."""
     moto_server.reset()
     return moto_server
+
+
+@pytest_asyncio.fixture
+async def async_clients(moto_server_reset: MotoServer) -> AsyncIterator[tuple[Any, Any]]:
+    """aiobotocore Kinesis and DynamoDB clients on the moto server, emptied before this test."""
+    session = get_session()
+    kwargs = moto_server_reset.client_kwargs()
+    async with (
+        session.create_client("kinesis", **kwargs) as kinesis,
+        session.create_client("dynamodb", **kwargs) as dynamodb,
+    ):
+        yield kinesis, dynamodb
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,9 @@ from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig, ShardReader
 from kinesis_eo.testing.lambda_esm import FakeContext, StreamRecord, kinesis_event, stream_arn
 from lambda_handlers.events import parse_event
+from tests.helpers import DeadLetterQueue, applied
 from tests.streams import make_stream, read_until
-from tests.test_lambda_handler import (  # noqa: F401 (fixture)
-    DeadLetterQueue,
-    effects,
-    lambda_handler,
-    tables,
-)
+from tests.test_lambda_handler import lambda_handler, tables  # noqa: F401 (fixture)
 
 SHARD = "shardId-000000000000"
 
@@ -201,4 +197,4 @@ def test_lambda_handler_dead_letters_a_bomb_as_undecodable_and_applies_the_rest(
     (letter,) = dead.letters
     assert letter.reason is DeadLetterReason.UNDECODABLE
     assert letter.record.data == data
-    assert effects(tables) == {"e-1": 1, "e-3": 1}
+    assert applied(tables) == {"e-1": 1, "e-3": 1}

@@ -19,6 +19,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from kinesis_eo.errors import ConfigurationError
+from kinesis_eo.testing import moto_transactions
 from kinesis_eo.testing.backends import (
     KINESIS_MOCK_MAIN_ENV,
     KinesisMock,
@@ -256,3 +257,65 @@ def test_kinesis_mock_stops_its_process_promptly() -> None:
     assert not accepts_connection("127.0.0.1", mock.plain_port)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def stream_keys_seen_across_a_canceled_transaction(server: MotoServer) -> list[Any]:
+    """Keys a stream iterator from before a canceled transaction sees of the commit after it.
+
+    Stock moto swaps in a copied table on cancellation, stranding the iterator
+    on the old one (it keeps the canceled write and misses the later one); the
+    undo-log transactions keep the table, so the iterator sees the later write.
+    """
+    dynamodb, streams = server.client("dynamodb"), server.client("dynamodbstreams")
+    dynamodb.create_table(
+        TableName="accounts",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+    )
+    arn = dynamodb.describe_table(TableName="accounts")["Table"]["LatestStreamArn"]
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
+    iterator = streams.get_shard_iterator(
+        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
+    )["ShardIterator"]
+
+    def put(key: str, condition: str = "attribute_not_exists(pk)") -> dict[str, Any]:
+        item = {"pk": {"S": key}}
+        return {"Put": {"TableName": "accounts", "Item": item, "ConditionExpression": condition}}
+
+    with pytest.raises(ClientError):
+        dynamodb.transact_write_items(
+            TransactItems=[put("canceled"), put("missing", "attribute_exists(pk)")]
+        )
+    dynamodb.transact_write_items(TransactItems=[put("committed")])
+    records = streams.get_records(ShardIterator=iterator)["Records"]
+    return [r["dynamodb"]["Keys"]["pk"]["S"] for r in records]
+
+
+@pytest.mark.parametrize(("undo_log", "seen"), [(True, ["committed"]), (False, ["canceled"])])
+def test_moto_server_in_a_child_process_serves_with_the_transactions_asked_for(
+    undo_log: bool, seen: list[str]
+) -> None:
+    server = MotoServer(process=True, undo_log_transactions=undo_log).start()
+    try:
+        pid = server.pid
+        assert pid is not None
+        assert pid != os.getpid()
+        assert stream_keys_seen_across_a_canceled_transaction(server) == seen
+        server.reset()
+        assert server.client("dynamodb").list_tables()["TableNames"] == []
+    finally:
+        server.stop()
+    assert server.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_threaded_moto_server_installs_undo_log_transactions_only_while_it_runs() -> None:
+    assert not moto_transactions.installed()
+    with MotoServer(undo_log_transactions=True) as server:
+        assert moto_transactions.installed()
+        assert stream_keys_seen_across_a_canceled_transaction(server) == ["committed"]
+        server.reset()  # its state is this process's moto, which other tests share
+    assert not moto_transactions.installed()

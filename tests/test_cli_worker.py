@@ -43,10 +43,12 @@ from kinesis_eo.runner import RunOptions, load_handler
 from kinesis_eo.sinks import TransactionalSink
 from kinesis_eo.status import abbreviate_checkpoint, check_health, human_lag
 from kinesis_eo.testing.backends import MotoServer
+from kinesis_eo.testing.effects import create_effects_table, scan_table
 from kinesis_eo.worker import Worker
 from tests.handlers import EFFECTS_TABLE_ENV, count_effect
+from tests.helpers import applied, produce
 from tests.streams import make_stream
-from tests.workers import CONFIG, QUICK, produce, wait_for
+from tests.workers import CONFIG, QUICK, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 # The subprocess's failover time. The worker that takes over judges expiry
@@ -72,32 +74,11 @@ def unique_names(prefix: str) -> Names:
 def create_tables(dynamodb: Any, names: Names) -> None:
     create_lease_table(dynamodb, names.leases)
     create_ledger_table(dynamodb, names.ledger)
-    dynamodb.create_table(
-        TableName=names.effects,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-
-
-def lease_items(dynamodb: Any, table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
-    return items
+    create_effects_table(dynamodb, names.effects)
 
 
 def lease_owners(dynamodb: Any, table: str) -> Counter[str | None]:
-    return Counter(i.get("leaseOwner", {}).get("S") for i in lease_items(dynamodb, table))
-
-
-def applied(dynamodb: Any, table: str) -> dict[str, int]:
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": table}
-    while True:
-        page = dynamodb.scan(**params)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return Counter(i.get("leaseOwner", {}).get("S") for i in scan_table(dynamodb, table))
 
 
 def subprocess_env(names: Names) -> dict[str, str]:
@@ -115,6 +96,32 @@ def subprocess_env(names: Names) -> dict[str, str]:
     )
     env[EFFECTS_TABLE_ENV] = names.effects
     return env
+
+
+def start_run(
+    moto_server: MotoServer,
+    names: Names,
+    log_path: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`kinesis-eo run` of the test handler on ``names`` with ``flags``, output to ``log_path``."""
+    command = [
+        *(sys.executable, "-m", "kinesis_eo.cli", "run"),
+        *("--stream", names.stream, "--app", names.app),
+        *("--handler", "tests.handlers:count_effect"),
+        *flags,
+        *("--endpoint-url", moto_server.endpoint_url, "--region", "us-east-1"),
+    ]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=subprocess_env(names) if env is None else env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -173,41 +180,22 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
     kinesis, dynamodb = moto_server.client("kinesis"), moto_server.client("dynamodb")
     make_stream(kinesis, names.stream, 4)
     create_tables(dynamodb, names)
-    ids = produce(kinesis, names.stream, 0, 200)
+    ids = produce(kinesis, names.stream, 200)
     health_file = tmp_path / "health.json"
     log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kinesis_eo.cli",
-                "run",
-                "--stream",
-                names.stream,
-                "--app",
-                names.app,
-                "--handler",
-                "tests.handlers:count_effect",
-                "--failover-seconds",
-                str(SUBPROCESS_FAILOVER_S),
-                "--worker-id",
-                "leaving",
-                "--health-file",
-                str(health_file),
-                "--log-format",
-                "json",
-                "--endpoint-url",
-                moto_server.endpoint_url,
-                "--region",
-                "us-east-1",
-            ],
-            cwd=REPO,
-            env=subprocess_env(names),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_run(
+        moto_server,
+        names,
+        log_path,
+        "--failover-seconds",
+        str(SUBPROCESS_FAILOVER_S),
+        "--worker-id",
+        "leaving",
+        "--health-file",
+        str(health_file),
+        "--log-format",
+        "json",
+    )
     run_process.append(process)
 
     def logs() -> str:
@@ -237,7 +225,7 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
         exit_s = time.monotonic() - signalled
-        after_exit = lease_items(dynamodb, names.leases)
+        after_exit = scan_table(dynamodb, names.leases)
         assert code == 0, logs()
         assert exit_s < 10, f"took {exit_s:.1f} s to stop"
         # Released, not left to expire: no owner and no fencing token right after
@@ -252,7 +240,7 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
             timeout=20,
             what="the in-process worker to take every lease",
         )
-        ids += produce(kinesis, names.stream, 200, 100)
+        ids += produce(kinesis, names.stream, 100, start=200)
         wait_for(
             lambda: len(applied(dynamodb, names.effects)) == 300,
             timeout=30,

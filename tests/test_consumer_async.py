@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from aiobotocore.session import get_session
 
 from kinesis_eo.checkpoint import (
     DynamoDBCheckpointStore,
@@ -25,12 +22,13 @@ from kinesis_eo.ledger import (
     LedgerMode,
     create_ledger_table,
 )
-from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import ClaimSink, EffectContext, FailurePolicy, TransactionalSink, update
+from kinesis_eo.testing.effects import create_effects_table
 from kinesis_eo.testing.fakes import AsyncMemoryDeadLetters
+from tests.helpers import applied, produce
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -41,44 +39,20 @@ CONFIG = ConsumerConfig(
 )
 
 
-@pytest_asyncio.fixture
-async def clients(moto_server_reset: Any) -> AsyncIterator[tuple[Any, Any]]:
-    session = get_session()
-    kwargs = moto_server_reset.client_kwargs()
-    async with (
-        session.create_client("kinesis", **kwargs) as kinesis,
-        session.create_client("dynamodb", **kwargs) as dynamodb,
-    ):
-        yield kinesis, dynamodb
-
-
 def setup(moto_server: Any, count: int, poison: int | None = None) -> list[str]:
     kinesis, dynamodb = moto_server.client("kinesis"), moto_server.client("dynamodb")
     make_stream(kinesis, "payments", 2)
     create_ledger_table(dynamodb, "ledger")
     create_checkpoint_table(dynamodb, "checkpoints")
-    dynamodb.create_table(
-        TableName="effects",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    events = [
-        Event(b"POISON" if i == poison else b"pay-%d" % i, f"k{i % 5}", f"p-{i}")
-        for i in range(count)
-    ]
-    Producer(kinesis, "payments").put(events)
-    return [f"p-{i}" for i in range(count) if i != poison]
-
-
-def applied(moto_server: Any) -> dict[str, int]:
-    items = moto_server.client("dynamodb").scan(TableName="effects")["Items"]
-    return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
+    create_effects_table(dynamodb, "effects")
+    poisoned = () if poison is None else (poison,)
+    ids = produce(kinesis, "payments", count, ids="p-{i}", data="pay-{i}", keys=5, poison=poisoned)
+    return [event_id for event_id in ids if event_id != f"p-{poison}"]
 
 
 async def async_handler(record: Record, ctx: EffectContext) -> list[Any]:
     await asyncio.sleep(0)  # an async handler may await its own I/O
-    if record.data == b"POISON":
+    if record.data.startswith(b"POISON"):
         raise ValueError("cannot pay")
     return [update("effects", {"id": record.event_id}, "ADD applied :one", values={":one": 1})]
 
@@ -92,10 +66,10 @@ def ledger(mode: LedgerMode) -> Ledger:
 
 @pytest.mark.asyncio
 async def test_async_consumer_applies_every_effect_once_across_a_replay(
-    moto_server_reset: Any, clients: tuple[Any, Any]
+    moto_server_reset: Any, async_clients: tuple[Any, Any]
 ) -> None:
     ids = setup(moto_server_reset, 150, poison=42)
-    kinesis, dynamodb = clients
+    kinesis, dynamodb = async_clients
     dead = AsyncMemoryDeadLetters()
 
     def sink() -> TransactionalSink:
@@ -114,7 +88,7 @@ async def test_async_consumer_applies_every_effect_once_across_a_replay(
     ).run()
     saved = await run_async(checkpoints.load(), dynamodb, QUICK)
 
-    assert applied(moto_server_reset) == dict.fromkeys(ids, 1)
+    assert applied(moto_server_reset.client("dynamodb")) == dict.fromkeys(ids, 1)
     assert first.applied == 149
     assert [letter.record.event_id for letter in dead.letters] == ["p-42"]
     assert replay.delivered == 150
@@ -125,10 +99,10 @@ async def test_async_consumer_applies_every_effect_once_across_a_replay(
 
 @pytest.mark.asyncio
 async def test_async_claim_sink_awaits_its_heartbeat(
-    moto_server_reset: Any, clients: tuple[Any, Any]
+    moto_server_reset: Any, async_clients: tuple[Any, Any]
 ) -> None:
     setup(moto_server_reset, 3)
-    kinesis, dynamodb = clients
+    kinesis, dynamodb = async_clients
     beats: list[str] = []
 
     async def long_effect(record: Record, ctx: EffectContext) -> None:

@@ -18,9 +18,11 @@ from kinesis_eo.producer import Event, Producer, ProducerConfig
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ShardReader
 from kinesis_eo.sinks import EffectContext, update
+from kinesis_eo.testing.effects import scan_table
 from kinesis_eo.testing.lambda_esm import FakeContext, kinesis_event, read_stream, stream_arn
+from tests.helpers import DeadLetterQueue
 from tests.streams import make_stream, read_until
-from tests.test_lambda_handler import DeadLetterQueue, lambda_handler, tables  # noqa: F401
+from tests.test_lambda_handler import lambda_handler, tables  # noqa: F401
 
 
 def scoped_effect(record: Record, ctx: EffectContext) -> list[Any]:
@@ -35,7 +37,7 @@ def scoped_effect(record: Record, ctx: EffectContext) -> list[Any]:
 
 
 def applied(dynamodb: Any) -> dict[str, tuple[int, str]]:
-    items = dynamodb.scan(TableName="effects")["Items"]
+    items = scan_table(dynamodb, "effects")
     return {i["id"]["S"]: (int(i["applied"]["N"]), i["payload"]["S"]) for i in items}
 
 

@@ -7,9 +7,9 @@ effect applied twice shows up as ``applied == 2``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
-import boto3
 import pytest
 
 from kinesis_eo.checkpoint import (
@@ -20,10 +20,8 @@ from kinesis_eo.checkpoint import (
 from kinesis_eo.consumer import Consumer, ConsumerConfig
 from kinesis_eo.deadletter import (
     DynamoDBDeadLetterTable,
-    SqsDeadLetterQueue,
     create_dead_letter_table,
     read_dead_letters,
-    reassemble,
 )
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
@@ -32,13 +30,15 @@ from kinesis_eo.ledger import (
     LedgerMode,
     create_ledger_table,
 )
-from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import EffectContext, FailurePolicy, TransactionalSink, update
+from kinesis_eo.testing.effects import create_effects_table
 from kinesis_eo.testing.fakes import MemoryDeadLetters
 from kinesis_eo.testing.faults import FaultInjector, Probability
+from tests import helpers
+from tests.helpers import DeadLetterQueue
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -79,37 +79,12 @@ def apply_once(record: Record, ctx: EffectContext) -> list[Any]:
 def tables(dynamodb: Any) -> Any:
     create_ledger_table(dynamodb, "ledger")
     create_checkpoint_table(dynamodb, "checkpoints")
-    dynamodb.create_table(
-        TableName="effects",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_effects_table(dynamodb, "effects")
     return dynamodb
 
 
-def effects(dynamodb: Any) -> dict[str, int]:
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": "effects"}
-    while True:
-        page = dynamodb.scan(**params)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def produce(kinesis: Any, stream: str, count: int, poison: set[int] = frozenset()) -> list[str]:
-    events = [
-        Event(
-            data=(b"POISON-%d" if i in poison else b"event-%d") % i,
-            partition_key=f"key-{i % 17}",
-            event_id=f"e-{i:05d}",
-        )
-        for i in range(count)
-    ]
-    Producer(kinesis, stream).put(events)
-    return [e.event_id for e in events if e.event_id is not None]
+def produce(kinesis: Any, stream: str, count: int, poison: Collection[int] = ()) -> list[str]:
+    return helpers.produce(kinesis, stream, count, data="event-{i}", keys=17, poison=poison)
 
 
 def sink(dynamodb: Any, mode: LedgerMode, dead_letters: Any = None) -> TransactionalSink:
@@ -141,7 +116,7 @@ def test_the_same_batches_replayed_three_times_apply_every_effect_once(
             ).run()
         )
 
-    assert effects(tables) == dict.fromkeys(ids, 1)
+    assert helpers.applied(tables) == dict.fromkeys(ids, 1)
     assert [r.delivered for r in runs] == [300, 300, 300]
     assert [r.applied for r in runs] == [300, 0, 0]
     assert [r.duplicates for r in runs] == [0, 300, 300]
@@ -181,7 +156,7 @@ def test_a_crash_after_the_commit_and_before_the_checkpoint_applies_every_effect
         consumer_config(50),
     ).run()
 
-    assert effects(tables) == dict.fromkeys(ids, 1)
+    assert helpers.applied(tables) == dict.fromkeys(ids, 1)
     assert second.duplicates == 50  # the batch whose checkpoint the crash lost
     # The crashed batch counts as applied: its effects were committed before the crash.
     assert first.stats.applied == 150
@@ -209,33 +184,9 @@ def test_inbound_duplicates_under_different_sequence_numbers_apply_once_in_per_r
         consumer_config(),
     ).run()
 
-    assert effects(tables) == dict.fromkeys(ids, 1)
+    assert helpers.applied(tables) == dict.fromkeys(ids, 1)
     assert stats.delivered == 300 + resent
     assert stats.duplicates == resent
-
-
-class SqsLetters:
-    """The SQS dead-letter target, read back whole."""
-
-    def __init__(self, sqs: Any) -> None:
-        self.sqs = sqs
-        self.url = sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
-        self.target = SqsDeadLetterQueue(sqs, self.url)
-
-    def send(self, letters: Any) -> None:
-        self.target.send(letters)
-
-    @property
-    def letters(self) -> list[Any]:
-        messages: list[Any] = []
-        while batch := self.sqs.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0
-        ).get("Messages"):
-            messages += batch
-            for message in batch:
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        self._seen = getattr(self, "_seen", []) + reassemble(messages)
-        return list(self._seen)
 
 
 class TableLetters:
@@ -262,7 +213,7 @@ def test_a_poison_record_is_dead_lettered_with_its_payload_and_the_shard_moves_o
     ids = produce(kinesis, "orders", 120, poison={7, 80})
     dead: Any = {
         "memory": MemoryDeadLetters,
-        "sqs": lambda: SqsLetters(boto3.client("sqs", region_name="us-east-1")),
+        "sqs": DeadLetterQueue,
         "dynamodb": lambda: TableLetters(tables),
     }[target]()
 
@@ -276,7 +227,7 @@ def test_a_poison_record_is_dead_lettered_with_its_payload_and_the_shard_moves_o
     ).run()
 
     poison_ids = {"e-00007", "e-00080"}
-    assert effects(tables) == {i: 1 for i in ids if i not in poison_ids}
+    assert helpers.applied(tables) == {i: 1 for i in ids if i not in poison_ids}
     assert sorted(letter.record.event_id for letter in dead.letters) == sorted(poison_ids)
     assert {letter.record.data for letter in dead.letters} == {b"POISON-7", b"POISON-80"}
     assert all(letter.attempts == FAST_POLICY.max_attempts for letter in dead.letters)

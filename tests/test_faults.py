@@ -26,6 +26,7 @@ from kinesis_eo.testing.faults import (
     Probability,
     injected_entries,
 )
+from kinesis_eo.testing.lambda_esm import read_stream
 
 REGION = "us-east-1"
 STREAM = "faults"
@@ -40,18 +41,7 @@ def make_stream(client: Any, name: str = STREAM, shards: int = 1) -> None:
 
 def read_all(client: Any, name: str = STREAM) -> list[bytes]:
     """Every record's data in the stream, shard after shard."""
-    data: list[bytes] = []
-    for shard in client.list_shards(StreamName=name)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            data.extend(record["Data"] for record in response["Records"])
-            if not response["Records"]:
-                break
-            iterator = response.get("NextShardIterator")
-    return data
+    return [record.data for record in read_stream(client, name)]
 
 
 def entries(count: int, prefix: str = "e") -> list[dict[str, Any]]:

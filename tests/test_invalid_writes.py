@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from aiobotocore.session import get_session
 
 from kinesis_eo.checkpoint import MemoryCheckpointStore
 from kinesis_eo.consumer import Consumer, ConsumerConfig
@@ -39,8 +37,9 @@ from kinesis_eo.testing.lambda_esm import (
 )
 from kinesis_eo.worker import AsyncWorker, Worker
 from lambda_handlers import AsyncKinesisHandler, KinesisHandler, LambdaConfig
+from tests.helpers import applied, produce
 from tests.streams import make_stream
-from tests.workers import CONFIG, LEASES, QUICK, applied, create_tables, produce, wait_for
+from tests.workers import CONFIG, LEASES, QUICK, create_tables, wait_for
 
 MODES = [LedgerMode.WATERMARK, LedgerMode.PER_RECORD]
 BAD_EVENT = "e-00013"
@@ -109,7 +108,7 @@ def test_the_consumer_dead_letters_an_invalid_write_and_applies_the_rest_of_its_
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 40)
+    ids = produce(kinesis, "orders", 40)
     dead = MemoryDeadLetters()
 
     stats = consume(kinesis, dynamodb, transactional_sink(mode, handler_with(invalid), dead))
@@ -128,7 +127,7 @@ def test_the_worker_moves_past_an_invalid_write_instead_of_retrying_its_shard_fo
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 60)
+    ids = produce(kinesis, "orders", 60)
     dead = MemoryDeadLetters()
     sink = transactional_sink(LedgerMode.WATERMARK, handler_with(item_over_400_kb), dead)
     worker = Worker(
@@ -153,29 +152,18 @@ def test_the_worker_moves_past_an_invalid_write_instead_of_retrying_its_shard_fo
     assert worker.metrics.leases_taken == 1
 
 
-@pytest_asyncio.fixture
-async def clients(moto_server_reset: Any) -> AsyncIterator[tuple[Any, Any]]:
-    session = get_session()
-    kwargs = moto_server_reset.client_kwargs()
-    async with (
-        session.create_client("kinesis", **kwargs) as kinesis,
-        session.create_client("dynamodb", **kwargs) as dynamodb,
-    ):
-        yield kinesis, dynamodb
-
-
 @pytest.mark.asyncio
 async def test_the_async_worker_moves_past_an_invalid_write_in_per_record_mode(
-    moto_server_reset: Any, clients: tuple[Any, Any]
+    moto_server_reset: Any, async_clients: tuple[Any, Any]
 ) -> None:
     kinesis, dynamodb = moto_server_reset.client("kinesis"), moto_server_reset.client("dynamodb")
     make_stream(kinesis, "orders", 2)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 60)
+    ids = produce(kinesis, "orders", 60)
     dead = AsyncMemoryDeadLetters()
     sink = transactional_sink(LedgerMode.PER_RECORD, handler_with(malformed_expression), dead)
     manager = LeaseManager(DynamoDBLeaseStore("leases"), LEASES, "async")
-    worker = AsyncWorker(*clients, "orders", sink, manager, CONFIG)
+    worker = AsyncWorker(*async_clients, "orders", sink, manager, CONFIG)
     task = asyncio.create_task(worker.run())
     try:
         for _ in range(600):
@@ -201,7 +189,7 @@ def test_the_lambda_handler_dead_letters_an_invalid_write_on_its_first_delivery(
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 50)
+    ids = produce(kinesis, "orders", 50)
     dead = MemoryDeadLetters()
     handler = KinesisHandler(
         handler_with(key_of_the_wrong_type),
@@ -222,12 +210,12 @@ def test_the_lambda_handler_dead_letters_an_invalid_write_on_its_first_delivery(
 
 @pytest.mark.asyncio
 async def test_the_async_lambda_handler_dead_letters_an_invalid_write(
-    moto_server_reset: Any, clients: tuple[Any, Any]
+    moto_server_reset: Any, async_clients: tuple[Any, Any]
 ) -> None:
     kinesis, dynamodb = moto_server_reset.client("kinesis"), moto_server_reset.client("dynamodb")
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 30)
+    ids = produce(kinesis, "orders", 30)
     dead = AsyncMemoryDeadLetters()
     handler = AsyncKinesisHandler(
         handler_with(item_over_400_kb),
@@ -236,7 +224,7 @@ async def test_the_async_lambda_handler_dead_letters_an_invalid_write(
         ),
         dead_letters=dead,
         config=lambda_config(),
-        dynamodb=clients[1],
+        dynamodb=async_clients[1],
     )
     event = kinesis_event(read_stream(kinesis, "orders"), stream_arn("orders"))
 

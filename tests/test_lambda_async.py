@@ -21,6 +21,7 @@ from kinesis_eo.ledger import (
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import EffectContext, FailurePolicy, update
+from kinesis_eo.testing.effects import create_effects_table
 from kinesis_eo.testing.fakes import AsyncMemoryDeadLetters
 from kinesis_eo.testing.lambda_esm import FakeContext, StreamRecord, kinesis_event, stream_arn
 from lambda_handlers import AsyncKinesisHandler, LambdaConfig, Ordering
@@ -32,12 +33,7 @@ QUICK = RetryConfig(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.01)
 async def dynamodb(moto_server_reset: Any) -> AsyncIterator[Any]:
     sync = moto_server_reset.client("dynamodb")
     create_ledger_table(sync, "ledger")
-    sync.create_table(
-        TableName="effects",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_effects_table(sync, "effects")
     async with get_session().create_client(
         "dynamodb", **moto_server_reset.client_kwargs()
     ) as client:

@@ -13,11 +13,10 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-import boto3
 import pytest
 
 from kinesis_eo.aggregation import MAGIC, UserRecord, aggregate
-from kinesis_eo.deadletter import DeadLetterReason, SqsDeadLetterQueue, reassemble
+from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.envelope import wrap
 from kinesis_eo.errors import ConfigurationError, InvalidRecordError
 from kinesis_eo.ledger import (
@@ -27,10 +26,10 @@ from kinesis_eo.ledger import (
     LedgerMode,
     create_ledger_table,
 )
-from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import EffectContext, FailurePolicy, update
+from kinesis_eo.testing.effects import create_effects_table
 from kinesis_eo.testing.lambda_esm import (
     EsmConfig,
     EventSourceMapping,
@@ -48,6 +47,8 @@ from lambda_handlers import (
     Ordering,
     SinkKind,
 )
+from tests import helpers
+from tests.helpers import DeadLetterQueue
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=5, initial_backoff_s=0.001, max_backoff_s=0.01)
@@ -58,38 +59,8 @@ MODES = [LedgerMode.WATERMARK, LedgerMode.PER_RECORD]
 @pytest.fixture
 def tables(dynamodb: Any) -> Any:
     create_ledger_table(dynamodb, "ledger")
-    dynamodb.create_table(
-        TableName="effects",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_effects_table(dynamodb, "effects")
     return dynamodb
-
-
-class DeadLetterQueue:
-    """The SQS dead-letter target, read back whole."""
-
-    def __init__(self) -> None:
-        self.sqs = boto3.client("sqs", region_name="us-east-1")
-        self.url = self.sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
-        self.target = SqsDeadLetterQueue(self.sqs, self.url)
-        self._seen: list[Any] = []
-
-    def send(self, letters: Any) -> None:
-        self.target.send(letters)
-
-    @property
-    def letters(self) -> list[Any]:
-        messages: list[Any] = []
-        while batch := self.sqs.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, VisibilityTimeout=0
-        ).get("Messages"):
-            messages += batch
-            for message in batch:
-                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
-        self._seen += reassemble(messages)
-        return list(self._seen)
 
 
 def effect_id(record: Record) -> str:
@@ -107,11 +78,6 @@ def apply_once(record: Record, ctx: EffectContext) -> list[Any]:
             values={":one": 1, ":p": record.data.decode()},
         )
     ]
-
-
-def effects(dynamodb: Any) -> dict[str, int]:
-    items = dynamodb.scan(TableName="effects")["Items"]
-    return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
 
 
 def ledger(mode: LedgerMode, group: str = "billing") -> Ledger:
@@ -145,12 +111,9 @@ def built(count: int, shard: str = "shardId-000000000000", first: int = 1) -> li
 
 def produce(kinesis: Any, count: int, poison: frozenset[int] = frozenset()) -> list[str]:
     make_stream(kinesis, "orders", 2)
-    events = [
-        Event((b"POISON-%d" if i in poison else b"event-%d") % i, f"key-{i % 7}", f"e-{i:04d}")
-        for i in range(count)
-    ]
-    Producer(kinesis, "orders").put(events)
-    return [f"e-{i:04d}" for i in range(count)]
+    return helpers.produce(
+        kinesis, "orders", count, ids="e-{i:04d}", data="event-{i}", keys=7, poison=poison
+    )
 
 
 def failures(response: dict[str, Any]) -> list[str]:
@@ -175,7 +138,7 @@ def test_the_same_event_delivered_three_times_applies_each_effect_once(
         applied.append(len(handler.last_invocation.report.applied))
         duplicates.append(len(handler.last_invocation.report.duplicates))
 
-    assert effects(tables) == {f"e-{n}": 1 for n in range(1, 31)}
+    assert helpers.applied(tables) == {f"e-{n}": 1 for n in range(1, 31)}
     assert responses == [{"batchItemFailures": []}] * 3
     assert applied == [30, 0, 0]
     assert duplicates == [0, 30, 30]
@@ -205,7 +168,7 @@ def test_partial_retries_after_reported_failures_apply_each_effect_once(
     )
     invocations = esm.run()
 
-    assert effects(tables) == dict.fromkeys(ids, 1)
+    assert helpers.applied(tables) == dict.fromkeys(ids, 1)
     partial = [i for i in invocations if i.outcome is InvocationOutcome.PARTIAL_FAILURE]
     flaky_positions = {
         (r.shard_id, r.sequence_number) for r in stored if r.data.endswith(tuple(flaky_payloads))
@@ -245,7 +208,7 @@ def test_a_poison_record_is_reported_then_dead_lettered_with_its_payload_and_the
     assert letter.record.data == b"POISON-9"
     assert letter.record.event_id == "e-0009"
     assert letter.reason is DeadLetterReason.PROCESSING_FAILED
-    assert effects(tables) == {i: 1 for i in ids if i != "e-0009"}
+    assert helpers.applied(tables) == {i: 1 for i in ids if i != "e-0009"}
     # Delivered again (a replay of the whole stream), it is a duplicate, not a new letter.
     replay = EventSourceMapping(
         lambda_handler(tables, mode, dead_letters=dead), stored, stream="orders"
@@ -271,7 +234,7 @@ def test_a_record_whose_data_is_not_base64_is_dead_lettered_and_the_batch_goes_o
     assert letter.reason is DeadLetterReason.UNDECODABLE
     assert letter.record.data == b"not base64!"
     assert letter.record.sequence_number == "3"
-    assert effects(tables) == {"e-1": 1, "e-2": 1, "e-4": 1, "e-5": 1}
+    assert helpers.applied(tables) == {"e-1": 1, "e-2": 1, "e-4": 1, "e-5": 1}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -308,7 +271,7 @@ def test_a_corrupt_kpl_aggregate_is_dead_lettered_in_its_turn_and_once(
     (letter,) = dead.letters
     assert letter.reason is DeadLetterReason.UNDECODABLE
     assert letter.record.data == corrupt
-    assert effects(tables) == {"e-1": 1, "e-2": 1, "e-4": 1}
+    assert helpers.applied(tables) == {"e-1": 1, "e-2": 1, "e-4": 1}
 
 
 # --- deadline ----------------------------------------------------------------------------------
@@ -341,11 +304,11 @@ def test_a_context_with_little_remaining_time_stops_early_and_reports_the_rest(
     assert failures(response) == [str(n) for n in range(9, 21)]
     assert handler.last_invocation is not None
     assert handler.last_invocation.stopped_for_deadline
-    assert effects(tables) == {f"e-{n}": 1 for n in range(1, 9)}
+    assert helpers.applied(tables) == {f"e-{n}": 1 for n in range(1, 9)}
     # The ESM's next delivery starts at the first reported record, with a fresh deadline.
     rest = kinesis_event(records[8:], stream_arn("orders"))
     assert failures(handler(rest, FakeContext(timedelta(seconds=60), clock))) == []
-    assert effects(tables) == {f"e-{n}": 1 for n in range(1, 21)}
+    assert helpers.applied(tables) == {f"e-{n}": 1 for n in range(1, 21)}
 
 
 def test_an_invocation_that_starts_inside_the_margin_is_a_clear_error(tables: Any) -> None:
@@ -354,7 +317,7 @@ def test_an_invocation_that_starts_inside_the_margin_is_a_clear_error(tables: An
     with pytest.raises(ConfigurationError, match=r"deadline_margin .* Timeout"):
         handler(kinesis_event(built(2), stream_arn("orders")), FakeContext(timedelta(seconds=3)))
 
-    assert effects(tables) == {}
+    assert helpers.applied(tables) == {}
 
 
 # --- KPL aggregates ----------------------------------------------------------------------------
@@ -389,7 +352,7 @@ def test_a_kpl_aggregate_in_an_event_is_deaggregated_and_each_user_record_applie
     assert failures(again) == failures(third) == []
     assert handler.last_invocation is not None
     assert len(handler.last_invocation.report.duplicates) == 8
-    assert effects(tables) == {"p-1": 1, "p-3": 1, **{f"u-{i}": 1 for i in range(6)}}
+    assert helpers.applied(tables) == {"p-1": 1, "p-3": 1, **{f"u-{i}": 1 for i in range(6)}}
 
 
 # --- order by partition key, parallelization ---------------------------------------------------
@@ -497,7 +460,7 @@ def test_with_parallelization_factor_three_a_per_record_ledger_applies_each_effe
     )
     esm.run()
 
-    assert effects(tables) == {i: 1 for i in ids if i != "e-0040"}
+    assert helpers.applied(tables) == {i: 1 for i in ids if i != "e-0040"}
     assert [letter.record.event_id for letter in dead.letters] == ["e-0040"]
 
 
@@ -542,7 +505,7 @@ def test_a_malformed_event_is_a_clear_error(tables: Any, event: Any, says: str) 
         handler(event, FakeContext())
 
     assert isinstance(raised.value, InvalidRecordError)
-    assert effects(tables) == {}
+    assert helpers.applied(tables) == {}
 
 
 def test_an_empty_event_reports_nothing(tables: Any) -> None:

@@ -15,20 +15,11 @@ from kinesis_eo.flow import run_sync
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
 from kinesis_eo.retrieval import list_shards
 from kinesis_eo.status import FINISHED_REMOVED, shard_statuses
+from kinesis_eo.testing.effects import scan_table
 from kinesis_eo.worker import Worker
+from tests.helpers import applied, produce
 from tests.streams import new_stream, wait_active
-from tests.workers import (
-    CONFIG,
-    LEASES,
-    QUICK,
-    applied,
-    create_tables,
-    produce,
-    sink,
-    start,
-    stop,
-    wait_for,
-)
+from tests.workers import CONFIG, LEASES, QUICK, create_tables, sink, start, stop, wait_for
 
 pytestmark = pytest.mark.kinesis_mock
 
@@ -36,8 +27,7 @@ CLEANING = replace(CONFIG, leases=replace(LEASES, cleanup_interval_s=0.5))
 
 
 def lease_keys(dynamodb: Any) -> set[str]:
-    items = dynamodb.scan(TableName="leases", ConsistentRead=True)["Items"]
-    return {item["leaseKey"]["S"] for item in items}
+    return {item["leaseKey"]["S"] for item in scan_table(dynamodb, "leases")}
 
 
 def test_parents_leases_are_removed_after_a_split_and_a_merge_and_never_come_back(
@@ -60,7 +50,7 @@ def test_parents_leases_are_removed_after_a_split_and_a_merge_and_never_come_bac
     ]
     threads = start(workers)
     try:
-        ids = produce(kinesis, stream, 0, 100)
+        ids = produce(kinesis, stream, 100)
         wait_for(lambda: len(applied(dynamodb)) == 100, 30, "effects before the split")
         first, second = list_shards(kinesis, stream).shards
         middle = (first.hash_range.start + first.hash_range.end) // 2
@@ -68,7 +58,7 @@ def test_parents_leases_are_removed_after_a_split_and_a_merge_and_never_come_bac
             StreamName=stream, ShardToSplit=first.shard_id, NewStartingHashKey=str(middle + 1)
         )
         wait_active(kinesis, stream)
-        ids += produce(kinesis, stream, 100, 100)
+        ids += produce(kinesis, stream, 100, start=100)
         wait_for(lambda: len(applied(dynamodb)) == 200, 30, "effects after the split")
         lower, upper = sorted(
             (s for s in list_shards(kinesis, stream).shards if first.shard_id in s.parent_ids),
@@ -78,7 +68,7 @@ def test_parents_leases_are_removed_after_a_split_and_a_merge_and_never_come_bac
             StreamName=stream, ShardToMerge=upper.shard_id, AdjacentShardToMerge=second.shard_id
         )
         wait_active(kinesis, stream)
-        ids += produce(kinesis, stream, 200, 200)
+        ids += produce(kinesis, stream, 200, start=200)
         wait_for(lambda: len(applied(dynamodb)) == 400, 30, "effects after the merge")
         graph = list_shards(kinesis, stream)
         merged = next(s for s in graph.shards if len(s.parent_ids) == 2)

@@ -32,6 +32,7 @@ from kinesis_eo.ledger import (
 from kinesis_eo.ledger.model import Absent, Increment, LedgerConflict
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
+from kinesis_eo.testing.effects import create_effects_table, scan_table
 
 RETRY = RetryConfig(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.01)
 
@@ -120,8 +121,7 @@ class Backend:
     def sink_keys(self) -> set[str]:
         if self.client is None:
             return set(self.sink)
-        items = self.client.scan(TableName="sink")["Items"]
-        return {i["id"]["S"] for i in items} - {"lease"}
+        return {i["id"]["S"] for i in scan_table(self.client, "sink")} - {"lease"}
 
 
 @pytest.fixture(params=["memory", "dynamodb"])
@@ -131,12 +131,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         return
     dynamodb = request.getfixturevalue("dynamodb")
     create_ledger_table(dynamodb, "ledger")
-    dynamodb.create_table(
-        TableName="sink",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_effects_table(dynamodb, "sink")
     dynamodb.put_item(TableName="sink", Item={"id": {"S": "lease"}})
     yield Backend(DynamoDBLedgerStore("ledger", RETRY), dynamodb, {})
 

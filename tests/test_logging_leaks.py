@@ -12,7 +12,6 @@ import io
 import logging
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,14 +21,9 @@ from kinesis_eo.logs import configure_logging
 from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.testing.backends import MotoServer
+from tests.helpers import applied
 from tests.streams import make_stream
-from tests.test_cli_worker import (
-    REPO,
-    applied,
-    create_tables,
-    subprocess_env,
-    unique_names,
-)
+from tests.test_cli_worker import create_tables, start_run, subprocess_env, unique_names
 from tests.workers import wait_for
 
 SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLE-SECRET-session-token-9c1f3e7a2b6d4f80a1c2e3d4"
@@ -72,35 +66,17 @@ def worker_output(moto_server: MotoServer, tmp_path: Path) -> Iterator[RunWorker
         env = subprocess_env(names)
         env["AWS_SESSION_TOKEN"] = SESSION_TOKEN
         log_path = tmp_path / f"{names.app}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kinesis_eo.cli",
-                    "run",
-                    "--stream",
-                    names.stream,
-                    "--app",
-                    names.app,
-                    "--handler",
-                    "tests.handlers:count_effect",
-                    "--failover-seconds",
-                    "3",
-                    "--log-level",
-                    "DEBUG",
-                    *flags,
-                    "--endpoint-url",
-                    moto_server.endpoint_url,
-                    "--region",
-                    "us-east-1",
-                ],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        process = start_run(
+            moto_server,
+            names,
+            log_path,
+            "--failover-seconds",
+            "3",
+            "--log-level",
+            "DEBUG",
+            *flags,
+            env=env,
+        )
         processes.append(process)
 
         def running() -> bool:

@@ -48,8 +48,9 @@ from kinesis_eo.testing.faults import FaultInjector, NextCalls
 from kinesis_eo.testing.lambda_esm import EventSourceMapping, read_stream
 from kinesis_eo.worker import Worker
 from lambda_handlers import KinesisHandler, LambdaConfig, SinkKind
+from tests.helpers import applied, produce
 from tests.streams import make_stream
-from tests.workers import CONFIG, LEASES, QUICK, applied, create_tables, produce, wait_for
+from tests.workers import CONFIG, LEASES, QUICK, create_tables, wait_for
 
 POLICY = FailurePolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.01)
 BACKOFF = OutageBackoff(initial_s=0.01, max_s=0.05)
@@ -97,7 +98,7 @@ class Outage:
 def stream(kinesis: Any, dynamodb: Any) -> list[str]:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    return produce(kinesis, "orders", 0, 40)
+    return produce(kinesis, "orders", 40)
 
 
 def test_a_throttled_sink_table_pauses_the_shard_and_dead_letters_nothing(
@@ -273,7 +274,7 @@ def test_a_worker_whose_every_shard_loop_fails_is_unhealthy_naming_the_shard_and
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    produce(kinesis, "orders", 0, 5)
+    produce(kinesis, "orders", 5)
     # A ledger table keyed by a number: every commit is refused by DynamoDB.
     dynamodb.create_table(
         TableName="wrong-ledger",

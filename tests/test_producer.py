@@ -26,6 +26,7 @@ from kinesis_eo.producer import (
     prepare_records,
 )
 from kinesis_eo.retry import RetryConfig
+from kinesis_eo.testing import lambda_esm
 from kinesis_eo.testing.backends import MotoServer
 from kinesis_eo.testing.faults import (
     FaultInjector,
@@ -147,20 +148,7 @@ def make_stream(client: Any, name: str = STREAM, shards: int = 4) -> None:
 
 def read_stream(client: Any, name: str = STREAM) -> list[tuple[str, str, bytes]]:
     """(shard id, sequence number, data) of every record, shard after shard."""
-    found = []
-    for shard in client.list_shards(StreamName=name)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            found.extend(
-                (shard["ShardId"], r["SequenceNumber"], r["Data"]) for r in response["Records"]
-            )
-            if not response["Records"]:
-                break
-            iterator = response.get("NextShardIterator")
-    return found
+    return [(r.shard_id, r.sequence_number, r.data) for r in lambda_esm.read_stream(client, name)]
 
 
 def copies_by_id(client: Any, name: str = STREAM) -> dict[str | None, list[bytes]]:

@@ -46,6 +46,7 @@ from kinesis_eo.sinks import (
     idempotency_key,
     update,
 )
+from kinesis_eo.testing.effects import create_effects_table, scan_table
 from tests.conftest import REGION
 from tests.handlers import EFFECTS_TABLE_ENV
 
@@ -75,12 +76,7 @@ def app(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> str:
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     create_ledger_table(dynamodb, f"{name}-ledger")
     create_dead_letter_table(dynamodb, f"{name}-letters")
-    dynamodb.create_table(
-        TableName=f"{name}-effects",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_effects_table(dynamodb, f"{name}-effects")
     boto3.client("sqs", region_name=REGION).create_queue(QueueName=f"{name}-letters")
     monkeypatch.setenv(EFFECTS_TABLE_ENV, f"{name}-effects")
     return name
@@ -99,8 +95,7 @@ def letter(app: str, event_id: str, sequence: int, data: bytes = b"{}") -> DeadL
 
 
 def effects(app: str) -> dict[str, tuple[int, str]]:
-    dynamodb = boto3.client("dynamodb", region_name=REGION)
-    items = dynamodb.scan(TableName=f"{app}-effects")["Items"]
+    items = scan_table(boto3.client("dynamodb", region_name=REGION), f"{app}-effects")
     return {i["id"]["S"]: (int(i["applied"]["N"]), i["sha"]["S"]) for i in items}
 
 

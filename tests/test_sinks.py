@@ -23,7 +23,6 @@ from kinesis_eo.ledger import (
     MarkStatus,
     MemoryLedgerStore,
 )
-from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
 from kinesis_eo.retry import RetryConfig
@@ -35,6 +34,7 @@ from kinesis_eo.sinks import (
     PoisonRecordError,
 )
 from kinesis_eo.testing.fakes import MemoryDeadLetters
+from tests import helpers
 from tests.streams import make_stream
 
 QUICK = RetryConfig(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.005)
@@ -53,9 +53,7 @@ class ProcessDied(BaseException):
 
 def produce(kinesis: Any, count: int) -> list[str]:
     make_stream(kinesis, "mail", 1)
-    events = [Event(b"message-%d" % i, "pk", f"m-{i}") for i in range(count)]
-    Producer(kinesis, "mail").put(events)
-    return [f"m-{i}" for i in range(count)]
+    return helpers.produce(kinesis, "mail", count, ids="m-{i}", data="message-{i}", keys=1)
 
 
 class Clock:

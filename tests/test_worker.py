@@ -13,15 +13,14 @@ import pytest
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.records import Record
 from kinesis_eo.sinks import EffectContext
+from tests.helpers import applied, produce
 from tests.streams import make_stream
 from tests.workers import (
     LEASES,
     SCHEDULING_SLACK_S,
-    applied,
     create_tables,
     effect,
     lease_owners,
-    produce,
     sink,
     start,
     stop,
@@ -35,7 +34,7 @@ def test_three_workers_settle_to_3_3_2_and_a_killed_ones_shards_move_within_fail
 ) -> None:
     make_stream(kinesis, "orders", 8)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 400)
+    ids = produce(kinesis, "orders", 400)
     workers = [worker(kinesis, dynamodb, "orders", f"w{i}") for i in range(3)]
     threads = start(workers)
     try:
@@ -52,7 +51,7 @@ def test_three_workers_settle_to_3_3_2_and_a_killed_ones_shards_move_within_fail
             timeout=20,
             what="the dead worker's leases to move",
         )
-        ids += produce(kinesis, "orders", 400, 200)
+        ids += produce(kinesis, "orders", 200, start=400)
         wait_for(lambda: len(applied(dynamodb)) == 600, timeout=30, what="all 600 effects")
     finally:
         stop(workers, threads)
@@ -67,7 +66,7 @@ def test_a_worker_paused_past_its_lease_cannot_commit_when_it_resumes(
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 50)
+    ids = produce(kinesis, "orders", 50)
     in_handler = threading.Event()
     release_handler = threading.Event()
 
@@ -103,7 +102,7 @@ def test_stopping_hands_the_leases_over_at_once_with_no_gap_and_no_duplicate(
 ) -> None:
     make_stream(kinesis, "orders", 4)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 200)
+    ids = produce(kinesis, "orders", 200)
     leaving = worker(kinesis, dynamodb, "orders", "leaving")
     threads = start([leaving])
     wait_for(lambda: len(applied(dynamodb)) == 200, timeout=30, what="the first effects")
@@ -117,7 +116,7 @@ def test_stopping_hands_the_leases_over_at_once_with_no_gap_and_no_duplicate(
             timeout=10,
             what="the leases to reach the staying worker",
         )
-        ids += produce(kinesis, "orders", 200, 100)
+        ids += produce(kinesis, "orders", 100, start=200)
         wait_for(lambda: len(applied(dynamodb)) == 300, timeout=30, what="all effects")
     finally:
         stop([leaving, staying], threads)
@@ -133,7 +132,7 @@ def test_a_shard_loop_that_fails_gives_its_lease_up_instead_of_holding_it_idle(
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    produce(kinesis, "orders", 0, 5)
+    produce(kinesis, "orders", 5)
 
     def always_fails(record: Record, ctx: EffectContext) -> list[Any]:
         raise RuntimeError("broken handler")
@@ -157,7 +156,7 @@ def test_the_coordinator_keeps_a_health_file_with_its_leases_and_counters(
 ) -> None:
     make_stream(kinesis, "orders", 2)
     create_tables(dynamodb)
-    produce(kinesis, "orders", 0, 20)
+    produce(kinesis, "orders", 20)
     health = tmp_path / "health.json"
     healthy = worker(kinesis, dynamodb, "orders", "healthy")
     healthy.config = replace(healthy.config, health_file=str(health))
@@ -183,7 +182,7 @@ def test_a_health_file_in_a_missing_folder_gets_the_folder_made(
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    produce(kinesis, "orders", 0, 3)
+    produce(kinesis, "orders", 3)
     health = tmp_path / "var" / "run" / "kinesis-eo" / "health.json"
     fresh = worker(kinesis, dynamodb, "orders", "fresh")
     fresh.config = replace(fresh.config, health_file=str(health))

@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from aiobotocore.session import get_session
 
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
 from kinesis_eo.records import Record
 from kinesis_eo.sinks import EffectContext
 from kinesis_eo.worker import AsyncWorker
+from tests.helpers import applied, produce
 from tests.streams import make_stream
 from tests.workers import (
     CONFIG,
     LEASES,
     SCHEDULING_SLACK_S,
-    applied,
     create_tables,
     effect,
     lease_owners,
-    produce,
     sink,
 )
-
-
-@pytest_asyncio.fixture
-async def clients(moto_server_reset: Any) -> AsyncIterator[tuple[Any, Any]]:
-    session = get_session()
-    kwargs = moto_server_reset.client_kwargs()
-    async with (
-        session.create_client("kinesis", **kwargs) as kinesis,
-        session.create_client("dynamodb", **kwargs) as dynamodb,
-    ):
-        yield kinesis, dynamodb
 
 
 async def wait_for(condition: Any, limit_s: float, what: str) -> float:
@@ -49,20 +34,20 @@ async def wait_for(condition: Any, limit_s: float, what: str) -> float:
     return loop.time() - started
 
 
-def async_worker(clients: tuple[Any, Any], name: str, handler: Any = effect) -> AsyncWorker:
-    kinesis, dynamodb = clients
+def async_worker(async_clients: tuple[Any, Any], name: str, handler: Any = effect) -> AsyncWorker:
+    kinesis, dynamodb = async_clients
     manager = LeaseManager(DynamoDBLeaseStore("leases"), LEASES, name)
     return AsyncWorker(kinesis, dynamodb, "orders", sink(handler), manager, CONFIG)
 
 
 @pytest.mark.asyncio
 async def test_async_workers_balance_fail_over_and_fence_a_paused_one(
-    moto_server_reset: Any, clients: tuple[Any, Any]
+    moto_server_reset: Any, async_clients: tuple[Any, Any]
 ) -> None:
     kinesis, dynamodb = moto_server_reset.client("kinesis"), moto_server_reset.client("dynamodb")
     make_stream(kinesis, "orders", 4)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 200)
+    ids = produce(kinesis, "orders", 200)
     armed, gate, blocked = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def gated_effect(record: Record, ctx: EffectContext) -> list[Any]:
@@ -71,14 +56,14 @@ async def test_async_workers_balance_fail_over_and_fence_a_paused_one(
             await gate.wait()  # the zombie holds its batch while it is "stopped"
         return effect(record, ctx)
 
-    zombie = async_worker(clients, "zombie", gated_effect)
-    other = async_worker(clients, "other")
+    zombie = async_worker(async_clients, "zombie", gated_effect)
+    other = async_worker(async_clients, "other")
     tasks = [asyncio.create_task(w.run()) for w in (zombie, other)]
     try:
         await wait_for(lambda: sorted(lease_owners(dynamodb).values()) == [2, 2], 20, "a 2/2 split")
         await wait_for(lambda: len(applied(dynamodb)) == 200, 30, "the first effects")
         armed.set()
-        ids += produce(kinesis, "orders", 200, 100)
+        ids += produce(kinesis, "orders", 100, start=200)
         await asyncio.wait_for(blocked.wait(), 20)
         zombie.pause()
         moved = await wait_for(

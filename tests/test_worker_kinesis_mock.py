@@ -18,20 +18,9 @@ from kinesis_eo.records import Record
 from kinesis_eo.retrieval import list_shards
 from kinesis_eo.sinks import EffectContext
 from kinesis_eo.worker import AsyncWorker
+from tests.helpers import applied, produce
 from tests.streams import new_stream, wait_active
-from tests.workers import (
-    CONFIG,
-    LEASES,
-    applied,
-    create_tables,
-    effect,
-    produce,
-    sink,
-    start,
-    stop,
-    wait_for,
-    worker,
-)
+from tests.workers import CONFIG, LEASES, create_tables, effect, sink, start, stop, wait_for, worker
 
 pytestmark = pytest.mark.kinesis_mock
 
@@ -56,7 +45,7 @@ def test_a_split_and_a_merge_mid_run_apply_every_effect_once_parents_first(
     ]
     threads = start(workers)
     try:
-        ids = produce(kinesis, stream, 0, 200)
+        ids = produce(kinesis, stream, 200)
         wait_for(lambda: len(applied(dynamodb)) == 200, 30, "effects before the split")
         first, second = list_shards(kinesis, stream).shards
         middle = (first.hash_range.start + first.hash_range.end) // 2
@@ -64,7 +53,7 @@ def test_a_split_and_a_merge_mid_run_apply_every_effect_once_parents_first(
             StreamName=stream, ShardToSplit=first.shard_id, NewStartingHashKey=str(middle + 1)
         )
         wait_active(kinesis, stream)
-        ids += produce(kinesis, stream, 200, 200)
+        ids += produce(kinesis, stream, 200, start=200)
         wait_for(lambda: len(applied(dynamodb)) == 400, 30, "effects after the split")
         upper = next(
             s
@@ -75,7 +64,7 @@ def test_a_split_and_a_merge_mid_run_apply_every_effect_once_parents_first(
             StreamName=stream, ShardToMerge=upper.shard_id, AdjacentShardToMerge=second.shard_id
         )
         wait_active(kinesis, stream)
-        ids += produce(kinesis, stream, 400, 200)
+        ids += produce(kinesis, stream, 200, start=400)
         wait_for(lambda: len(applied(dynamodb)) == 600, 40, "effects after the merge")
     finally:
         stop(workers, threads)
@@ -123,14 +112,14 @@ async def test_async_workers_follow_a_split_to_the_children_with_every_effect_on
         ]
         tasks = [asyncio.create_task(w.run()) for w in workers]
         try:
-            ids = produce(kinesis, stream, 0, 100)
+            ids = produce(kinesis, stream, 100)
             (parent,) = list_shards(kinesis, stream).shards
             middle = (parent.hash_range.start + parent.hash_range.end) // 2
             kinesis.split_shard(
                 StreamName=stream, ShardToSplit=parent.shard_id, NewStartingHashKey=str(middle)
             )
             wait_active(kinesis, stream)
-            ids += produce(kinesis, stream, 100, 200)
+            ids += produce(kinesis, stream, 200, start=100)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 40
             while len(applied(dynamodb)) < 300:

@@ -10,23 +10,19 @@ import asyncio
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from aiobotocore.session import get_session
 
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
 from kinesis_eo.worker import AsyncWorker
+from tests.helpers import applied, produce
 from tests.streams import make_stream
 from tests.workers import (
     CONFIG,
     LEASES,
-    applied,
     create_tables,
     lease_owners,
-    produce,
     sink,
     start,
     stop,
@@ -58,7 +54,7 @@ def test_sigterm_hands_the_leases_over_with_no_gap_and_no_duplicate(
 ) -> None:
     make_stream(kinesis, "orders", 4)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 200)
+    ids = produce(kinesis, "orders", 200)
     leaving = worker(kinesis, dynamodb, "orders", "leaving")
     sigterm_when(lambda: len(applied(dynamodb)) == 200, "the first effects")
 
@@ -69,7 +65,7 @@ def test_sigterm_hands_the_leases_over_with_no_gap_and_no_duplicate(
     threads = start([staying])
     try:
         took = wait_for(lambda: lease_owners(dynamodb) == {"staying": 4}, 10, "the hand-over")
-        ids += produce(kinesis, "orders", 200, 100)
+        ids += produce(kinesis, "orders", 100, start=200)
         wait_for(lambda: len(applied(dynamodb)) == 300, 30, "every effect")
     finally:
         stop([staying], threads)
@@ -79,17 +75,6 @@ def test_sigterm_hands_the_leases_over_with_no_gap_and_no_duplicate(
     assert staying.metrics.duplicates == 0  # the checkpoints were exact: nothing read twice
 
 
-@pytest_asyncio.fixture
-async def async_clients(moto_server_reset: Any) -> AsyncIterator[tuple[Any, Any]]:
-    session = get_session()
-    kwargs = moto_server_reset.client_kwargs()
-    async with (
-        session.create_client("kinesis", **kwargs) as kinesis,
-        session.create_client("dynamodb", **kwargs) as dynamodb,
-    ):
-        yield kinesis, dynamodb
-
-
 @pytest.mark.asyncio
 async def test_sigterm_stops_the_asyncio_worker_and_releases_its_leases(
     moto_server_reset: Any, async_clients: tuple[Any, Any]
@@ -97,7 +82,7 @@ async def test_sigterm_stops_the_asyncio_worker_and_releases_its_leases(
     kinesis, dynamodb = moto_server_reset.client("kinesis"), moto_server_reset.client("dynamodb")
     make_stream(kinesis, "orders", 3)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 150)
+    ids = produce(kinesis, "orders", 150)
     manager = LeaseManager(DynamoDBLeaseStore("leases"), LEASES, "async-leaving")
     leaving = AsyncWorker(*async_clients, "orders", sink(), manager, CONFIG)
     sigterm_when(lambda: len(applied(dynamodb)) == 150, "the first effects")

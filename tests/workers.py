@@ -1,4 +1,4 @@
-"""Helpers for the worker tests: a stream, the tables, a counting sink, and waiting."""
+"""Helpers for the worker tests: the tables, a counting sink, workers in threads, and waiting."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from kinesis_eo.ledger import (
     LedgerMode,
     create_ledger_table,
 )
-from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import EffectContext, FailurePolicy, TransactionalSink, update
+from kinesis_eo.testing.effects import create_effects_table, scan_table
 from kinesis_eo.worker import Worker, WorkerConfig
 
 QUICK = RetryConfig(max_attempts=6, initial_backoff_s=0.005, max_backoff_s=0.05)
@@ -44,18 +44,7 @@ CONFIG = WorkerConfig(
 def create_tables(dynamodb: Any) -> None:
     create_lease_table(dynamodb, "leases")
     create_ledger_table(dynamodb, "ledger")
-    dynamodb.create_table(
-        TableName="effects",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-
-
-def produce(kinesis: Any, stream: str, start: int, count: int) -> list[str]:
-    ids = [f"e-{i:05d}" for i in range(start, start + count)]
-    Producer(kinesis, stream).put(Event(i.encode(), f"k-{i}", i) for i in ids)
-    return ids
+    create_effects_table(dynamodb, "effects")
 
 
 def effect(record: Record, ctx: EffectContext) -> list[Any]:
@@ -92,21 +81,11 @@ def stop(workers: list[Worker], threads: list[threading.Thread]) -> None:
 
 
 def lease_owners(dynamodb: Any) -> Counter[str | None]:
-    items = dynamodb.scan(TableName="leases", ConsistentRead=True)["Items"]
     return Counter(
-        i.get("leaseOwner", {}).get("S") for i in items if i["checkpoint"]["S"] != "SHARD_END"
+        i.get("leaseOwner", {}).get("S")
+        for i in scan_table(dynamodb, "leases")
+        if i["checkpoint"]["S"] != "SHARD_END"
     )
-
-
-def applied(dynamodb: Any) -> dict[str, int]:
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": "effects"}
-    while True:
-        page = dynamodb.scan(**params)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return {i["id"]["S"]: int(i["applied"]["N"]) for i in items}
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -3,7 +3,8 @@
 Two emulators, because neither covers the whole of what kinesis_eo depends on
 (see "Test back-ends" in docs/design.md):
 
-- :class:`MotoServer`: moto's HTTP server in a thread of this process. DynamoDB
+- :class:`MotoServer`: moto's HTTP server in a thread of this process (or in a
+  child process, for a benchmark that times client and emulator apart). DynamoDB
   conditions and transactions, and the only way to give aiobotocore a moto.
 - :class:`KinesisMock`: the kinesis-mock emulator (npm ``kinesis-local``) in a
   child process. Real 56-digit sequence numbers, resharding that closes the
@@ -24,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -423,16 +425,29 @@ def serialize_moto_requests() -> None:
 
 
 class MotoServer:
-    """moto's HTTP server in a daemon thread of this process, on a free 127.0.0.1 port.
+    """moto's HTTP server on a free (or the given) 127.0.0.1 port.
 
-    It shares its state with in-process ``mock_aws()``: a ``mock_aws`` that
-    starts or stops resets this server's data too. :meth:`reset` empties every
-    service.
+    By default it runs in a daemon thread of this process and shares its state
+    with in-process ``mock_aws()``: a ``mock_aws`` that starts or stops resets
+    this server's data too. With ``process=True`` it runs in a child process
+    instead, whose CPU time is its own (a benchmark can tell the emulator's
+    work from the client's) and whose state nothing in this process touches.
+    ``undo_log_transactions`` serves TransactWriteItems with
+    :mod:`kinesis_eo.testing.moto_transactions` (installed in this process
+    while a threaded server runs, in the child's otherwise); it raises
+    RuntimeError, naming the moto version, if that moto is not the verified one.
+    :meth:`reset` empties every service.
     """
 
-    def __init__(self, *, port: int = 0) -> None:
+    def __init__(
+        self, *, port: int = 0, process: bool = False, undo_log_transactions: bool = False
+    ) -> None:
         self._requested_port = port
+        self._in_process = process
+        self._undo_log = undo_log_transactions
+        self._uninstall_on_stop = False
         self._server: Any = None
+        self._child: subprocess.Popen[str] | None = None
         self._port: int | None = None
         self._clients = _ClientFactory()
 
@@ -445,6 +460,13 @@ class MotoServer:
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process that serves (the child with ``process=True``); None if not started."""
+        if self._child is not None:
+            return self._child.pid
+        return os.getpid() if self._server is not None else None
 
     def client(self, service: str, **kwargs: Any) -> Any:
         """A boto3 client for ``service``; ``kwargs`` go to ``Session.client``."""
@@ -461,10 +483,23 @@ class MotoServer:
             response.read()
 
     def start(self) -> Self:
-        if self._server is not None:
+        if self._server is not None or self._child is not None:
             raise RuntimeError("MotoServer is already started")
+        if self._in_process:
+            self._start_child()
+        else:
+            self._start_thread()
+        return self
+
+    def _start_thread(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        if self._undo_log:
+            from kinesis_eo.testing import moto_transactions
+
+            # Only a patch this server installed is its to remove.
+            self._uninstall_on_stop = not moto_transactions.installed()
+            moto_transactions.install()
         serialize_moto_requests()
 
         # werkzeug logs every request at INFO, to stderr if logging is not set
@@ -479,12 +514,49 @@ class MotoServer:
         self._server = server
         _host, port = server.get_host_and_port()
         self._port = int(port)
-        return self
+
+    def _start_child(self) -> None:
+        command = [
+            sys.executable,
+            "-c",
+            _MOTO_CHILD,
+            str(self._requested_port),
+            "undo-log" if self._undo_log else "stock",
+        ]
+        # The child imports this package from where this process found it.
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        self._child = child
+        assert child.stdout is not None
+        # The child prints its port once serving, or exits (an empty line).
+        line = child.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise ConfigurationError(
+                f"the moto server process did not start (it said {line.strip()!r}; "
+                "its error, if any, is on standard error above)"
+            )
+        self._port = int(line.split()[1])
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+        child, self._child = self._child, None
+        if child is not None:
+            _stop_child(child)
+        if self._uninstall_on_stop:
+            from kinesis_eo.testing import moto_transactions
+
+            moto_transactions.uninstall()
+            self._uninstall_on_stop = False
         self._port = None
 
     def __enter__(self) -> Self:
@@ -497,3 +569,27 @@ class MotoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# What a MotoServer(process=True) child runs: a threaded server, its port on
+# standard output, then serving until the parent closes standard input (or dies).
+_MOTO_CHILD = """
+import sys
+from kinesis_eo.testing.backends import MotoServer
+port, transactions = int(sys.argv[1]), sys.argv[2]
+with MotoServer(port=port, undo_log_transactions=transactions == "undo-log") as server:
+    print(f"PORT {server.port}", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _stop_child(child: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    if child.stdin is not None:
+        child.stdin.close()
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
