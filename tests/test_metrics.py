@@ -6,6 +6,8 @@ import io
 import json
 import math
 import random
+import re
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -530,3 +532,16 @@ def test_build_metrics_refuses_bad_settings_in_one_sentence(
     settings: dict[str, Any] = {"namespace": "KinesisEO", "app": "orders", **kwargs}
     with pytest.raises(ConfigurationError, match=message):
         build_metrics(kind, **settings)
+
+
+def test_the_overhead_bench_runs_and_reports_each_case() -> None:
+    # The figures are not asserted (a shared machine's timings vary); the script must keep working.
+    script = Path(__file__).resolve().parents[1] / "bench" / "metrics_overhead.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--batch", "10", "--batches", "20"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for label in ("NullMetrics, per batch", "Recorder, per batch", "EmfBackend, per batch"):
+        assert re.search(rf"{label}\s+\d+\.\d+ µs/record", out), out
