@@ -375,6 +375,14 @@ def test_more_than_30_dimensions_is_a_configuration_error_naming_the_metric() ->
         backend.flush()
 
 
+def test_a_counter_and_a_timing_of_one_name_is_a_configuration_error() -> None:
+    backend = emf_backend(io.StringIO())
+    backend.count("same", 1, shard="s")
+    backend.timing("same", 0.1, shard="s")
+    with pytest.raises(ConfigurationError, match="metric same clashes"):
+        backend.flush()
+
+
 @pytest.mark.parametrize("namespace", ["", "AWS/Kinesis", "x" * 256, "caf\u00e9"])
 def test_a_namespace_cloudwatch_refuses_is_a_configuration_error(namespace: str) -> None:
     with pytest.raises(ConfigurationError, match="namespace"):
@@ -491,6 +499,15 @@ def test_prometheus_timings_are_histograms_in_seconds(prometheus: MetricsBackend
     assert prefix + '"1.0",shard="s"} 4.0' in lines
     assert prefix + '"+Inf",shard="s"} 4.0' in lines
     assert 'kinesis_eo_commit_latency_seconds_count{app="orders",shard="s"} 4.0' in lines
+
+
+def test_a_dimension_that_is_no_prometheus_label_name_is_made_one(
+    prometheus: MetricsBackend,
+) -> None:
+    prometheus.count("custom", 2, **{"event-source": "orders"})
+    assert 'kinesis_eo_custom_total{app="orders",event_source="orders"} 2.0' in set(
+        scrape(prometheus).splitlines()
+    )
 
 
 def test_prometheus_without_its_package_is_one_sentence_naming_the_extra(

@@ -142,7 +142,7 @@ def emf_documents(
     documents: list[dict[str, Any]] = []
     groups = _entries_by_dimensions(snapshot, max_timing_values)
     for dimensions in sorted(groups):
-        entries = sorted(groups[dimensions])
+        entries = sorted(groups[dimensions], key=lambda entry: entry[0])
         for name, _, _ in entries:
             _check_dimensions(name, dimensions)
         rounds = max(len(values) for _, _, values in entries)

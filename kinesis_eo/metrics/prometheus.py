@@ -73,6 +73,15 @@ def _label_names(members: list[tuple[Series, Any]]) -> list[str]:
     return sorted({key for series, _ in members for key, _ in series.dimensions})
 
 
+def _label_values(series: Series, names: list[str]) -> list[str]:
+    labels = series.labels
+    return [labels.get(name, "") for name in names]
+
+
+def _valid_labels(names: list[str]) -> list[str]:
+    return [_INVALID_NAME_CHARACTERS.sub("_", name) for name in names]
+
+
 class RecorderCollector:
     """A ``prometheus_client`` collector that reads a recorder's snapshot at each scrape."""
 
@@ -95,24 +104,26 @@ class RecorderCollector:
         for name, members in _by_name(snapshot.counters).items():
             labels = _label_names(members)
             doc = spec_for(name, MetricKind.COUNTER).description
-            counter = CounterMetricFamily(self._name(name), doc, labels=labels)
+            counter = CounterMetricFamily(self._name(name), doc, labels=_valid_labels(labels))
             for series, value in members:
-                counter.add_metric([series.labels.get(k, "") for k in labels], value)
+                counter.add_metric(_label_values(series, labels), value)
             yield counter
         for name, members in _by_name(snapshot.gauges).items():
             labels = _label_names(members)
             doc = spec_for(name, MetricKind.GAUGE).description
-            gauge = GaugeMetricFamily(self._name(name), doc, labels=labels)
+            gauge = GaugeMetricFamily(self._name(name), doc, labels=_valid_labels(labels))
             for series, value in members:
-                gauge.add_metric([series.labels.get(k, "") for k in labels], value)
+                gauge.add_metric(_label_values(series, labels), value)
             yield gauge
         for name, members in _by_name(snapshot.timings).items():
             labels = _label_names(members)
             doc = spec_for(name, MetricKind.TIMING).description
-            histogram = HistogramMetricFamily(self._name(name) + "_seconds", doc, labels=labels)
+            histogram = HistogramMetricFamily(
+                self._name(name) + "_seconds", doc, labels=_valid_labels(labels)
+            )
             for series, stats in members:
                 histogram.add_metric(
-                    [series.labels.get(k, "") for k in labels],
+                    _label_values(series, labels),
                     _histogram_buckets(stats),
                     sum_value=stats.total,
                 )
