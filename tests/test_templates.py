@@ -48,7 +48,8 @@ from kinesis_eo.producer import Event, Producer
 from kinesis_eo.testing.backends import MotoServer
 from kinesis_eo.testing.lambda_esm import EsmConfig, EventSourceMapping, read_stream
 from tests.handlers import EFFECTS_TABLE_ENV
-from tests.workers import produce, wait_for
+from tests.helpers import produce
+from tests.workers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -231,7 +232,7 @@ def test_the_task_definitions_command_consumes_the_stacks_stream_exactly_once(
     kinesis = moto_server.client("kinesis")
     stream = outputs["StreamName"]
     first = [start_task(n) for n in range(service["desiredCount"])]
-    ids = produce(kinesis, stream, 0, 120)
+    ids = produce(kinesis, stream, 120)
     wait_for(
         lambda: running(first) and len(applied(moto_server, effects)) == 120,
         timeout=60,
@@ -248,7 +249,7 @@ def test_the_task_definitions_command_consumes_the_stacks_stream_exactly_once(
     # A task started later (a deployment, a replaced task) resumes from the checkpoints.
     later_task = start_task(len(first))
     later, _, later_log = later_task
-    ids += produce(kinesis, stream, 120, 30)
+    ids += produce(kinesis, stream, 30, start=120)
     wait_for(
         lambda: running([later_task]) and len(applied(moto_server, effects)) == 150,
         timeout=60,
