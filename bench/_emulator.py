@@ -6,7 +6,7 @@ As a script (the bench starts it, nobody needs to)::
 
 it starts :class:`kinesis_eo.testing.backends.MotoServer` on a free 127.0.0.1
 port, with the undo-log ``TransactWriteItems``
-(:mod:`kinesis_eo.testing.moto_transactions`) installed unless ``--stock``,
+(:mod:`kinesis_eo.harness.moto_transactions`) installed unless ``--stock``,
 prints ``PORT <n> <description>`` and serves until its standard input closes.
 
 :class:`Emulator` is the parent's handle: it starts the child, makes boto3
@@ -31,7 +31,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def serve(stock: bool) -> None:
     import moto
 
-    from kinesis_eo.testing import moto_transactions
+    from kinesis_eo.harness import moto_transactions
     from kinesis_eo.testing.backends import MotoServer
 
     description = f"moto {moto.__version__} server"

@@ -96,7 +96,7 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from kinesis_eo import demo
+    from kinesis_eo.harness import demo
 
     options = {
         name: getattr(args, name)
@@ -580,7 +580,7 @@ def _add_chaos(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
-    from kinesis_eo.testing.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
+    from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
 
     config = ChaosConfig(
         events=args.events,
