@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +41,7 @@ from kinesis_eo.harness.chaos_faults import (
     invalid_write_kind,
     outage_letters,
 )
+from kinesis_eo.harness.chaos_fleet import Fleet, Resharder
 from kinesis_eo.harness.chaos_worker import WorkerSpec
 from kinesis_eo.harness.scenario import (
     EventPlan,
@@ -58,7 +55,6 @@ from kinesis_eo.harness.scenario import (
 from kinesis_eo.leases import create_lease_table
 from kinesis_eo.ledger import create_ledger_table
 from kinesis_eo.producer import Event, Producer, ProducerConfig
-from kinesis_eo.retrieval import list_shards
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.testing.backends import KinesisMock, MotoServer
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
@@ -196,127 +192,6 @@ class ChaosReport:
         return json.dumps({**asdict(self), "ok": self.ok}, indent=2, sort_keys=True)
 
 
-class _Fleet:
-    """The worker processes: start, kill, stop, continue, restart; and their stats files."""
-
-    def __init__(self, base: WorkerSpec, count: int, directory: Path, rng: random.Random) -> None:
-        self.base = base
-        self.directory = directory
-        self.rng = rng
-        self.processes: dict[int, subprocess.Popen[bytes]] = {}
-        self.incarnations: dict[int, int] = {}
-        self.stopped: dict[int, float] = {}
-        self.kills = 0
-        self.stats_files: list[Path] = []
-        self.logs: list[Path] = []
-        for slot in range(count):
-            self.start(slot)
-
-    def start(self, slot: int) -> None:
-        incarnation = self.incarnations.get(slot, -1) + 1
-        self.incarnations[slot] = incarnation
-        stats = self.directory / f"stats-{slot}-{incarnation}.json"
-        log = self.directory / f"worker-{slot}-{incarnation}.log"
-        self.stats_files.append(stats)
-        self.logs.append(log)
-        spec = WorkerSpec(
-            **{
-                **asdict(self.base),
-                "worker_id": f"worker-{slot}.{incarnation}",
-                "stats_file": str(stats),
-                "seed": self.base.seed * 1000 + slot * 100 + incarnation,
-            }
-        )
-        env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "*"}
-        with open(log, "wb") as output:
-            self.processes[slot] = subprocess.Popen(
-                [sys.executable, "-m", "kinesis_eo.harness.chaos_worker", spec.to_json()],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def restart_dead(self) -> None:
-        for slot, process in list(self.processes.items()):
-            code = process.poll()
-            if code is None:
-                continue
-            if code == -signal.SIGKILL:
-                self.kills += 1
-            self.start(slot)
-
-    def kill_one(self) -> None:
-        slot = self.rng.choice(sorted(self.processes))
-        process = self.processes[slot]
-        if process.poll() is None:
-            self.stopped.pop(slot, None)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        # restart_dead counts it and starts the next incarnation
-
-    def stop_one(self, now: float, pause_s: float) -> bool:
-        running = [
-            s for s, p in self.processes.items() if p.poll() is None and s not in self.stopped
-        ]
-        if len(running) < 2:
-            return False  # someone must be left to take the leases over
-        slot = self.rng.choice(running)
-        self.processes[slot].send_signal(signal.SIGSTOP)
-        self.stopped[slot] = now + pause_s
-        return True
-
-    def notice_self_stopped(self, now: float, pause_s: float) -> int:
-        """Workers that stopped themselves: schedule their SIGCONT; how many were new."""
-        found = 0
-        for slot, process in self.processes.items():
-            if slot not in self.stopped and process.poll() is None and _is_stopped(process.pid):
-                self.stopped[slot] = now + pause_s
-                found += 1
-        return found
-
-    def continue_due(self, now: float) -> None:
-        for slot, until in list(self.stopped.items()):
-            if now >= until:
-                with contextlib.suppress(ProcessLookupError):
-                    self.processes[slot].send_signal(signal.SIGCONT)
-                del self.stopped[slot]
-
-    def shut_down(self, timeout_s: float = 30.0) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGCONT)
-                    process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for process in self.processes.values():
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                process.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def totals(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for path in self.stats_files:
-            try:
-                stats = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # killed before its first report
-            for section in ("metrics", "injected"):
-                for name, value in stats[section].items():
-                    totals[name] = totals.get(name, 0) + int(value)
-        return totals
-
-
-def _is_stopped(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
-
-
 @dataclass
 class _Planned:
     """What the run's events were made to do: poison ones fail, invalid ones are refused."""
@@ -360,41 +235,6 @@ class _Planned:
         return self.to_apply <= applied and self.poison <= dead and self.invalid.keys() <= invalid
 
 
-class _Resharder:
-    """One split, then one merge of two adjacent shards, while production runs."""
-
-    def __init__(self, kinesis: Any, stream: str) -> None:
-        self.kinesis = kinesis
-        self.stream = stream
-        self.done = 0
-
-    def _wait_active(self) -> None:
-        for _ in range(600):
-            summary = self.kinesis.describe_stream_summary(StreamName=self.stream)
-            if summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE":
-                return
-            time.sleep(0.05)
-
-    def step(self) -> None:
-        open_shards = list_shards(self.kinesis, self.stream).open_shards()
-        if self.done == 0:
-            target = open_shards[0]
-            middle = (target.hash_range.start + target.hash_range.end) // 2
-            self.kinesis.split_shard(
-                StreamName=self.stream, ShardToSplit=target.shard_id, NewStartingHashKey=str(middle)
-            )
-        else:
-            ordered = sorted(open_shards, key=lambda s: s.hash_range.start)
-            left, right = ordered[0], ordered[1]
-            self.kinesis.merge_shards(
-                StreamName=self.stream,
-                ShardToMerge=left.shard_id,
-                AdjacentShardToMerge=right.shard_id,
-            )
-        self._wait_active()
-        self.done += 1
-
-
 def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoServer, str, str]:
     from kinesis_eo.harness import moto_transactions
 
@@ -427,7 +267,7 @@ def _start_fleet(
     names: Names,
     directory: Path,
     rng: random.Random,
-) -> _Fleet:
+) -> Fleet:
     base = WorkerSpec(
         worker_id="",
         stream=names.stream,
@@ -449,7 +289,7 @@ def _start_fleet(
         invalid_write_seed=config.seed,
         outage_marker=str(directory / OUTAGE_MARKER) if config.sink_outage_s else "",
     )
-    return _Fleet(base, config.workers, directory, rng)
+    return Fleet(base, config.workers, directory, rng)
 
 
 def _verified(
@@ -490,131 +330,197 @@ def _verified(
     return report
 
 
+class _Production:
+    """The producer in a thread of its own, its sends now and then stored twice."""
+
+    def __init__(self, config: ChaosConfig, kinesis_endpoint: str, stream: str) -> None:
+        self.config = config
+        self.faults = FaultInjector(seed=config.seed)
+        producer_client = client("kinesis", kinesis_endpoint)
+        if config.producer_duplicate_rate:
+            self.faults.fail_stored_entries(
+                entries=config.producer_duplicate_rate, schedule=Probability(0.5)
+            )
+        self.faults.attach(producer_client)
+        self.producer = Producer(
+            producer_client, stream, ProducerConfig(entry_retry=PRODUCER_RETRY)
+        )
+        self.done = threading.Event()
+        self.errors: list[BaseException] = []
+
+    def start(self, events: list[Event]) -> None:
+        threading.Thread(
+            target=self._produce, args=(events,), name="chaos-producer", daemon=True
+        ).start()
+
+    def _produce(self, events: list[Event]) -> None:
+        try:
+            chunks = max(1, int(self.config.produce_s / 0.25))
+            size = max(1, -(-len(events) // chunks))
+            for offset in range(0, len(events), size):
+                self.producer.put(events[offset : offset + size])
+                time.sleep(self.config.produce_s / chunks)
+        except BaseException as exc:  # reported by the main loop
+            self.errors.append(exc)
+        finally:
+            self.done.set()
+
+    def check(self) -> None:
+        """Raise what stopped the producer, if anything did."""
+        if self.errors:
+            raise RuntimeError(f"the producer failed: {self.errors[0]}") from self.errors[0]
+
+
+@dataclass
+class _Run:
+    """One chaos run: its settings, emulator clients, plan and report, shared by its steps."""
+
+    config: ChaosConfig
+    names: Names
+    kinesis: Any
+    dynamodb: Any
+    planned: _Planned
+    production: _Production
+    outage: OutageSwitch
+    # When the sink goes down (if the run has an outage at all).
+    outage_at: float
+    report: ChaosReport
+    rng: random.Random
+    say: Progress
+    started: float
+
+    def verified(self) -> ChaosReport:
+        return _verified(
+            self.report,
+            self.planned,
+            self.dynamodb,
+            self.names,
+            self.production.faults,
+            self.outage,
+            self.started,
+        )
+
+
+def _create_resources(config: ChaosConfig, kinesis: Any, dynamodb: Any, names: Names) -> None:
+    kinesis.create_stream(StreamName=names.stream, ShardCount=config.shards)
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=names.stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
+    create_lease_table(dynamodb, names.leases)
+    create_ledger_table(dynamodb, names.ledger)
+    create_effects_table(dynamodb, names.effects)
+    create_dead_letter_table(dynamodb, names.dead_letters)
+
+
+def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
+    """Kill, stop, wake and restart workers and reshard on schedule, until all is done."""
+    config, report, rng, started = run.config, run.report, run.rng, run.started
+    resharder = (
+        Resharder(run.kinesis, run.names.stream)
+        if config.reshard and config.kinesis is KinesisBackend.KINESIS_MOCK
+        else None
+    )
+    reshard_at = [started + config.produce_s * f for f in (0.3, 0.6)] if resharder else []
+    next_kill = started + rng.expovariate(1 / config.kill_every_s) if config.kill_every_s else None
+    next_zombie = (
+        started + rng.expovariate(1 / config.zombie_every_s) if config.zombie_every_s else None
+    )
+    last_check = 0.0
+    check_every_s = min(5.0, max(0.5, len(run.planned.events) / 20_000))
+    while True:
+        now = time.monotonic()
+        run.production.check()
+        report.zombies += fleet.notice_self_stopped(now, config.failover_s * 1.6)
+        fleet.continue_due(now)
+        fleet.restart_dead()
+        run.outage.step(now, run.outage_at)
+        faults_open = now < started + config.produce_s * 1.2
+        if faults_open and next_kill is not None and now >= next_kill:
+            fleet.kill_one()
+            fleet.restart_dead()
+            next_kill = now + rng.expovariate(1 / config.kill_every_s)
+        if faults_open and next_zombie is not None and now >= next_zombie:
+            if fleet.stop_one(now, config.failover_s * 1.6):
+                report.zombies += 1
+            next_zombie = now + rng.expovariate(1 / config.zombie_every_s)
+        if resharder is not None and reshard_at and now >= reshard_at[0]:
+            reshard_at.pop(0)
+            resharder.step()
+            run.say(f"resharded ({'split' if resharder.done == 1 else 'merge'})")
+        # Scanning the sink competes with the workers for the emulator: not too often.
+        ready = run.production.done.is_set() and not fleet.stopped and run.outage.over
+        if ready and now - last_check >= check_every_s:
+            done = _all_done(run)
+            last_check = time.monotonic()
+            if done:
+                return resharder
+        if now - started > config.timeout_s:
+            run.say("timed out: verifying what is there")
+            return resharder
+        time.sleep(0.2)
+
+
+def _all_done(run: _Run) -> bool:
+    applied = applied_counts(run.dynamodb, run.names.effects)
+    letters = read_dead_letters(run.dynamodb, run.names.dead_letters)
+    if run.planned.done(set(applied), letters):
+        return True
+    run.say(f"{len(applied)}/{len(run.planned.to_apply)} effects, {len(letters)} letters")
+    return False
+
+
+def _count_fleet(report: ChaosReport, fleet: Fleet, resharder: Resharder | None) -> None:
+    """What the workers' stats files say they saw and injected."""
+    report.kills = fleet.kills
+    report.reshards = resharder.done if resharder else 0
+    totals = fleet.totals()
+    report.zombies_fenced = totals.get("fenced_commits", 0)
+    report.outage_pauses = totals.get("outage_pauses", 0)
+    report.throttles_injected = totals.get(FaultKind.ERROR_RESPONSE.value, 0)
+    report.connection_faults_injected = totals.get(
+        FaultKind.CONNECTION_REFUSED.value, 0
+    ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
+
+
 def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosReport:
     """Run one seeded chaos scenario and verify the sink; see the module docstring."""
     say = progress or (lambda _: None)
     started = time.monotonic()
-    rng = random.Random(config.seed)
     report = ChaosReport(seed=config.seed, workers=config.workers)
     names = Names.fresh("chaos", "chaos")
     with contextlib.ExitStack() as stack:
         moto, kinesis_endpoint, report.emulator = _backends(config, stack)
         kinesis = client("kinesis", kinesis_endpoint)
         dynamodb = client("dynamodb", moto.endpoint_url)
-        kinesis.create_stream(StreamName=names.stream, ShardCount=config.shards)
-        kinesis.get_waiter("stream_exists").wait(
-            StreamName=names.stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
-        )
-        create_lease_table(dynamodb, names.leases)
-        create_ledger_table(dynamodb, names.ledger)
-        create_effects_table(dynamodb, names.effects)
-        create_dead_letter_table(dynamodb, names.dead_letters)
+        _create_resources(config, kinesis, dynamodb, names)
         say(f"emulators up ({report.emulator}); stream {names.stream} with {config.shards} shards")
-
-        planned = _Planned.of(config)
-        events = planned.events
-        produced = threading.Event()
-        producer_faults = FaultInjector(seed=config.seed)
         directory = stack.enter_context(_workspace())
-        outage = OutageSwitch(directory / OUTAGE_MARKER, config.sink_outage_s)
-        producer_client = client("kinesis", kinesis_endpoint)
-        if config.producer_duplicate_rate:
-            producer_faults.fail_stored_entries(
-                entries=config.producer_duplicate_rate, schedule=Probability(0.5)
-            )
-        producer_faults.attach(producer_client)
-        producer = Producer(
-            producer_client,
-            names.stream,
-            ProducerConfig(entry_retry=PRODUCER_RETRY),
+        run = _Run(
+            config,
+            names,
+            kinesis,
+            dynamodb,
+            _Planned.of(config),
+            _Production(config, kinesis_endpoint, names.stream),
+            OutageSwitch(directory / OUTAGE_MARKER, config.sink_outage_s),
+            # Its own generator, so that the seeded schedules of runs without an outage stay.
+            time.monotonic() + config.produce_s * random.Random(config.seed).uniform(0.2, 0.5),
+            report,
+            random.Random(config.seed),
+            say,
+            started,
         )
-        errors: list[BaseException] = []
-
-        def produce() -> None:
-            try:
-                chunks = max(1, int(config.produce_s / 0.25))
-                size = max(1, -(-len(events) // chunks))
-                for offset in range(0, len(events), size):
-                    producer.put(events[offset : offset + size])
-                    time.sleep(config.produce_s / chunks)
-            except BaseException as exc:  # reported by the main loop
-                errors.append(exc)
-            finally:
-                produced.set()
-
-        # Its own generator, so that the seeded schedules of runs without an outage stay.
-        outage_at = time.monotonic() + config.produce_s * random.Random(config.seed).uniform(
-            0.2, 0.5
-        )
-        threading.Thread(target=produce, name="chaos-producer", daemon=True).start()
+        run.production.start(run.planned.events)
         if config.adapter is Adapter.LAMBDA:
-            produced.wait()
-            if errors:
-                raise RuntimeError(f"the producer failed: {errors[0]}") from errors[0]
+            run.production.done.wait()
+            run.production.check()
             from kinesis_eo.harness.chaos_lambda import consume_with_lambda
 
-            consume_with_lambda(config, kinesis, dynamodb, names, report, rng, say, outage)
-            return _verified(report, planned, dynamodb, names, producer_faults, outage, started)
-        fleet = _start_fleet(config, kinesis_endpoint, moto.endpoint_url, names, directory, rng)
+            consume_with_lambda(config, kinesis, dynamodb, names, report, run.rng, say, run.outage)
+            return run.verified()
+        fleet = _start_fleet(config, kinesis_endpoint, moto.endpoint_url, names, directory, run.rng)
         stack.callback(fleet.shut_down)
-
-        resharder = (
-            _Resharder(kinesis, names.stream)
-            if config.reshard and config.kinesis is KinesisBackend.KINESIS_MOCK
-            else None
-        )
-        reshard_at = [started + config.produce_s * f for f in (0.3, 0.6)] if resharder else []
-        next_kill = (
-            started + rng.expovariate(1 / config.kill_every_s) if config.kill_every_s else None
-        )
-        next_zombie = (
-            started + rng.expovariate(1 / config.zombie_every_s) if config.zombie_every_s else None
-        )
-        last_check = 0.0
-        check_every_s = min(5.0, max(0.5, len(events) / 20_000))
-        while True:
-            now = time.monotonic()
-            if errors:
-                raise RuntimeError(f"the producer failed: {errors[0]}") from errors[0]
-            report.zombies += fleet.notice_self_stopped(now, config.failover_s * 1.6)
-            fleet.continue_due(now)
-            fleet.restart_dead()
-            outage.step(now, outage_at)
-            faults_open = now < started + config.produce_s * 1.2
-            if faults_open and next_kill is not None and now >= next_kill:
-                fleet.kill_one()
-                fleet.restart_dead()
-                next_kill = now + rng.expovariate(1 / config.kill_every_s)
-            if faults_open and next_zombie is not None and now >= next_zombie:
-                if fleet.stop_one(now, config.failover_s * 1.6):
-                    report.zombies += 1
-                next_zombie = now + rng.expovariate(1 / config.zombie_every_s)
-            if resharder is not None and reshard_at and now >= reshard_at[0]:
-                reshard_at.pop(0)
-                resharder.step()
-                say(f"resharded ({'split' if resharder.done == 1 else 'merge'})")
-            # Scanning the sink competes with the workers for the emulator: not too often.
-            ready = produced.is_set() and not fleet.stopped and outage.over
-            if ready and now - last_check >= check_every_s:
-                applied = applied_counts(dynamodb, names.effects)
-                letters = read_dead_letters(dynamodb, names.dead_letters)
-                last_check = time.monotonic()
-                if planned.done(set(applied), letters):
-                    break
-                say(f"{len(applied)}/{len(planned.to_apply)} effects, {len(letters)} letters")
-            if now - started > config.timeout_s:
-                say("timed out: verifying what is there")
-                break
-            time.sleep(0.2)
-
+        resharder = _supervise(run, fleet)
         fleet.shut_down()
-        report.kills = fleet.kills
-        report.reshards = resharder.done if resharder else 0
-        totals = fleet.totals()
-        report.zombies_fenced = totals.get("fenced_commits", 0)
-        report.outage_pauses = totals.get("outage_pauses", 0)
-        report.throttles_injected = totals.get(FaultKind.ERROR_RESPONSE.value, 0)
-        report.connection_faults_injected = totals.get(
-            FaultKind.CONNECTION_REFUSED.value, 0
-        ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
-        return _verified(report, planned, dynamodb, names, producer_faults, outage, started)
+        _count_fleet(report, fleet, resharder)
+        return run.verified()

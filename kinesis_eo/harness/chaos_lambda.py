@@ -25,26 +25,10 @@ from lambda_handlers import KinesisHandler, LambdaConfig
 __all__ = ["consume_with_lambda"]
 
 
-def consume_with_lambda(
-    config: ChaosConfig,
-    kinesis: Any,
-    dynamodb: Any,
-    names: Names,
-    report: ChaosReport,
-    rng: random.Random,
-    say: Progress,
-    outage: OutageSwitch,
-) -> None:
-    """The Lambda handler under a simulated event source mapping, with faults.
-
-    Invocations crash after their commits (the ESM delivers the batch again,
-    bisected); the handler's DynamoDB calls are throttled and lose responses;
-    some invocations are played again at the end, as a function instance that
-    timed out but went on running would (a zombie): none may apply anything.
-    The sink's outage starts at a seeded invocation (the mapping delivers only
-    once production is over) and lasts its seconds; meanwhile the mapping
-    waits a little before each delivery, as after a reported failure.
-    """
+def _faulty_handler(
+    config: ChaosConfig, dynamodb: Any, names: Names, outage: OutageSwitch
+) -> tuple[KinesisHandler, FaultInjector, SinkOutage]:
+    """The Lambda handler on a DynamoDB client of its own, throttled and losing responses."""
     handler_dynamodb = client("dynamodb", dynamodb.meta.endpoint_url)
     faults = FaultInjector(seed=config.seed + 1)
     faults.throttle("TransactWriteItems", schedule=Probability(config.throttle_probability))
@@ -75,6 +59,30 @@ def consume_with_lambda(
         ),
         dynamodb=handler_dynamodb,
     )
+    return handler, faults, down
+
+
+def consume_with_lambda(
+    config: ChaosConfig,
+    kinesis: Any,
+    dynamodb: Any,
+    names: Names,
+    report: ChaosReport,
+    rng: random.Random,
+    say: Progress,
+    outage: OutageSwitch,
+) -> None:
+    """The Lambda handler under a simulated event source mapping, with faults.
+
+    Invocations crash after their commits (the ESM delivers the batch again,
+    bisected); the handler's DynamoDB calls are throttled and lose responses;
+    some invocations are played again at the end, as a function instance that
+    timed out but went on running would (a zombie): none may apply anything.
+    The sink's outage starts at a seeded invocation (the mapping delivers only
+    once production is over) and lasts its seconds; meanwhile the mapping
+    waits a little before each delivery, as after a reported failure.
+    """
+    handler, faults, down = _faulty_handler(config, dynamodb, names, outage)
     crash_probability = max(config.crash_after_commit_probability * 20, 0.05)
     replays: list[dict[str, Any]] = []
     calls = 0
