@@ -25,8 +25,9 @@ from kinesis_eo.testing.fakes import MemoryDeadLetters
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 from kinesis_eo.worker import Worker
 from tests.handlers import count_effect
+from tests.helpers import applied, produce
 from tests.streams import make_stream
-from tests.workers import QUICK, applied, create_tables, effect, produce, wait_for
+from tests.workers import QUICK, create_tables, effect, wait_for
 
 
 def _spec() -> chaos_worker.WorkerSpec:
@@ -113,7 +114,7 @@ def test_build_worker_hooks_commit_before_the_hook_checkpoint_after_and_letters_
 ) -> None:
     make_stream(kinesis, "orders", 1)
     create_tables(dynamodb)
-    ids = produce(kinesis, "orders", 0, 20)
+    ids = produce(kinesis, "orders", 20)
     poison = ids[7]
 
     def handler(record: Record, ctx: EffectContext) -> list[Any]:
