@@ -12,12 +12,15 @@ import io
 import re
 import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config as BotoConfig
 
 from kinesis_eo.checkpoint import MemoryCheckpointStore
-from kinesis_eo.consumer import Consumer, ConsumerConfig, ConsumerStats
+from kinesis_eo.consumer import AsyncConsumer, Consumer, ConsumerConfig, ConsumerStats
 from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
@@ -30,7 +33,7 @@ from kinesis_eo.ledger import (
 )
 from kinesis_eo.metrics import EmfBackend, NullMetrics, Recorder, build_metrics
 from kinesis_eo.metrics import catalogue as names
-from kinesis_eo.metrics.hooks import classify_attempt
+from kinesis_eo.metrics.hooks import attach_call_metrics, classify_attempt
 from kinesis_eo.metrics.totals import RunTotals
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
@@ -246,6 +249,95 @@ def test_throttled_reads_are_counted_by_service_and_the_consumer_flushes_at_the_
     assert total(documents, names.THROTTLES, service="dynamodb") == 0
     assert total(documents, names.RECORDS_APPLIED, shard=SHARD) == len(ids) == stats.applied
     assert stats.checkpoints >= 1
+
+
+@pytest.mark.asyncio
+async def test_an_async_consumer_counts_throttles_of_its_aiobotocore_clients(
+    moto_server_reset: Any, async_clients: tuple[Any, Any]
+) -> None:
+    sync_kinesis = moto_server_reset.client("kinesis")
+    sync_dynamodb = moto_server_reset.client("dynamodb")
+    make_stream(sync_kinesis, "orders", 1)
+    create_ledger_table(sync_dynamodb, "ledger")
+    create_effects_table(sync_dynamodb, "effects")
+    ids = helpers.produce(sync_kinesis, "orders", 6)
+    kinesis, dynamodb = async_clients
+    faults = FaultInjector(seed=5)
+    faults.throttle("GetRecords", schedule=NextCalls(2))
+    faults.throttle("TransactWriteItems", schedule=NextCalls(1), code="ThrottlingException")
+    faults.attach(kinesis)
+    faults.attach(dynamodb)
+    backend, stream = emf()
+
+    stats = await AsyncConsumer(
+        kinesis,
+        dynamodb,
+        "orders",
+        per_record_sink(MemoryDeadLetters()),
+        MemoryCheckpointStore(),
+        ConsumerConfig(
+            reader=ReaderConfig(min_read_interval_s=0.0, idle_interval_s=0.0, retry=QUICK),
+            retry=QUICK,
+            stop_when_caught_up=True,
+        ),
+        metrics=backend,
+    ).run()
+    documents = emitted(stream)
+
+    assert stats.applied == len(ids)
+    assert total(documents, names.THROTTLES, service="kinesis") == 2
+    assert total(documents, names.THROTTLES, service="dynamodb") == 1
+    assert total(documents, names.RETRIES) == 3
+
+
+class _ThrottlingDynamoDB(BaseHTTPRequestHandler):
+    """Answers the first two requests with a throttling error, then lists no tables."""
+
+    answered = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).answered += 1
+        throttled = type(self).answered <= 2
+        body = (
+            b'{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException",'
+            b'"message":"Rate of requests exceeds the allowed throughput."}'
+            if throttled
+            else b'{"TableNames":[]}'
+        )
+        self.send_response(400 if throttled else 200)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_botocore_s_own_retries_are_counted_once_per_attempt() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ThrottlingDynamoDB)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = boto3.client(
+            "dynamodb",
+            region_name="us-east-1",
+            endpoint_url=f"http://127.0.0.1:{server.server_port}",
+            config=BotoConfig(retries={"mode": "legacy", "max_attempts": 3}),
+        )
+        recorder = Recorder()
+        attach_call_metrics(client, recorder)
+        attach_call_metrics(client, recorder)  # attaching twice counts once
+
+        assert client.list_tables()["TableNames"] == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    snapshot = recorder.snapshot()
+    assert _ThrottlingDynamoDB.answered == 3  # botocore retried twice inside one call
+    assert snapshot.total(names.THROTTLES, service="dynamodb") == 2
+    assert snapshot.total(names.RETRIES, service="dynamodb") == 2
 
 
 def test_retryable_attempts_are_told_from_throttles_and_from_the_record_s_own_errors() -> None:
