@@ -42,6 +42,8 @@ from kinesis_eo.ledger import (
     LedgerConfig,
     LedgerMode,
 )
+from kinesis_eo.metrics import build_metrics
+from kinesis_eo.metrics.model import Metrics
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import ClaimSink, FailurePolicy, IdempotentKeySink, TransactionalSink
 from kinesis_eo.sinks.base import DeadLetterSink
@@ -50,6 +52,7 @@ from kinesis_eo.worker import AfterCommit, Worker, WorkerConfig, WorkerMetrics
 log = logging.getLogger(__name__)
 
 SINKS = ("transactional", "keyed", "claim")
+METRICS = {"emf": "emf", "prometheus": "prometheus", "none": "none"}
 MODES = {"watermark": LedgerMode.WATERMARK, "per-record": LedgerMode.PER_RECORD}
 INITIAL_POSITIONS = {"trim-horizon": Sentinel.TRIM_HORIZON, "latest": Sentinel.LATEST}
 EXPIRED_CLAIMS = {
@@ -92,6 +95,12 @@ class RunOptions:
     failure_policy: FailurePolicy | None = None
     # Retries of the ledger's own DynamoDB calls; None: the ledger store's defaults.
     ledger_retry: RetryConfig | None = None
+    # Where the worker's metrics go: "emf" (stdout), "prometheus" (served on metrics_port),
+    # or "none" (the library's default; the CLI's is emf).
+    metrics: str = "none"
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    metrics_namespace: str = "KinesisEO"
 
     @property
     def lease_table_name(self) -> str:
@@ -268,6 +277,11 @@ def check_options(options: RunOptions) -> None:
         raise ConfigurationError(f"--sink must be one of {', '.join(SINKS)}, not {options.sink!r}")
     if options.health_file is not None:
         check_health_file(options.health_file)
+    _choice(METRICS, options.metrics, "--metrics")
+    if options.metrics == "prometheus" and options.metrics_port is None:
+        raise ConfigurationError("--metrics prometheus needs --metrics-port (0: any free port)")
+    if options.metrics_port is not None and not 0 <= options.metrics_port <= 65535:
+        raise ConfigurationError(f"--metrics-port must be 0 to 65535, not {options.metrics_port}")
 
 
 # --- tables and the stream -------------------------------------------------------------------
@@ -395,6 +409,7 @@ def build_worker(
     *,
     after_commit: AfterCommit | None = None,
     dead_letters: DeadLetterSink | None = None,
+    metrics: Metrics | None = None,
 ) -> Worker:
     """A :class:`Worker` for ``options``; the tables must exist (see :func:`prepare_tables`).
 
@@ -403,7 +418,7 @@ def build_worker(
     ``handler`` is the effect itself (default: ``options.handler`` loaded);
     ``dead_letters`` a target object in place of the options' table or queue;
     ``after_commit(batch, report)`` runs after each batch's sink commit and
-    before its checkpoint.
+    before its checkpoint; ``metrics`` a back-end in place of the options' one.
     """
     handler = handler if handler is not None else load_handler(options.handler)
     sink = build_sink(options, handler, dynamodb, sqs, dead_letters=dead_letters)
@@ -414,8 +429,23 @@ def build_worker(
         options.worker_id or default_worker_id(),
     )
     config = worker_config(options, leases)
+    if metrics is None:
+        metrics = build_metrics(
+            options.metrics,
+            namespace=options.metrics_namespace,
+            app=options.app,
+            port=options.metrics_port,
+            address=options.metrics_address,
+        )
     return Worker(
-        kinesis, dynamodb, options.stream, sink, manager, config, after_commit=after_commit
+        kinesis,
+        dynamodb,
+        options.stream,
+        sink,
+        manager,
+        config,
+        after_commit=after_commit,
+        metrics=metrics,
     )
 
 
@@ -445,7 +475,13 @@ def run(options: RunOptions, kinesis: Any, dynamodb: Any, sqs: Any = None) -> Wo
             "ledger_table": options.ledger_table_name,
         },
     )
-    metrics = worker.run(handle_signals=True)
+    try:
+        metrics = worker.run(handle_signals=True)
+    finally:
+        # The Prometheus back-end serves from a thread of its own; EMF has flushed at stop.
+        close = getattr(worker.state.backend, "close", None)
+        if close is not None:
+            close()
     log.info(
         "worker %s stopped and released its leases",
         worker.worker_id,

@@ -57,6 +57,7 @@ def add(subcommands: Subcommands) -> None:
     _add_timing_flags(parser)
     _add_start_flags(parser)
     _add_log_flags(parser)
+    _add_metrics_flags(parser)
     _add_aws_options(parser)
     parser.set_defaults(command=_cmd_run)
 
@@ -90,6 +91,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mark_ttl_hours=args.mark_ttl_hours,
         handler_attempts=args.handler_attempts,
         outage_max_backoff_s=args.outage_max_backoff,
+        metrics=args.metrics,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        metrics_namespace=args.metrics_namespace,
     )
     # Bad settings and a handler that cannot be loaded are reported before any
     # AWS client is made.
@@ -227,6 +232,37 @@ def _add_start_flags(parser: argparse.ArgumentParser) -> None:
         help="create the lease, ledger and dead-letter tables if missing (on-demand "
         "billing) instead of failing; for development: production tables come from "
         "infra/worker.yaml",
+    )
+
+
+def _add_metrics_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the worker's metrics go (kinesis_eo.metrics.catalogue names them)."""
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--metrics",
+        choices=("emf", "prometheus", "none"),
+        default="emf",
+        help="emf: CloudWatch Embedded Metric Format documents on stdout, once per "
+        "coordinator round; prometheus: served on --metrics-port; none (default: emf)",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=_whole_number,
+        metavar="PORT",
+        help="--metrics prometheus: the port /metrics is served on (0: any free one)",
+    )
+    group.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",
+        metavar="ADDRESS",
+        help="--metrics prometheus: the address to serve on (default: 0.0.0.0, so that a "
+        "scraper outside the container reaches it)",
+    )
+    group.add_argument(
+        "--metrics-namespace",
+        default="KinesisEO",
+        metavar="NS",
+        help="CloudWatch namespace (EMF) or metric name prefix (Prometheus) (default: KinesisEO)",
     )
 
 
