@@ -2,7 +2,8 @@
 
 ``status`` reads the lease table (and, given the stream, its shards) and
 says per shard who owns it, how far it is checkpointed, how far behind the
-owner last was, and whether it can be worked on. ``health`` judges a
+owner last was, and whether it can be worked on; :func:`shard_changes`
+compares two such reads (``status --watch``). ``health`` judges a
 worker's health file, which its coordinator rewrites every round: a file
 that stopped changing means a coordinator that stopped going round.
 """
@@ -146,17 +147,178 @@ def format_table(rows: Sequence[ShardStatus]) -> str:
         )
         for row in rows
     ]
-    widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
-    lines = [
+    return "\n".join([*_aligned(COLUMNS, cells), _summary(rows)])
+
+
+def _aligned(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(c[i]) for c in [columns, *cells]) for i in range(len(columns))]
+    return [
         "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-        for line in [COLUMNS, *cells]
+        for line in [columns, *cells]
     ]
+
+
+def _summary(rows: Sequence[ShardStatus]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no shards"
     owners = len({row.owner for row in rows if row.state == OWNED})
-    lines.append(f"{len(rows)} shard(s): {summary}; {owners} worker(s) own leases")
+    return f"{len(rows)} shard(s): {summary}; {owners} worker(s) own leases"
+
+
+# --- changes between two reads (status --watch) ------------------------------------------------
+
+# How a shard's checkpoint moved between two reads.
+ADVANCED = "advanced"
+UNCHANGED = "unchanged"
+ENDED = "ended"
+NEW_LEASE = "new lease"
+MOVED_BACK = "moved back"
+# The lag the owner reported, compared between two reads.
+RISING = "rising"
+FALLING = "falling"
+STEADY = "steady"
+# A change in reported lag this small is noise: reports are taken at batch times, not read times.
+DEFAULT_STEADY_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ShardChange:
+    """What changed for one shard between two reads of the lease table.
+
+    The lease table holds positions, not counts: sequence numbers are not
+    contiguous, so no records/s figure can be derived from them. What it can
+    say is whether the checkpoint moved, how the owner's reported lag moved,
+    and whether the owner changed.
+    """
+
+    shard_id: str
+    progress: str
+    lag_trend: str | None = None
+    lag_change_ms: int | None = None
+    previous_owner: str | None = None
+    owner_changed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "progress": self.progress,
+            "lag_trend": self.lag_trend,
+            "lag_change_ms": self.lag_change_ms,
+            "owner_changed": self.owner_changed,
+            "previous_owner": self.previous_owner,
+        }
+
+
+def _progress(before: ShardStatus | None, after: ShardStatus) -> str:
+    if before is None or before.checkpoint is None:
+        return NEW_LEASE if after.checkpoint is not None else UNCHANGED
+    old, new = before.checkpoint, after.checkpoint
+    if new is None:
+        return UNCHANGED  # the lease was removed: its row comes from the stream's listing
+    if (old, before.checkpoint_sub_sequence) == (new, after.checkpoint_sub_sequence):
+        return UNCHANGED
+    if new == Sentinel.SHARD_END.value:
+        return ENDED
+    if old.isdigit() and new.isdigit():
+        ahead = (int(new), after.checkpoint_sub_sequence) > (
+            int(old),
+            before.checkpoint_sub_sequence,
+        )
+        return ADVANCED if ahead else MOVED_BACK
+    # From TRIM_HORIZON or LATEST to a sequence number; back to a sentinel is a reset.
+    return ADVANCED if new.isdigit() else MOVED_BACK
+
+
+def shard_changes(
+    before: Sequence[ShardStatus],
+    after: Sequence[ShardStatus],
+    steady_ms: int = DEFAULT_STEADY_MS,
+) -> list[ShardChange]:
+    """One change per row of ``after``, judged against the same shard in ``before``.
+
+    The owner reports its lag only with a checkpoint, so the lag trend is
+    judged only when the checkpoint moved: an unchanged checkpoint carries
+    the old report, which says nothing about now (trend ``None``). A lag
+    change within ``steady_ms`` either way is ``steady``.
+    """
+    previous = {row.shard_id: row for row in before}
+    changes = []
+    for row in after:
+        old = previous.get(row.shard_id)
+        progress = _progress(old, row)
+        trend: str | None = None
+        delta: int | None = None
+        lags = (old.millis_behind_latest if old else None, row.millis_behind_latest)
+        if progress in (ADVANCED, MOVED_BACK) and lags[0] is not None and lags[1] is not None:
+            delta = lags[1] - lags[0]
+            trend = STEADY if abs(delta) <= steady_ms else RISING if delta > 0 else FALLING
+        owner_changed = old is not None and old.owner != row.owner
+        changes.append(
+            ShardChange(
+                row.shard_id,
+                progress,
+                trend,
+                delta,
+                previous_owner=old.owner if old is not None else None,
+                owner_changed=owner_changed,
+            )
+        )
+    return changes
+
+
+def _trend_text(change: ShardChange) -> str:
+    if change.lag_trend is None or change.lag_change_ms is None:
+        return "-"
+    if change.lag_trend == STEADY:
+        return STEADY
+    sign = "+" if change.lag_change_ms > 0 else "-"
+    return f"{change.lag_trend} {sign}{human_lag(abs(change.lag_change_ms))}"
+
+
+def _progress_text(change: ShardChange) -> str:
+    if change.owner_changed:
+        return f"{change.progress}; owner was {change.previous_owner or '-'}"
+    return change.progress
+
+
+WATCH_COLUMNS = ("SHARD", "OWNER", "CHECKPOINT", "PROGRESS", "LAG", "TREND", "STATE", "PARENTS")
+
+
+def format_watch_table(
+    rows: Sequence[ShardStatus],
+    changes: Sequence[ShardChange] | None,
+    elapsed_s: float | None,
+) -> str:
+    """:func:`format_table` with each shard's progress and lag trend since the last read.
+
+    On the first read (``changes`` None) there is nothing to compare: ``-``.
+    """
+    by_shard = {change.shard_id: change for change in changes or ()}
+    cells = []
+    for row in rows:
+        change = by_shard.get(row.shard_id)
+        cells.append(
+            (
+                row.shard_id,
+                row.owner or "-",
+                abbreviate_checkpoint(row.checkpoint, row.checkpoint_sub_sequence),
+                _progress_text(change) if change else "-",
+                human_lag(row.millis_behind_latest),
+                _trend_text(change) if change else "-",
+                row.state,
+                ",".join(row.parents) or "-",
+            )
+        )
+    lines = _aligned(WATCH_COLUMNS, cells)
+    lines.append(_summary(rows))
+    if changes is not None and elapsed_s is not None:
+        advanced = sum(1 for change in changes if change.progress == ADVANCED)
+        moved = sum(1 for change in changes if change.owner_changed)
+        lines.append(
+            f"in the last {elapsed_s:.1f} s: {advanced} checkpoint(s) advanced, "
+            f"{moved} owner change(s)"
+        )
     return "\n".join(lines)
 
 
