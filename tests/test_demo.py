@@ -62,6 +62,15 @@ def test_a_small_demo_applies_every_effect_once_through_a_crash_and_producer_ret
     assert report["stored_records"] == 300 + report["producer_duplicates"]
     assert report["delivered"] >= 2 * report["stored_records"]
     assert report["seed"] == 7
+    # The metrics the consumers recorded agree with what the demo counted itself.
+    metrics = report["metrics"]
+    assert metrics["records_read"] == report["delivered"]
+    assert metrics["records_applied"] == report["effects"]
+    assert metrics["duplicates_redelivered"] + metrics["duplicates_inbound"] == (
+        report["duplicates_suppressed"]
+    )
+    assert metrics["duplicates_inbound"] > 0  # the producer's retries, seen as the same event
+    assert metrics["dead_lettered"] == 1
     assert report["wall_s"] > 0
     assert report["emulator"].startswith("moto ")
     # The demo leaves the process as it found it: the rest of the suite runs
@@ -84,6 +93,7 @@ def test_the_demo_prints_its_phases_and_the_result_table(
     assert re.search(r"^  lost \(missing\) +0$", out, re.MULTILINE)
     assert re.search(r"^  duplicated effects +0$", out, re.MULTILINE)
     assert "exactly once:" in out
+    assert re.search(r"^  records_applied +119$", out, re.MULTILINE)
 
 
 def test_a_kinesis_eo_error_in_a_subcommand_exits_2_with_one_line_and_no_traceback(

@@ -46,6 +46,18 @@ from kinesis_eo.harness.demo_phases import (
     verify_sink,
 )
 from kinesis_eo.harness.scenario import Verdict
+from kinesis_eo.metrics.catalogue import (
+    APP,
+    COMMIT_LATENCY,
+    DEAD_LETTERED,
+    DUPLICATES_INBOUND,
+    DUPLICATES_REDELIVERED,
+    HANDLER_ERRORS,
+    RECORDS_APPLIED,
+    RECORDS_READ,
+    THROTTLES,
+)
+from kinesis_eo.metrics.model import Snapshot
 
 __all__ = ["DemoReport", "format_report", "run_demo"]
 
@@ -77,6 +89,8 @@ class DemoReport:
     throttled_calls: int
     consumer_passes: int
     phase_s: Mapping[str, float] = field(default_factory=dict)
+    # The headline metrics the consumers recorded, as a worker would emit them.
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +99,7 @@ class DemoReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["phase_s"] = dict(self.phase_s)
+        data["metrics"] = dict(self.metrics)
         data["ok"] = self.ok
         return data
 
@@ -165,9 +180,12 @@ def run_demo(
         seed=seed,
         shards=shards,
         phase_s=progress.times,
+        metrics=headline_metrics(session.metrics.snapshot()),
     )
     print(file=out)
     print(format_report(report), file=out)
+    print(file=out)
+    print(format_metrics(report.metrics), file=out)
     if report_file is not None:
         try:
             report_file.write_text(report.to_json())
@@ -176,6 +194,38 @@ def run_demo(
         print(f"report written to {report_file}", file=out)
     out.flush()
     return report
+
+
+HEADLINE_COUNTERS = (
+    RECORDS_READ,
+    RECORDS_APPLIED,
+    DUPLICATES_REDELIVERED,
+    DUPLICATES_INBOUND,
+    DEAD_LETTERED,
+    HANDLER_ERRORS,
+    THROTTLES,
+)
+
+
+def headline_metrics(snapshot: Snapshot) -> dict[str, float]:
+    """The counters an operator looks at first, and the commit latency's p50 and p99 (ms)."""
+    figures = {name: snapshot.total(name) for name in HEADLINE_COUNTERS}
+    commits = snapshot.collapse({APP}).timings
+    merged = next(
+        (stats for series, stats in commits.items() if series.name == COMMIT_LATENCY), None
+    )
+    if merged is not None:
+        figures["commit_latency_p50_ms"] = round(merged.percentile(0.5) * 1000, 1)
+        figures["commit_latency_p99_ms"] = round(merged.percentile(0.99) * 1000, 1)
+    return figures
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """The headline metrics, one per line, as `kinesis-eo run --metrics emf` would emit them."""
+    width = max((len(name) for name in metrics), default=0)
+    lines = ["metrics (what `kinesis-eo run --metrics emf` would emit, namespace KinesisEO):"]
+    lines += [f"  {name:<{width}}  {value:g}" for name, value in metrics.items()]
+    return "\n".join(lines)
 
 
 def format_report(report: DemoReport) -> str:

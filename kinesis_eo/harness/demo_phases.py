@@ -46,6 +46,8 @@ from kinesis_eo.ledger import (
     LedgerMode,
     create_ledger_table,
 )
+from kinesis_eo.metrics import Recorder
+from kinesis_eo.metrics.catalogue import APP
 from kinesis_eo.producer import Producer, ProducerConfig
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import Batch, ReaderConfig
@@ -258,6 +260,7 @@ def _consumer(
         checkpoints,
         config,
         after_commit=after_commit,
+        metrics=session.metrics,
     )
 
 
@@ -273,6 +276,8 @@ class Session:
     producer: Any
     consumer: Any
     dynamodb: Any
+    # What `kinesis-eo run --metrics emf` would have emitted for the consumers' work.
+    metrics: Recorder
 
 
 def start(
@@ -301,6 +306,7 @@ def start(
         producer=emulator_client("kinesis"),
         consumer=emulator_client("kinesis"),
         dynamodb=emulator_client("dynamodb"),
+        metrics=Recorder({APP: CONSUMER_GROUP}),
     )
     return session, emulator
 
