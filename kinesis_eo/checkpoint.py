@@ -24,6 +24,15 @@ from kinesis_eo.records import Position
 from kinesis_eo.retrieval import StartingPosition
 from kinesis_eo.tables import create_table, create_table_flow
 
+__all__ = [
+    "SHARD_END",
+    "Checkpoint",
+    "CheckpointStore",
+    "DynamoDBCheckpointStore",
+    "MemoryCheckpointStore",
+    "create_checkpoint_table",
+]
+
 SHARD_END = Sentinel.SHARD_END.value
 
 

@@ -32,6 +32,16 @@ from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
+__all__ = [
+    "AfterCommit",
+    "AsyncConsumer",
+    "Consumer",
+    "ConsumerConfig",
+    "ConsumerState",
+    "ConsumerStats",
+    "consume_flow",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -11,6 +11,33 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+__all__ = [
+    "ACCESS_CODES",
+    "NOT_FOUND_CODES",
+    "THROTTLING_CODES",
+    "TRANSIENT_CANCELLATION_CODES",
+    "TRANSIENT_CODES",
+    "AccessDeniedError",
+    "AwsCallError",
+    "ConditionFailedError",
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "InvalidRecordError",
+    "InvalidWriteError",
+    "IteratorExpiredError",
+    "KinesisEOError",
+    "RecordTooLargeError",
+    "ResourceNotFoundError",
+    "RetryableError",
+    "SinkUnavailableError",
+    "ThrottledError",
+    "TransactionCanceledError",
+    "error_code",
+    "is_outage",
+    "is_setup_fault",
+    "translate_aws_error",
+]
+
 
 class KinesisEOError(Exception):
     """Base class of every error raised by kinesis_eo."""

@@ -28,6 +28,23 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kinesis_eo.errors import KinesisEOError, translate_aws_error
 from kinesis_eo.retry import RetryConfig, async_retrying, sync_retrying
 
+__all__ = [
+    "Call",
+    "Flow",
+    "Invoke",
+    "Response",
+    "Sleep",
+    "T",
+    "call_async",
+    "call_sync",
+    "client_for",
+    "drive_async",
+    "drive_sync",
+    "pump",
+    "run_async",
+    "run_sync",
+]
+
 Response = dict[str, Any]
 
 

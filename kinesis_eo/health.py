@@ -20,6 +20,14 @@ from typing import Any
 
 from kinesis_eo.errors import ConfigurationError
 
+__all__ = [
+    "HealthBook",
+    "HealthLimits",
+    "ShardHealth",
+    "prepare_health_file",
+    "write_health_file",
+]
+
 
 @dataclass
 class ShardHealth:

@@ -30,6 +30,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+__all__ = [
+    "FORMATS",
+    "REDACTED",
+    "TEXT_FORMAT",
+    "WIRE_LOGGERS",
+    "JsonFormatter",
+    "PayloadFilter",
+    "configure_logging",
+    "scrub_secrets",
+    "set_wire_levels",
+]
+
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 

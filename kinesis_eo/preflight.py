@@ -28,6 +28,28 @@ from kinesis_eo.ledger.model import EXPIRES_AT, KEY, LedgerConfig, LedgerMode
 from kinesis_eo.retrieval.shards import StreamRef
 from kinesis_eo.retry import RetryConfig
 
+__all__ = [
+    "DEAD_LETTER_TABLE",
+    "DEFAULT_RECORD_TTL",
+    "LEASE_TABLE",
+    "LEDGER_TABLE",
+    "RETENTION_MARGIN",
+    "KeyAttribute",
+    "MarkTtl",
+    "MissingTableError",
+    "TableSchema",
+    "acheck_tables",
+    "afit_ledger_config",
+    "check_table_flow",
+    "check_tables",
+    "check_tables_flow",
+    "describe_keys",
+    "fit_ledger_config",
+    "key_schema_of",
+    "mark_ttl_flow",
+    "stream_retention_flow",
+]
+
 log = logging.getLogger(__name__)
 
 # How much longer than the stream's retention a per-record mark must live. A mark

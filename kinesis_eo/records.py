@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import total_ordering
 
+__all__ = [
+    "MAX_HASH_KEY",
+    "SEQUENCE_KEY_WIDTH",
+    "SUB_SEQUENCE_KEY_WIDTH",
+    "HashKeyRange",
+    "Position",
+    "Record",
+    "hash_key_of",
+    "parse_sequence_number",
+]
+
 # The Kinesis API allows sequence numbers of up to 129 digits: ^(0|([1-9]\d{0,128}))$
 SEQUENCE_KEY_WIDTH = 129
 # Sub-sequence numbers are indexes inside one KPL aggregate (uint64 in the format).

@@ -21,6 +21,14 @@ from tenacity import (
 
 from kinesis_eo.errors import IteratorExpiredError, KinesisEOError
 
+__all__ = [
+    "RetryConfig",
+    "async_retrying",
+    "backoff_delay",
+    "is_call_retryable",
+    "sync_retrying",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class RetryConfig:

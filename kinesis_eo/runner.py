@@ -49,6 +49,31 @@ from kinesis_eo.sinks import ClaimSink, FailurePolicy, IdempotentKeySink, Transa
 from kinesis_eo.sinks.base import DeadLetterSink
 from kinesis_eo.worker import AfterCommit, Worker, WorkerConfig, WorkerMetrics
 
+__all__ = [
+    "DEFAULT_FAILOVER_S",
+    "EXPIRED_CLAIMS",
+    "INITIAL_POSITIONS",
+    "METRICS",
+    "MISSING_TABLE_HINT",
+    "MODES",
+    "SINKS",
+    "RunOptions",
+    "build_sink",
+    "build_worker",
+    "check_health_file",
+    "check_options",
+    "dead_letter_target",
+    "default_worker_id",
+    "failure_policy",
+    "fit_mark_ttl",
+    "lease_config",
+    "ledger_config",
+    "load_handler",
+    "prepare_tables",
+    "run",
+    "worker_config",
+]
+
 log = logging.getLogger(__name__)
 
 SINKS = ("transactional", "keyed", "claim")

@@ -20,6 +20,35 @@ from typing import Any
 from kinesis_eo.leases import Lease, Sentinel, retired_shards
 from kinesis_eo.retrieval.shards import ShardGraph
 
+__all__ = [
+    "ADVANCED",
+    "COLUMNS",
+    "DEFAULT_STEADY_MS",
+    "ENDED",
+    "FALLING",
+    "FINISHED",
+    "FINISHED_REMOVED",
+    "FREE",
+    "MOVED_BACK",
+    "NEW_LEASE",
+    "NO_LEASE",
+    "OWNED",
+    "RISING",
+    "STEADY",
+    "UNCHANGED",
+    "WAITING",
+    "WATCH_COLUMNS",
+    "ShardChange",
+    "ShardStatus",
+    "abbreviate_checkpoint",
+    "check_health",
+    "format_table",
+    "format_watch_table",
+    "human_lag",
+    "shard_changes",
+    "shard_statuses",
+]
+
 OWNED = "owned"
 FREE = "free"
 FINISHED = "finished"

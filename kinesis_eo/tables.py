@@ -13,6 +13,11 @@ from kinesis_eo.errors import AwsCallError
 from kinesis_eo.flow import Call, Sleep, run_sync
 from kinesis_eo.retry import RetryConfig
 
+__all__ = [
+    "create_table",
+    "create_table_flow",
+]
+
 
 def create_table_flow(
     table_name: str,

@@ -48,6 +48,19 @@ from kinesis_eo.retrieval.shards import list_shards_flow
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
+__all__ = [
+    "Acquired",
+    "AfterCommit",
+    "AsyncWorker",
+    "Worker",
+    "WorkerConfig",
+    "WorkerMetrics",
+    "WorkerState",
+    "coordinator_flow",
+    "shard_flow",
+    "starting_position",
+]
+
 log = logging.getLogger(__name__)
 
 

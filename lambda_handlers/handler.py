@@ -73,6 +73,22 @@ from lambda_handlers.decisions import (
 from lambda_handlers.events import ShardDelivery, parse_event
 from lambda_handlers.metrics import InvocationMetrics
 
+__all__ = [
+    "AsyncKinesisHandler",
+    "DeliveryGate",
+    "Flow",
+    "InvocationReport",
+    "KinesisHandler",
+    "LambdaConfig",
+    "Response",
+    "SinkKind",
+    "build_sink",
+    "check_ledger_mode",
+    "exactly_once",
+    "lane_flow",
+    "remaining_time",
+]
+
 log = logging.getLogger(__name__)
 
 Response = dict[str, list[dict[str, str]]]

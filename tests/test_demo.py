@@ -66,8 +66,9 @@ def test_a_small_demo_applies_every_effect_once_through_a_crash_and_producer_ret
     metrics = report["metrics"]
     assert metrics["records_read"] == report["delivered"]
     assert metrics["records_applied"] == report["effects"]
-    assert metrics["duplicates_redelivered"] + metrics["duplicates_inbound"] == (
-        report["duplicates_suppressed"]
+    assert (
+        metrics["duplicates_redelivered"] + metrics["duplicates_inbound"]
+        == (report["duplicates_suppressed"])
     )
     assert metrics["duplicates_inbound"] > 0  # the producer's retries, seen as the same event
     assert metrics["dead_lettered"] == 1

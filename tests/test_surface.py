@@ -69,3 +69,24 @@ def test_every_public_exception_is_a_kinesis_eo_error_named_error() -> None:
     unsuffixed = sorted(n for n in found if not n.endswith("Error"))
     assert outside == []
     assert unsuffixed == []
+
+
+MOVED = "sys.modules[__name__]"  # an alias module left where a module used to be
+
+
+def test_every_module_with_public_names_declares_them_and_each_exists() -> None:
+    missing, wrong = [], []
+    for info in pkgutil.walk_packages(kinesis_eo.__path__, "kinesis_eo."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        source = Path(module.__file__ or "").read_text()
+        if MOVED in source:
+            continue
+        exported = getattr(module, "__all__", None)
+        if exported is None:
+            missing.append(info.name)
+            continue
+        wrong += [f"{info.name}.{name}" for name in exported if not hasattr(module, name)]
+    assert missing == []
+    assert wrong == []

@@ -106,6 +106,18 @@ from kinesis_eo.cli.run import DEFAULT_HANDLER_ATTEMPTS as DEFAULT_HANDLER_ATTEM
 from kinesis_eo.cli.run import DEFAULT_OUTAGE_MAX_BACKOFF_S as DEFAULT_OUTAGE_MAX_BACKOFF_S  # noqa: E402
 from kinesis_eo.cli.run import _cmd_run as _cmd_run  # noqa: E402
 
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "PROG",
+    "Command",
+    "Subcommands",
+    "build_parser",
+    "main",
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kinesis-eo`` parser with every subcommand."""

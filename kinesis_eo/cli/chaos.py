@@ -7,6 +7,10 @@ import time
 
 from kinesis_eo.cli import EXIT_FAILED, EXIT_OK, Subcommands, _positive, _positive_seconds
 
+__all__ = [
+    "add",
+]
+
 
 def _share(text: str) -> float:
     try:

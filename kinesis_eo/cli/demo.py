@@ -6,6 +6,10 @@ import argparse
 
 from kinesis_eo.cli import EXIT_FAILED, EXIT_OK, Subcommands, _positive
 
+__all__ = [
+    "add",
+]
+
 
 def add(subcommands: Subcommands) -> None:
     """Register ``kinesis-eo demo``."""

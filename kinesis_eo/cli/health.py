@@ -7,6 +7,11 @@ import sys
 
 from kinesis_eo.cli import EXIT_FAILED, EXIT_OK, PROG, Subcommands, _positive_seconds
 
+__all__ = [
+    "DEFAULT_HEALTH_MAX_AGE_S",
+    "add",
+]
+
 DEFAULT_HEALTH_MAX_AGE_S = 30.0
 
 

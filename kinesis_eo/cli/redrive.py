@@ -13,6 +13,10 @@ from kinesis_eo.cli import (
     _positive,
 )
 
+__all__ = [
+    "add",
+]
+
 
 def add(subcommands: Subcommands) -> None:
     """Register ``kinesis-eo redrive``."""

@@ -6,6 +6,12 @@ import argparse
 
 from kinesis_eo.cli import EXIT_OK, Subcommands, _add_aws_options, _aws_clients
 
+__all__ = [
+    "DEFAULT_HANDLER_ATTEMPTS",
+    "DEFAULT_OUTAGE_MAX_BACKOFF_S",
+    "add",
+]
+
 
 def _positive_seconds(text: str) -> float:
     try:

@@ -18,6 +18,12 @@ from kinesis_eo.cli import (
 )
 from kinesis_eo.errors import ConfigurationError
 
+__all__ = [
+    "DEFAULT_WATCH_INTERVAL_S",
+    "add",
+    "watch",
+]
+
 if TYPE_CHECKING:
     from kinesis_eo.status import ShardChange, ShardStatus
 

@@ -6,3 +6,6 @@ emulator back-ends). The harness builds its workers through
 :func:`kinesis_eo.runner.build_worker`, the path ``kinesis-eo run`` takes, so
 that what it proves is the product.
 """
+
+# Its modules are imported by name (kinesis_eo.harness.chaos, ...); nothing is re-exported.
+__all__: list[str] = []

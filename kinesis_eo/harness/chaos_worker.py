@@ -33,6 +33,16 @@ from kinesis_eo.sinks import BatchReport, EffectContext, FailurePolicy, update
 from kinesis_eo.testing.faults import Always, FaultInjector, FaultKind, Probability
 from kinesis_eo.worker import Worker
 
+__all__ = [
+    "QUICK_RETRY",
+    "WorkerSpec",
+    "build_worker",
+    "effect_handler",
+    "main",
+    "run_options",
+    "write_stats",
+]
+
 # The AWS-call retries of the reader, the ledger and the worker: quick, on emulators.
 QUICK_RETRY = RetryConfig(max_attempts=10, initial_backoff_s=0.02, max_backoff_s=0.5)
 

@@ -56,6 +56,31 @@ from kinesis_eo.sinks import BatchReport, EffectContext, FailurePolicy, Transact
 from kinesis_eo.testing.backends import MotoServer
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 
+__all__ = [
+    "CONSUMER_GROUP",
+    "GET_THROTTLE_P",
+    "HANDLER_POLICY",
+    "POISON_EVERY",
+    "PRODUCER_BATCH",
+    "PUT_RETRY",
+    "PUT_THROTTLE_P",
+    "QUICK",
+    "READ_BATCH",
+    "STORED_BUT_FAILED_P",
+    "Consumed",
+    "Produced",
+    "Progress",
+    "Session",
+    "Tally",
+    "consume",
+    "plural",
+    "produce",
+    "require_moto_server",
+    "setup",
+    "start",
+    "verify_sink",
+]
+
 CONSUMER_GROUP = "demo"
 # One event in this many is poison; at least one always is, so that every run
 # shows a dead letter.

@@ -22,6 +22,12 @@ from collections.abc import Callable, Iterable, Sequence
 from kinesis_eo.leases.model import Lease
 from kinesis_eo.retrieval.shards import ShardGraph
 
+__all__ = [
+    "plan_cleanup",
+    "retired_shards",
+    "under_way",
+]
+
 
 def under_way(lease: Lease) -> bool:
     """Read past its start: checkpointed at a sequence number, or finished."""

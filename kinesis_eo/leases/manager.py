@@ -38,6 +38,12 @@ from kinesis_eo.leases.store import Change, Held, LeaseConflict, LeaseStore, Unc
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval.shards import ChildShard, Shard, ShardGraph
 
+__all__ = [
+    "LeaseManager",
+    "Observations",
+    "plan_takes",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -27,6 +27,25 @@ from enum import Enum
 from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.records import HashKeyRange, Position
 
+__all__ = [
+    "CHECKPOINT",
+    "CHILDREN",
+    "COUNTER",
+    "ENDING_HASH_KEY",
+    "LEASE_KEY",
+    "MILLIS_BEHIND",
+    "OWNER",
+    "OWNER_SWITCHES",
+    "PARENTS",
+    "STARTING_HASH_KEY",
+    "SUB_SEQUENCE",
+    "TOKEN",
+    "Lease",
+    "LeaseConfig",
+    "LeaseLostError",
+    "Sentinel",
+]
+
 LEASE_KEY = "leaseKey"
 OWNER = "leaseOwner"
 COUNTER = "leaseCounter"

@@ -36,6 +36,23 @@ from kinesis_eo.ledger.store import MemoryWrite
 from kinesis_eo.records import HashKeyRange
 from kinesis_eo.tables import create_table, create_table_flow
 
+__all__ = [
+    "Change",
+    "DynamoDBLeaseStore",
+    "Held",
+    "LeaseCondition",
+    "LeaseConflict",
+    "LeaseConflictError",
+    "LeaseStore",
+    "LeaseValue",
+    "MemoryLeaseStore",
+    "Unchanged",
+    "create_lease_table",
+    "item_from_lease",
+    "lease_from_item",
+    "lease_table_flow",
+]
+
 LeaseValue = str | int | frozenset[str]
 
 

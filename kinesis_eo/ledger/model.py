@@ -18,6 +18,42 @@ from enum import Enum
 from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.records import Record
 
+__all__ = [
+    "CLAIM_EXPIRES_AT",
+    "DONE_STATUSES",
+    "EXPIRES_AT",
+    "FAILURES",
+    "KEY",
+    "OWNER",
+    "PAYLOAD_HASH",
+    "POSITION",
+    "SHARD",
+    "STATUS",
+    "STREAM",
+    "UPDATED_AT",
+    "Absent",
+    "AbsentOrClaimExpired",
+    "ClaimExpiredFor",
+    "Condition",
+    "Delete",
+    "HeldBy",
+    "Increment",
+    "Item",
+    "LedgerConfig",
+    "LedgerConflict",
+    "LedgerConflictError",
+    "LedgerMode",
+    "MarkStatus",
+    "Op",
+    "PayloadMismatchError",
+    "PositionBelow",
+    "Put",
+    "Update",
+    "Value",
+    "event_id_or_position",
+    "payload_hash",
+]
+
 Value = str | int | bytes
 Item = Mapping[str, Value]
 

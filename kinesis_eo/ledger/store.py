@@ -46,6 +46,19 @@ from kinesis_eo.ledger.model import (
 from kinesis_eo.retry import RetryConfig, backoff_delay
 from kinesis_eo.tables import create_table, create_table_flow
 
+__all__ = [
+    "DynamoDBLedgerStore",
+    "LedgerStore",
+    "MemoryLedgerStore",
+    "MemoryWrite",
+    "StoreFlow",
+    "create_ledger_table",
+    "from_attribute",
+    "from_item",
+    "ledger_table_flow",
+    "to_attribute",
+]
+
 StoreFlow = Generator[Any, Any, Any]
 
 # BatchGetItem reads at most 100 keys per call.

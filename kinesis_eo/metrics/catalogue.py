@@ -18,6 +18,38 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+__all__ = [
+    "APP",
+    "BYTES_READ",
+    "CATALOGUE",
+    "COMMIT_CONFLICTS",
+    "COMMIT_LATENCY",
+    "DEAD_LETTERED",
+    "DUPLICATES_INBOUND",
+    "DUPLICATES_REDELIVERED",
+    "FENCED_COMMITS",
+    "HANDLER_ERRORS",
+    "HANDLER_LATENCY",
+    "LEASES_HELD",
+    "LEASES_RELEASED",
+    "LEASES_STOLEN",
+    "LEASES_TAKEN",
+    "MILLIS_BEHIND_LATEST",
+    "OUTAGE_PAUSES",
+    "PAYLOAD_MISMATCHES",
+    "REASON",
+    "RECORDS_APPLIED",
+    "RECORDS_READ",
+    "RETRIES",
+    "SERVICE",
+    "SHARD",
+    "SHARDS_ENDED",
+    "THROTTLES",
+    "MetricKind",
+    "MetricSpec",
+    "spec_for",
+]
+
 
 class MetricKind(enum.Enum):
     """How a metric aggregates: counters add, gauges keep the last value, timings keep a shape."""

@@ -43,6 +43,19 @@ from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.metrics.catalogue import MetricKind, spec_for
 from kinesis_eo.metrics.model import Dimensions, Recorder, Snapshot, TimingStats
 
+__all__ = [
+    "MAX_DIMENSIONS_PER_SET",
+    "MAX_DIMENSION_VALUE_LENGTH",
+    "MAX_METRICS_PER_DOCUMENT",
+    "MAX_NAMESPACE_LENGTH",
+    "MAX_VALUES_PER_ARRAY",
+    "TIMING_UNIT",
+    "EmfBackend",
+    "PowertoolsMetrics",
+    "emf_documents",
+    "validate_namespace",
+]
+
 MAX_METRICS_PER_DOCUMENT = 100
 MAX_DIMENSIONS_PER_SET = 30
 MAX_VALUES_PER_ARRAY = 100

@@ -27,6 +27,23 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
+__all__ = [
+    "BUCKETS_PER_DOUBLING",
+    "HIGHEST_BUCKET",
+    "LOWEST_BUCKET",
+    "Dimensions",
+    "Metrics",
+    "MetricsBackend",
+    "NullMetrics",
+    "Recorder",
+    "Series",
+    "Snapshot",
+    "TimingStats",
+    "bucket_middle",
+    "bucket_of",
+    "bucket_upper_bound",
+]
+
 BUCKETS_PER_DOUBLING = 4
 LOWEST_BUCKET = -20 * BUCKETS_PER_DOUBLING
 """Bucket (2**-20.25, 2**-20] s, about 1 µs: shorter timings are counted here."""

@@ -26,6 +26,13 @@ from kinesis_eo.metrics.model import (
     TimingStats,
 )
 
+__all__ = [
+    "HISTOGRAM_POWERS_OF_TWO",
+    "PrometheusBackend",
+    "RecorderCollector",
+    "metric_prefix",
+]
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 

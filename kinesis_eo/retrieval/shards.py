@@ -16,6 +16,15 @@ from typing import Any
 from kinesis_eo.flow import Call
 from kinesis_eo.records import HashKeyRange
 
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "ChildShard",
+    "Shard",
+    "ShardGraph",
+    "StreamRef",
+    "list_shards_flow",
+]
+
 # ListShards accepts up to 10,000; one page covers all but the largest streams.
 DEFAULT_PAGE_SIZE = 1000
 

@@ -42,6 +42,11 @@ from kinesis_eo.sinks.base import (
     SinkBase,
 )
 
+__all__ = [
+    "ClaimExpiredError",
+    "ClaimSink",
+]
+
 log = logging.getLogger(__name__)
 
 

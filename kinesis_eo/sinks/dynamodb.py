@@ -24,6 +24,15 @@ from kinesis_eo.sinks.base import (
     SinkBase,
 )
 
+__all__ = [
+    "TransactItem",
+    "TransactionalSink",
+    "condition_check",
+    "delete",
+    "put",
+    "update",
+]
+
 TransactItem = Mapping[str, Any]
 
 _serializer = TypeSerializer()

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from kinesis_eo.sinks.base import SinkBase
 
+__all__ = [
+    "IdempotentKeySink",
+]
+
 
 class IdempotentKeySink(SinkBase):
     """Calls ``handler(record, ctx)`` or ``batch_handler(records, contexts)``, then marks.
