@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -555,6 +556,32 @@ def kinesis_eo_series(body: dict[str, Any]) -> list[tuple[str, frozenset[str], s
 
 def expected_dimensions(metric: str) -> frozenset[str]:
     return frozenset({"app", *CATALOGUE[metric].dimensions})
+
+
+def dashboard_series(template: Path) -> dict[str, frozenset[str]]:
+    """Metric -> the dimension set the template's dashboard reads it under."""
+    return {
+        metric: dimensions
+        for metric, dimensions, _ in kinesis_eo_series(dashboard_body(template.name))
+    }
+
+
+EMF_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).parent / "emf_schema.json").read_text())
+)
+
+
+def emf_documents_in(log: Path) -> list[dict[str, Any]]:
+    """The EMF documents among a process's output lines (log lines are JSON too)."""
+    documents = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and "_aws" in document:
+            documents.append(document)
+    return documents
 
 
 @pytest.mark.parametrize("template", ["worker.yaml", "lambda.yaml"])
