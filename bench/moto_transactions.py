@@ -24,7 +24,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.table import Table
 
-from kinesis_eo.testing.moto_transactions import undo_log_transactions
+from kinesis_eo.harness.moto_transactions import undo_log_transactions
 
 REGION = "us-east-1"
 TABLE = "bench"

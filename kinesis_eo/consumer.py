@@ -6,6 +6,11 @@ and the asyncio consumer drive that same flow; the decisions (what to
 checkpoint, when to stop, what to count) live in :class:`ConsumerState`.
 Leases for many workers come on top of this loop; the sink already takes the
 fencing checks (``guards``) a lease will add.
+
+What the consumer does is recorded through :class:`~kinesis_eo.metrics.run.RunMetrics`:
+its totals (:attr:`Consumer.stats`) and, when it is given a back-end
+(``metrics=``), the catalogue's metrics per shard, flushed at each checkpoint
+and at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from typing import Any
 
 from kinesis_eo.checkpoint import Checkpoint, CheckpointStore
 from kinesis_eo.flow import pump, run_async, run_sync
+from kinesis_eo.metrics.hooks import attach_call_metrics
+from kinesis_eo.metrics.model import Metrics
+from kinesis_eo.metrics.run import RunMetrics
+from kinesis_eo.metrics.totals import RunTotals
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardGraph, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
 from kinesis_eo.retry import RetryConfig
@@ -43,18 +52,8 @@ class ConsumerConfig:
     outage_backoff: OutageBackoff = field(default_factory=OutageBackoff)
 
 
-@dataclass
-class ConsumerStats:
-    batches: int = 0
-    delivered: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    mismatched: int = 0
-    ledger_writes: int = 0
-    checkpoints: int = 0
-    shards_finished: int = 0
-    outage_pauses: int = 0
+ConsumerStats = RunTotals
+"""A consumer's totals (the name from before consumers and workers shared one model)."""
 
 
 AfterCommit = Callable[[Batch, BatchReport], None]
@@ -63,9 +62,15 @@ AfterCommit = Callable[[Batch, BatchReport], None]
 class ConsumerState:
     """The consumer's decisions, shared by the sync and the asyncio loop."""
 
-    def __init__(self, config: ConsumerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
-        self.stats = ConsumerStats()
+        self.record = RunMetrics(metrics)
+        self.stats: RunTotals = self.record.totals
         self.stopping = False
         self._clock = clock
         self._caught_up: dict[str, bool] = {}
@@ -83,18 +88,12 @@ class ConsumerState:
 
     def on_batch(self, batch: Batch, report: BatchReport | None) -> Checkpoint | None:
         """Count a processed batch; the checkpoint to write now, if one is due."""
-        stats = self.stats
-        stats.batches += 1
-        stats.delivered += len(batch.records)
+        self.record.read(batch.shard_id, batch.records, batch.millis_behind_latest)
         if report is not None:
-            stats.applied += len(report.applied)
-            stats.duplicates += len(report.duplicates)
-            stats.dead_lettered += len(report.dead_lettered)
-            stats.mismatched += len(report.mismatched)
-            stats.ledger_writes += report.ledger_writes
+            self.record.processed(batch.shard_id, report)
         self._caught_up[batch.shard_id] = not batch.records and not batch.millis_behind_latest
         if batch.shard_end:
-            stats.shards_finished += 1
+            self.record.shard_ended()
             self._caught_up.pop(batch.shard_id, None)
             self._unsaved.pop(batch.shard_id, None)
             return Checkpoint(shard_end=True)
@@ -141,11 +140,11 @@ def consume_flow(
         StreamRef.of(stream), config.reader, config.initial_position, positions, progress
     )
 
-    def on_pause(error: BaseException, delay: float) -> None:
-        state.stats.outage_pauses += 1
-        log.warning("paused for %.1f s by an outage (nothing dead-lettered): %s", delay, error)
-
     def on_batch(batch: Batch) -> Generator[Any, Any, bool]:
+        def on_pause(error: BaseException, delay: float) -> None:
+            state.record.outage_pause(batch.shard_id)
+            log.warning("paused for %.1f s by an outage (nothing dead-lettered): %s", delay, error)
+
         report = None
         if batch.records:
             report = yield from process_through_outages(
@@ -162,13 +161,15 @@ def consume_flow(
             after_commit(batch, report)
         if checkpoint is not None:
             yield from checkpoints.save(batch.shard_id, checkpoint)
-            state.stats.checkpoints += 1
+            state.record.checkpointed()
+            state.record.flush()
         return state.done(progress)
 
     yield from pump(reading, on_batch)
     for shard_id, checkpoint in state.unsaved().items():
         yield from checkpoints.save(shard_id, checkpoint)
-        state.stats.checkpoints += 1
+        state.record.checkpointed()
+    state.record.flush()
     return state.stats
 
 
@@ -183,12 +184,16 @@ class _ConsumerBase:
         config: ConsumerConfig | None = None,
         *,
         after_commit: AfterCommit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.clients = {"kinesis": kinesis, "dynamodb": dynamodb}
         self.stream = stream
         self.sink = sink
         self.checkpoints = checkpoints
-        self.state = ConsumerState(config or ConsumerConfig())
+        self.state = ConsumerState(config or ConsumerConfig(), metrics=metrics)
+        if self.state.record.enabled:
+            for client in self.clients.values():
+                attach_call_metrics(client, self.state.record.metrics)
         self.progress = StreamProgress(ShardGraph(()), set(), {})
         # Runs after a batch's effects are committed (and counted) and before
         # its checkpoint: where a crash costs a replay, which the ledger absorbs.
@@ -196,7 +201,8 @@ class _ConsumerBase:
         self.after_commit = after_commit
 
     @property
-    def stats(self) -> ConsumerStats:
+    def stats(self) -> RunTotals:
+        """This run's totals."""
         return self.state.stats
 
     def stop(self) -> None:
@@ -223,7 +229,10 @@ class Consumer(_ConsumerBase):
         return run_sync(flow, self.clients, self.state.config.retry)
 
     def run(self) -> ConsumerStats:
-        stats: ConsumerStats = self._run(self._flow())
+        try:
+            stats: ConsumerStats = self._run(self._flow())
+        finally:
+            self.state.record.flush()  # what a failed run recorded too
         return stats
 
 
@@ -238,5 +247,8 @@ class AsyncConsumer(_ConsumerBase):
         return await run_async(flow, self.clients, self.state.config.retry)
 
     async def run(self) -> ConsumerStats:
-        stats: ConsumerStats = await self._run(self._flow())
+        try:
+            stats: ConsumerStats = await self._run(self._flow())
+        finally:
+            self.state.record.flush()  # what a failed run recorded too
         return stats

@@ -4,6 +4,14 @@ Kept out of the CLI so that a program can start the same worker from its own
 ``main`` (``RunOptions`` plus :func:`build_worker`), and so that each piece
 fails with one sentence before any shard is touched: a handler that cannot
 be imported, a table that is not there.
+
+A program (the project's chaos harness is one) may hand :func:`build_worker`
+what the command line cannot: the handler object itself, boto3 clients of its
+own making (with a :class:`~kinesis_eo.testing.faults.FaultInjector` attached,
+say), a dead-letter target object, and an ``after_commit`` hook called after
+each batch's sink commit and before its checkpoint; and set in
+:class:`RunOptions` the failure policy, the ledger's retries and any other
+:class:`~kinesis_eo.worker.WorkerConfig` field (``worker``).
 """
 
 from __future__ import annotations
@@ -34,13 +42,17 @@ from kinesis_eo.ledger import (
     LedgerConfig,
     LedgerMode,
 )
+from kinesis_eo.metrics import build_metrics
+from kinesis_eo.metrics.model import Metrics
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import ClaimSink, FailurePolicy, IdempotentKeySink, TransactionalSink
-from kinesis_eo.worker import Worker, WorkerConfig, WorkerMetrics
+from kinesis_eo.sinks.base import DeadLetterSink
+from kinesis_eo.worker import AfterCommit, Worker, WorkerConfig, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 SINKS = ("transactional", "keyed", "claim")
+METRICS = {"emf": "emf", "prometheus": "prometheus", "none": "none"}
 MODES = {"watermark": LedgerMode.WATERMARK, "per-record": LedgerMode.PER_RECORD}
 INITIAL_POSITIONS = {"trim-horizon": Sentinel.TRIM_HORIZON, "latest": Sentinel.LATEST}
 EXPIRED_CLAIMS = {
@@ -78,6 +90,17 @@ class RunOptions:
     outage_max_backoff_s: float | None = None
     # Extra WorkerConfig fields (reader pacing, checkpoint interval), for programs and tests.
     worker: Mapping[str, Any] = field(default_factory=dict)
+    # How a failing record is retried, back-off included; None: FailurePolicy's defaults.
+    # handler_attempts, when given too, sets its max_attempts.
+    failure_policy: FailurePolicy | None = None
+    # Retries of the ledger's own DynamoDB calls; None: the ledger store's defaults.
+    ledger_retry: RetryConfig | None = None
+    # Where the worker's metrics go: "emf" (stdout), "prometheus" (served on metrics_port),
+    # or "none" (the library's default; the CLI's is emf).
+    metrics: str = "none"
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    metrics_namespace: str = "KinesisEO"
 
     @property
     def lease_table_name(self) -> str:
@@ -188,10 +211,11 @@ def ledger_config(options: RunOptions) -> LedgerConfig:
 
 def failure_policy(options: RunOptions) -> FailurePolicy:
     """How often a failing record is tried (``--handler-attempts``) before it is dead-lettered."""
+    policy = options.failure_policy or FailurePolicy()
     if options.handler_attempts is None:
-        return FailurePolicy()
+        return policy
     try:
-        return FailurePolicy(max_attempts=options.handler_attempts)
+        return dataclasses.replace(policy, max_attempts=options.handler_attempts)
     except ValueError as exc:
         raise _flag_error("--handler-attempts", options.handler_attempts, exc) from exc
 
@@ -253,6 +277,11 @@ def check_options(options: RunOptions) -> None:
         raise ConfigurationError(f"--sink must be one of {', '.join(SINKS)}, not {options.sink!r}")
     if options.health_file is not None:
         check_health_file(options.health_file)
+    _choice(METRICS, options.metrics, "--metrics")
+    if options.metrics == "prometheus" and options.metrics_port is None:
+        raise ConfigurationError("--metrics prometheus needs --metrics-port (0: any free port)")
+    if options.metrics_port is not None and not 0 <= options.metrics_port <= 65535:
+        raise ConfigurationError(f"--metrics-port must be 0 to 65535, not {options.metrics_port}")
 
 
 # --- tables and the stream -------------------------------------------------------------------
@@ -324,25 +353,40 @@ def fit_mark_ttl(kinesis: Any, options: RunOptions) -> RunOptions:
 # --- the worker ------------------------------------------------------------------------------
 
 
-def build_sink(
-    options: RunOptions, handler: Callable[..., Any], dynamodb: Any, sqs: Any = None
-) -> Any:
-    """The sink of ``options.sink`` around ``handler``, with its ledger and dead-letter target."""
-    ledger = Ledger(DynamoDBLedgerStore(options.ledger_table_name), ledger_config(options))
-    policy = failure_policy(options)
-    dead_letters: Any = None
+def dead_letter_target(options: RunOptions, dynamodb: Any, sqs: Any = None) -> Any:
+    """The dead-letter table or queue ``options`` names, or None."""
     if options.dead_letter_table and options.dead_letter_queue:
         raise ConfigurationError("give --dead-letter-table or --dead-letter-queue, not both")
     if options.dead_letter_table:
         from kinesis_eo.deadletter import DynamoDBDeadLetterTable
 
-        dead_letters = DynamoDBDeadLetterTable(dynamodb, options.dead_letter_table)
-    elif options.dead_letter_queue:
+        return DynamoDBDeadLetterTable(dynamodb, options.dead_letter_table)
+    if options.dead_letter_queue:
         from kinesis_eo.deadletter import SqsDeadLetterQueue
 
         if sqs is None:
             raise ConfigurationError("a dead-letter queue needs an SQS client")
-        dead_letters = SqsDeadLetterQueue(sqs, options.dead_letter_queue)
+        return SqsDeadLetterQueue(sqs, options.dead_letter_queue)
+    return None
+
+
+def build_sink(
+    options: RunOptions,
+    handler: Callable[..., Any],
+    dynamodb: Any,
+    sqs: Any = None,
+    *,
+    dead_letters: DeadLetterSink | None = None,
+) -> Any:
+    """The sink of ``options.sink`` around ``handler``, with its ledger and dead-letter target.
+
+    ``dead_letters``, a target object, takes the place of the options' table or queue.
+    """
+    store = DynamoDBLedgerStore(options.ledger_table_name, options.ledger_retry)
+    ledger = Ledger(store, ledger_config(options))
+    policy = failure_policy(options)
+    named = dead_letter_target(options, dynamodb, sqs)
+    dead_letters = dead_letters if dead_letters is not None else named
     kind = options.sink
     if kind == "transactional":
         return TransactionalSink(ledger, handler, policy=policy, dead_letters=dead_letters)
@@ -362,10 +406,22 @@ def build_worker(
     dynamodb: Any,
     sqs: Any = None,
     handler: Callable[..., Any] | None = None,
+    *,
+    after_commit: AfterCommit | None = None,
+    dead_letters: DeadLetterSink | None = None,
+    metrics: Metrics | None = None,
 ) -> Worker:
-    """A :class:`Worker` for ``options``; the tables must exist (see :func:`prepare_tables`)."""
+    """A :class:`Worker` for ``options``; the tables must exist (see :func:`prepare_tables`).
+
+    The worker makes every AWS call through the clients given, so faults
+    attached to them reach the lease, ledger, sink and reader alike.
+    ``handler`` is the effect itself (default: ``options.handler`` loaded);
+    ``dead_letters`` a target object in place of the options' table or queue;
+    ``after_commit(batch, report)`` runs after each batch's sink commit and
+    before its checkpoint; ``metrics`` a back-end in place of the options' one.
+    """
     handler = handler if handler is not None else load_handler(options.handler)
-    sink = build_sink(options, handler, dynamodb, sqs)
+    sink = build_sink(options, handler, dynamodb, sqs, dead_letters=dead_letters)
     leases = lease_config(options)
     manager = LeaseManager(
         DynamoDBLeaseStore(options.lease_table_name),
@@ -373,7 +429,24 @@ def build_worker(
         options.worker_id or default_worker_id(),
     )
     config = worker_config(options, leases)
-    return Worker(kinesis, dynamodb, options.stream, sink, manager, config)
+    if metrics is None:
+        metrics = build_metrics(
+            options.metrics,
+            namespace=options.metrics_namespace,
+            app=options.app,
+            port=options.metrics_port,
+            address=options.metrics_address,
+        )
+    return Worker(
+        kinesis,
+        dynamodb,
+        options.stream,
+        sink,
+        manager,
+        config,
+        after_commit=after_commit,
+        metrics=metrics,
+    )
 
 
 def run(options: RunOptions, kinesis: Any, dynamodb: Any, sqs: Any = None) -> WorkerMetrics:
@@ -402,7 +475,13 @@ def run(options: RunOptions, kinesis: Any, dynamodb: Any, sqs: Any = None) -> Wo
             "ledger_table": options.ledger_table_name,
         },
     )
-    metrics = worker.run(handle_signals=True)
+    try:
+        metrics = worker.run(handle_signals=True)
+    finally:
+        # The Prometheus back-end serves from a thread of its own; EMF has flushed at stop.
+        close = getattr(worker.state.backend, "close", None)
+        if close is not None:
+            close()
     log.info(
         "worker %s stopped and released its leases",
         worker.worker_id,

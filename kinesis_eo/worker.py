@@ -14,6 +14,11 @@ and under asyncio (:class:`AsyncWorker`):
 A worker that paused past its lease (GC, SIGSTOP, a partition) cannot commit:
 its fence names an acquisition that no longer holds the lease, so the
 transaction fails and nothing is written; the fenced commit is counted.
+
+What the worker does is recorded through :class:`~kinesis_eo.metrics.run.RunMetrics`:
+its totals (:attr:`Worker.metrics`, the health file) and, when the worker is
+given a back-end (``metrics=``), the catalogue's metrics per shard, which the
+coordinator flushes once per round and the worker once more when it stops.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.health import HealthBook, HealthLimits, prepare_health_file, write_health_file
 from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
 from kinesis_eo.ledger import FencedError
+from kinesis_eo.metrics.hooks import attach_call_metrics
+from kinesis_eo.metrics.model import Metrics, NullMetrics
+from kinesis_eo.metrics.run import RunMetrics
+from kinesis_eo.metrics.totals import RunTotals
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import step_flow
@@ -92,31 +101,8 @@ class WorkerConfig:
             )
 
 
-@dataclass
-class WorkerMetrics:
-    leases_taken: int = 0
-    leases_lost: int = 0
-    batches: int = 0
-    delivered: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    fenced_commits: int = 0
-    shards_ended: int = 0
-    # Batches held back by an outage and tried again (nothing dead-lettered for it).
-    outage_pauses: int = 0
-    loop_failures: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def count(self, **amounts: int) -> None:
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self, name, getattr(self, name) + amount)
-
-    def as_dict(self) -> dict[str, int]:
-        # Not dataclasses.asdict: it would try to deep-copy the lock.
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+WorkerMetrics = RunTotals
+"""A worker's totals (the name from before consumers and workers shared one model)."""
 
 
 @dataclass
@@ -126,8 +112,14 @@ class WorkerState:
     stopping: bool = False
     # Stands for SIGSTOP in tests and the harness: nothing is renewed or read.
     paused: bool = False
-    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    metrics: RunTotals = field(default_factory=RunTotals)
     health: HealthBook = field(default_factory=HealthBook)
+    # The back-end the catalogue's metrics go to; ``record`` updates it and ``metrics``.
+    backend: Metrics = field(default_factory=NullMetrics)
+    record: RunMetrics = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.record = RunMetrics(self.backend, self.metrics)
 
 
 AfterCommit = Callable[[Batch, BatchReport], None]
@@ -176,15 +168,18 @@ def coordinator_flow(
             next_sync = now + config.shard_sync_interval_s
         if now >= next_renew:
             lost = yield from manager.renew_all()
-            state.metrics.count(leases_lost=len(lost))
+            state.record.leases_lost(len(lost))
             next_renew = now + lease_config.renew_interval
         if now >= next_take and not state.stopping:
             for lease in (yield from manager.take_round()):
-                state.metrics.count(leases_taken=1)
+                state.record.leases_taken(1)
                 yield Acquired(lease)
             next_take = now + lease_config.take_interval
+        state.record.leases_held(len(manager.held))
         if config.health_file:
             _write_health(config.health_file, manager, config, state)
+        # Once per round, not per batch: shard threads would write many small documents.
+        state.record.flush()
         yield Sleep(max(0.0, min(next_renew, next_take, next_sync) - clock()))
 
 
@@ -247,12 +242,12 @@ def _shard_loop(
         batch = yield from step_flow(cursor, clock)
         if batch is None:
             continue
-        state.metrics.count(batches=1, delivered=len(batch.records))
+        state.record.read(shard_id, batch.records, batch.millis_behind_latest)
         if batch.records:
             try:
                 report = yield from _apply(manager, batch, sink, config, state, keep_going)
             except FencedError:
-                state.metrics.count(fenced_commits=1)
+                state.record.fenced(shard_id)
                 log.warning("commit on %s fenced: the lease has a new owner", shard_id)
                 return
             except LeaseLostError:
@@ -265,11 +260,13 @@ def _shard_loop(
         try:
             if batch.shard_end:
                 yield from manager.end_shard(shard_id, batch.child_shards)
-                state.metrics.count(shards_ended=1)
+                state.record.shard_ended()
                 yield from manager.release(shard_id)
+                state.record.lease_released()
                 return
             if unsaved is not None and clock() - saved_at >= config.checkpoint_interval_s:
                 yield from manager.checkpoint(shard_id, unsaved, batch.millis_behind_latest)
+                state.record.checkpointed()
                 unsaved, saved_at = None, clock()
         except LeaseLostError:
             return
@@ -279,7 +276,9 @@ def _shard_loop(
         with contextlib.suppress(LeaseLostError):
             if unsaved is not None:
                 yield from manager.checkpoint(shard_id, unsaved, cursor.millis_behind_latest)
+                state.record.checkpointed()
         yield from manager.release(shard_id)
+        state.record.lease_released()
 
 
 def _apply(
@@ -295,7 +294,7 @@ def _apply(
     state.health.waiting(shard_id)
 
     def on_pause(error: BaseException, delay: float) -> None:
-        state.metrics.count(outage_pauses=1)
+        state.record.outage_pause(shard_id)
         state.health.paused(shard_id, f"{type(error).__name__}: {error}")
         log.warning(
             "%s paused for %.1f s by an outage (nothing dead-lettered): %s", shard_id, delay, error
@@ -310,11 +309,7 @@ def _apply(
     )
     if report is not None:
         state.health.progressed(shard_id)
-        state.metrics.count(
-            applied=len(report.applied),
-            duplicates=len(report.duplicates),
-            dead_lettered=len(report.dead_lettered),
-        )
+        state.record.processed(shard_id, report)
     return report
 
 
@@ -329,6 +324,7 @@ class _WorkerBase:
         config: WorkerConfig,
         *,
         after_commit: AfterCommit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.clients = {"kinesis": kinesis, "dynamodb": dynamodb}
         self.after_commit = after_commit
@@ -336,14 +332,18 @@ class _WorkerBase:
         self.sink = sink
         self.manager = manager
         self.config = config
-        self.state = WorkerState()
+        self.state = WorkerState(backend=metrics if metrics is not None else NullMetrics())
+        if self.state.record.enabled:
+            for client in self.clients.values():
+                attach_call_metrics(client, self.state.backend)
 
     @property
     def worker_id(self) -> str:
         return self.manager.worker_id
 
     @property
-    def metrics(self) -> WorkerMetrics:
+    def metrics(self) -> RunTotals:
+        """This run's totals (the back-end given as ``metrics=`` is ``state.backend``)."""
         return self.state.metrics
 
     def stop(self) -> None:
@@ -359,12 +359,17 @@ class _WorkerBase:
 
     def _loop_failed(self, lease: Lease, error: Exception) -> None:
         log.exception("the loop of %s failed; giving its lease up", lease.shard_id)
-        self.state.metrics.count(loop_failures=1)
+        self.state.record.loop_failed()
         self.state.health.failed(lease.shard_id, error)
 
     def _prepare(self) -> None:
         if self.config.health_file:
             prepare_health_file(self.config.health_file)
+
+    def _stopped(self) -> None:
+        """Every shard loop has ended: record what is left and publish it."""
+        self.state.record.leases_held(len(self.manager.held))
+        self.state.record.flush()
 
     def _coordinator(self) -> Generator[Any, Any, None]:
         return coordinator_flow(self.manager, self.stream, self.config, self.state)
@@ -406,8 +411,9 @@ class Worker(_WorkerBase):
             # Renewing a lease nobody works on would stall the shard: let it go.
             with contextlib.suppress(Exception):
                 self._run(self.manager.give_up(lease.shard_id))
+                self.state.record.lease_released()
 
-    def run(self, handle_signals: bool = False) -> WorkerMetrics:
+    def run(self, handle_signals: bool = False) -> RunTotals:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``)."""
         self._prepare()
         if handle_signals:
@@ -429,6 +435,7 @@ class Worker(_WorkerBase):
             self.state.stopping = True
             for thread in self._threads:
                 thread.join()
+            self._stopped()
         return self.metrics
 
 
@@ -449,8 +456,9 @@ class AsyncWorker(_WorkerBase):
                 await run_async(
                     self.manager.give_up(lease.shard_id), self.clients, self.config.retry
                 )
+                self.state.record.lease_released()
 
-    async def run(self, handle_signals: bool = False) -> WorkerMetrics:
+    async def run(self, handle_signals: bool = False) -> RunTotals:
         self._prepare()
         if handle_signals:
             loop = asyncio.get_running_loop()
@@ -465,4 +473,5 @@ class AsyncWorker(_WorkerBase):
             self.state.stopping = True
             if self._tasks:
                 await asyncio.gather(*self._tasks)
+            self._stopped()
         return self.metrics

@@ -23,6 +23,12 @@ told in :class:`LambdaConfig`:
 Set the ESM's ``MaximumRetryAttempts`` above ``max_failed_deliveries`` (or
 to -1): if the ESM gives up first, it skips the batch and its on-failure
 destination gets only the batch's shard and sequence numbers, not the payload.
+
+Metrics: give the handler a back-end (``metrics=build_metrics("emf", ...)``)
+and it records the catalogue's metrics per shard and writes them once per
+invocation, at its end; or give it your Powertools ``Metrics`` object
+(``powertools_metrics=``) and the same values go into the document Powertools
+writes, instead of a second one.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from kinesis_eo.aggregation import DEFAULT_LIMITS, AggregateLimits
 from kinesis_eo.errors import ConfigurationError, KinesisEOError
 from kinesis_eo.flow import run_async, run_sync
 from kinesis_eo.ledger import ExpiredClaimPolicy, Ledger, LedgerMode
+from kinesis_eo.metrics import Metrics
+from kinesis_eo.metrics.emf import PowertoolsMetrics
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import (
@@ -63,6 +71,7 @@ from lambda_handlers.decisions import (
     segments,
 )
 from lambda_handlers.events import ShardDelivery, parse_event
+from lambda_handlers.metrics import InvocationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +340,8 @@ class _HandlerBase:
         dead_letters: DeadLetterSink | None = None,
         config: LambdaConfig | None = None,
         dynamodb: Any,
+        metrics: Metrics | None = None,
+        powertools_metrics: PowertoolsMetrics | None = None,
     ) -> None:
         self.config = config or LambdaConfig()
         check_ledger_mode(self.config, ledger.config.mode)
@@ -338,6 +349,7 @@ class _HandlerBase:
         self.sink = build_sink(ledger, handler, batch_handler, dead_letters, self.config)
         self.clients = {"dynamodb": dynamodb}
         self.last_invocation: InvocationReport | None = None
+        self.metrics = InvocationMetrics(ledger, dynamodb, metrics, powertools_metrics)
 
     def _plan(
         self, event: Any, context: Any
@@ -370,6 +382,7 @@ class _HandlerBase:
             invocation.report.merge(report)
         records = [r for d in deliveries for r in d.records]
         invocation.records = len(records)
+        self.metrics.invocation(deliveries, [lane for lane, _ in work], reports)
         invocation.stopped_for_deadline = any(gate.deadline_hit for _, gate in work)
         invocation.reported = items_to_report(
             records, invocation.report.deferred, self.config.ordering
@@ -389,6 +402,9 @@ class KinesisHandler(_HandlerBase):
     ``ReportBatchItemFailures`` response; raises :class:`MalformedEventError`
     for an event it cannot read, and lets toolkit errors (a missing table, a
     denied call) fail the invocation, so the ESM retries the batch.
+    ``metrics``: a back-end for the catalogue's metrics, written at the end of
+    each invocation; ``powertools_metrics``: a Powertools ``Metrics`` object
+    that receives them instead (see :mod:`lambda_handlers.metrics`).
     """
 
     def __init__(
@@ -400,6 +416,8 @@ class KinesisHandler(_HandlerBase):
         dead_letters: DeadLetterSink | None = None,
         config: LambdaConfig | None = None,
         dynamodb: Any = None,
+        metrics: Metrics | None = None,
+        powertools_metrics: PowertoolsMetrics | None = None,
     ) -> None:
         if dynamodb is None:
             import boto3
@@ -412,6 +430,8 @@ class KinesisHandler(_HandlerBase):
             dead_letters=dead_letters,
             config=config,
             dynamodb=dynamodb,
+            metrics=metrics,
+            powertools_metrics=powertools_metrics,
         )
         self.sink.bind(self._run)
 
@@ -419,14 +439,17 @@ class KinesisHandler(_HandlerBase):
         return run_sync(flow, self.clients, self.config.retry)
 
     def __call__(self, event: Any, context: Any) -> Response:
-        deliveries, work = self._plan(event, context)
-        flows = [lane_flow(self.sink, lane, gate) for lane, gate in work]
-        if len(flows) <= 1:
-            reports = [self._run(flow) for flow in flows]
-        else:
-            with ThreadPoolExecutor(self.config.max_concurrency) as pool:
-                reports = list(pool.map(self._run, flows))
-        return self._finish(deliveries, work, reports)
+        try:
+            deliveries, work = self._plan(event, context)
+            flows = [lane_flow(self.sink, lane, gate) for lane, gate in work]
+            if len(flows) <= 1:
+                reports = [self._run(flow) for flow in flows]
+            else:
+                with ThreadPoolExecutor(self.config.max_concurrency) as pool:
+                    reports = list(pool.map(self._run, flows))
+            return self._finish(deliveries, work, reports)
+        finally:
+            self.metrics.publish()
 
 
 class AsyncKinesisHandler(_HandlerBase):
@@ -446,6 +469,8 @@ class AsyncKinesisHandler(_HandlerBase):
         dynamodb: Any,
         dead_letters: DeadLetterSink | None = None,
         config: LambdaConfig | None = None,
+        metrics: Metrics | None = None,
+        powertools_metrics: PowertoolsMetrics | None = None,
     ) -> None:
         super().__init__(
             handler,
@@ -454,6 +479,8 @@ class AsyncKinesisHandler(_HandlerBase):
             dead_letters=dead_letters,
             config=config,
             dynamodb=dynamodb,
+            metrics=metrics,
+            powertools_metrics=powertools_metrics,
         )
         self.sink.bind(self._run)
 
@@ -461,11 +488,14 @@ class AsyncKinesisHandler(_HandlerBase):
         return await run_async(flow, self.clients, self.config.retry)
 
     async def __call__(self, event: Any, context: Any) -> Response:
-        deliveries, work = self._plan(event, context)
-        reports = await asyncio.gather(
-            *(self._run(lane_flow(self.sink, lane, gate)) for lane, gate in work)
-        )
-        return self._finish(deliveries, work, list(reports))
+        try:
+            deliveries, work = self._plan(event, context)
+            reports = await asyncio.gather(
+                *(self._run(lane_flow(self.sink, lane, gate)) for lane, gate in work)
+            )
+            return self._finish(deliveries, work, list(reports))
+        finally:
+            self.metrics.publish()
 
 
 def exactly_once(
@@ -474,6 +504,8 @@ def exactly_once(
     dead_letters: DeadLetterSink | None = None,
     config: LambdaConfig | None = None,
     dynamodb: Any = None,
+    metrics: Metrics | None = None,
+    powertools_metrics: PowertoolsMetrics | None = None,
 ) -> Callable[[RecordHandler], KinesisHandler]:
     """Turn a record handler into a Lambda entry point::
 
@@ -484,7 +516,13 @@ def exactly_once(
 
     def wrap(handler: RecordHandler) -> KinesisHandler:
         return KinesisHandler(
-            handler, ledger=ledger, dead_letters=dead_letters, config=config, dynamodb=dynamodb
+            handler,
+            ledger=ledger,
+            dead_letters=dead_letters,
+            config=config,
+            dynamodb=dynamodb,
+            metrics=metrics,
+            powertools_metrics=powertools_metrics,
         )
 
     return wrap

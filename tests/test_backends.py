@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from kinesis_eo.errors import ConfigurationError
-from kinesis_eo.testing import moto_transactions
+from kinesis_eo.harness import moto_transactions
 from kinesis_eo.testing.backends import (
     KINESIS_MOCK_MAIN_ENV,
     KinesisMock,

@@ -18,17 +18,17 @@ from botocore.exceptions import ClientError
 
 from kinesis_eo.cli import main
 from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
-from kinesis_eo.records import Record
-from kinesis_eo.sinks import update
-from kinesis_eo.tables import create_table, create_table_flow
-from kinesis_eo.testing.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
-from kinesis_eo.testing.chaos_faults import (
+from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
+from kinesis_eo.harness.chaos_faults import (
     OUTAGE_TAG,
     InvalidWrite,
     invalid_write,
     invalid_write_kind,
     outage_letters,
 )
+from kinesis_eo.records import Record
+from kinesis_eo.sinks import update
+from kinesis_eo.tables import create_table, create_table_flow
 
 
 def test_a_short_chaos_run_on_moto_loses_nothing_and_applies_nothing_twice() -> None:

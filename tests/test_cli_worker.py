@@ -258,7 +258,9 @@ def test_sigterm_hands_every_lease_over_with_no_gap_and_no_duplicate(
     assert applied(dynamodb, names.effects) == dict.fromkeys(ids, 1)
     assert staying.metrics.duplicates == 0
     assert staying.metrics.applied == 100
-    lines = [json.loads(line) for line in logs().splitlines() if line.startswith("{")]
+    # JSON log lines; the EMF metric documents on the same output are not log lines.
+    documents = [json.loads(line) for line in logs().splitlines() if line.startswith("{")]
+    lines = [line for line in documents if "_aws" not in line]
     stopped = [line for line in lines if "stopped" in line["message"]]
     assert stopped, logs()
     assert stopped[-1]["metrics"]["applied"] == 200
@@ -672,25 +674,47 @@ def load_template(path: Path) -> dict[str, Any]:
     return document
 
 
-def test_the_worker_template_runs_commands_the_cli_accepts() -> None:
+@pytest.mark.parametrize("mark_ttl_hours", ["", "200"])
+def test_the_worker_template_runs_commands_the_cli_accepts(mark_ttl_hours: str) -> None:
     # cfn-lint checks the template against CloudFormation; only this checks it against us.
     template = load_template(REPO / "infra" / "worker.yaml")
     parameters = template["Parameters"]
-    placeholders = {"Handler": "module:function", "AWS::Region": "us-east-1"}
+    placeholders = {
+        "Handler": "module:function",
+        "AWS::Region": "us-east-1",
+        "MarkTtlHours": mark_ttl_hours,
+    }
+    no_value = object()
 
-    def resolve(value: Any) -> str:
+    def resolve(value: Any) -> Any:
         if isinstance(value, str):
             return value
-        (name,) = value.values()
-        default = parameters.get(name, {}).get("Default")
-        return str(placeholders.get(name, default if default is not None else name))
+        ((kind, body),) = value.items()
+        if kind == "If":
+            condition, then, otherwise = body
+            return resolve(then if holds(template["Conditions"][condition]) else otherwise)
+        if body == "AWS::NoValue":
+            return no_value
+        default = parameters.get(body, {}).get("Default")
+        return str(placeholders.get(body, default if default is not None else body))
+
+    def holds(condition: Any) -> bool:
+        ((kind, body),) = condition.items()
+        if kind == "Not":
+            return not holds(body[0])
+        assert kind == "Equals", f"the test reads Not and Equals conditions only, not {kind}"
+        return bool(resolve(body[0]) == resolve(body[1]))
+
+    def command(values: list[Any]) -> list[str]:
+        return [v for v in map(resolve, values) if v is not no_value]
 
     (container,) = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert container["EntryPoint"] == ["kinesis-eo"]
-    run_args = cli.build_parser().parse_args([resolve(v) for v in container["Command"]])
+    run_args = cli.build_parser().parse_args(command(container["Command"]))
+    assert run_args.mark_ttl_hours == (float(mark_ttl_hours) if mark_ttl_hours else None)
     assert run_args.command is cli._cmd_run
     assert run_args.health_file is not None
-    check = [resolve(v) for v in container["HealthCheck"]["Command"]]
+    check = command(container["HealthCheck"]["Command"])
     assert check[:2] == ["CMD", "kinesis-eo"]
     health_args = cli.build_parser().parse_args(check[2:])
     assert health_args.command is cli._cmd_health

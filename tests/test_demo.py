@@ -20,9 +20,9 @@ import pytest
 from moto.dynamodb.models import DynamoDBBackend
 
 from kinesis_eo import __version__
-from kinesis_eo import demo as demo_module
 from kinesis_eo.cli import main
 from kinesis_eo.errors import ConfigurationError
+from kinesis_eo.harness import demo as demo_module
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = (

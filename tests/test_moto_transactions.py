@@ -27,14 +27,14 @@ from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
 from moto.dynamodb.models.dynamo_type import Item
 from moto.dynamodb.models.table import StreamShard, Table
 
-from kinesis_eo.testing import moto_transactions
-from kinesis_eo.testing.backends import MotoServer
-from kinesis_eo.testing.moto_transactions import (
+from kinesis_eo.harness import moto_transactions
+from kinesis_eo.harness.moto_transactions import (
     install,
     installed,
     undo_log_transactions,
     uninstall,
 )
+from kinesis_eo.testing.backends import MotoServer
 
 REGION = "us-east-1"
 ACCOUNTS = "accounts"  # hash key pk (S); stream NEW_AND_OLD_IMAGES

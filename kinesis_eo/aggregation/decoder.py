@@ -13,8 +13,8 @@ from kinesis_eo.aggregation.wire import (
     LENGTH_DELIMITED,
     MAGIC,
     VARINT,
-    CorruptAggregate,
-    OverCap,
+    CorruptAggregateError,
+    OverCapError,
     expect_wire_type,
     read_key,
     read_length_delimited,
@@ -55,7 +55,7 @@ def _check_tag(buf: bytes, pos: int, end: int) -> None:
             has_key = True
         pos = skip_field(buf, field_number, wire_type, pos, end)
     if not has_key:
-        raise CorruptAggregate("tag without a key")
+        raise CorruptAggregateError("tag without a key")
 
 
 def _user_record(buf: bytes, pos: int, end: int) -> tuple[int, int | None, bytes]:
@@ -82,9 +82,9 @@ def _user_record(buf: bytes, pos: int, end: int) -> tuple[int, int | None, bytes
         else:
             pos = skip_field(buf, field_number, wire_type, pos, end)
     if partition_key_index is None:
-        raise CorruptAggregate("user record without a partition key index")
+        raise CorruptAggregateError("user record without a partition key index")
     if data is None:
-        raise CorruptAggregate("user record without data")
+        raise CorruptAggregateError("user record without data")
     return partition_key_index, explicit_hash_key_index, data
 
 
@@ -103,14 +103,14 @@ def _parse(
             if field_number == 3:
                 # Checked before each record is decoded: a bomb stops here, at the cap.
                 if len(user_records) == caps.records:
-                    raise OverCap(
+                    raise OverCapError(
                         f"aggregate holds more than {caps.records} user records",
                         batch=caps.records_are_batch,
                     )
                 user_record = _user_record(buf, start, pos)
                 data_bytes += len(user_record[2])
                 if data_bytes > caps.data_bytes:
-                    raise OverCap(
+                    raise OverCapError(
                         f"aggregate's user records hold more than {caps.data_bytes} bytes",
                         batch=caps.bytes_are_batch,
                     )
@@ -128,12 +128,12 @@ def _unpack(record: Record, hash_range: HashKeyRange | None, caps: Caps) -> Deag
     data = record.data
     end = len(data) - DIGEST_SIZE
     if end < len(MAGIC):
-        raise CorruptAggregate("too short for an aggregate")
+        raise CorruptAggregateError("too short for an aggregate")
     if hashlib.md5(data[len(MAGIC) : end], usedforsecurity=False).digest() != data[end:]:
-        raise CorruptAggregate("MD5 digest does not match")
+        raise CorruptAggregateError("MD5 digest does not match")
     partition_keys, explicit_hash_keys, user_records = _parse(data, len(MAGIC), end, caps)
     if not user_records:
-        raise CorruptAggregate("aggregate holds no user records")
+        raise CorruptAggregateError("aggregate holds no user records")
 
     # Explicit hash keys are checked and hash keys computed once per table
     # entry, not per user record: the KPL shares table entries between records.
@@ -149,14 +149,14 @@ def _unpack(record: Record, hash_range: HashKeyRange | None, caps: Caps) -> Deag
     outside: list[Record] = []
     for sub_sequence_number, (key_index, explicit_index, payload) in enumerate(user_records):
         if key_index >= len(partition_keys):
-            raise CorruptAggregate(
+            raise CorruptAggregateError(
                 f"partition key index {key_index} outside a table of {len(partition_keys)}"
             )
         partition_key = partition_keys[key_index]
         explicit_hash_key: str | None = None
         if explicit_index is not None:
             if explicit_index >= len(explicit_hash_keys):
-                raise CorruptAggregate(
+                raise CorruptAggregateError(
                     f"explicit hash key index {explicit_index} outside a table of "
                     f"{len(explicit_hash_keys)}"
                 )
@@ -165,7 +165,7 @@ def _unpack(record: Record, hash_range: HashKeyRange | None, caps: Caps) -> Deag
                 try:
                     check_explicit_hash_key(explicit_hash_key)
                 except ValueError:
-                    raise CorruptAggregate(
+                    raise CorruptAggregateError(
                         f"explicit hash key {explicit_hash_key[:50]!r} is not a 128-bit decimal"
                     ) from None
                 checked_explicit.add(explicit_index)
@@ -221,11 +221,11 @@ def deaggregate(
         started = budget is not None and budget.records > 0
         try:
             result = _unpack(record, hash_range, Caps.of(limits, budget if started else None))
-        except OverCap as exc:
+        except OverCapError as exc:
             if exc.batch:
                 return Deaggregated([], [], batch_full=True)
             result = Deaggregated([replace(record, deaggregation_error=str(exc))], [])
-        except CorruptAggregate as exc:
+        except CorruptAggregateError as exc:
             result = Deaggregated([replace(record, deaggregation_error=str(exc))], [])
     if budget is not None:
         every = (*result.records, *result.outside_hash_range)

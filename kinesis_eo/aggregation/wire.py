@@ -1,6 +1,6 @@
 """The KPL's framing and the few protobuf wire-format primitives it needs, both ways.
 
-A reader here raises :class:`CorruptAggregate` for bytes that do not parse;
+A reader here raises :class:`CorruptAggregateError` for bytes that do not parse;
 it never leaves the package: it becomes ``Record.deaggregation_error``.
 """
 
@@ -18,8 +18,8 @@ __all__ = [
     "MAX_UINT64",
     "START_GROUP",
     "VARINT",
-    "CorruptAggregate",
-    "OverCap",
+    "CorruptAggregateError",
+    "OverCapError",
     "expect_wire_type",
     "put_bytes",
     "put_varint",
@@ -43,11 +43,11 @@ END_GROUP = 4
 FIXED32 = 5
 
 
-class CorruptAggregate(InvalidRecordError):
+class CorruptAggregateError(InvalidRecordError):
     """Never leaves this package: it becomes ``Record.deaggregation_error``."""
 
 
-class OverCap(CorruptAggregate):
+class OverCapError(CorruptAggregateError):
     """Decoding reached a cap; ``batch`` when it was what is left of the batch's."""
 
     def __init__(self, message: str, *, batch: bool) -> None:
@@ -79,7 +79,7 @@ def put_bytes(out: bytearray, tag: int, payload: bytes) -> None:
 def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """(value, position after it) of the varint at ``pos``."""
     if pos >= end:
-        raise CorruptAggregate(f"truncated varint at byte {pos}")
+        raise CorruptAggregateError(f"truncated varint at byte {pos}")
     byte = buf[pos]
     if byte < 0x80:
         return byte, pos + 1
@@ -87,7 +87,7 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     shift = 0
     while True:
         if pos >= end:
-            raise CorruptAggregate(f"truncated varint at byte {pos}")
+            raise CorruptAggregateError(f"truncated varint at byte {pos}")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -95,9 +95,9 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             break
         shift += 7
         if shift >= 70:
-            raise CorruptAggregate(f"varint longer than 10 bytes at byte {pos}")
+            raise CorruptAggregateError(f"varint longer than 10 bytes at byte {pos}")
     if result > MAX_UINT64:
-        raise CorruptAggregate(f"varint above 64 bits at byte {pos}")
+        raise CorruptAggregateError(f"varint above 64 bits at byte {pos}")
     return result, pos
 
 
@@ -106,7 +106,7 @@ def read_key(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     key, pos = read_varint(buf, pos, end)
     field_number = key >> 3
     if field_number == 0:
-        raise CorruptAggregate(f"field number 0 at byte {pos}")
+        raise CorruptAggregateError(f"field number 0 at byte {pos}")
     return field_number, key & 7, pos
 
 
@@ -115,7 +115,7 @@ def read_length_delimited(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     length, pos = read_varint(buf, pos, end)
     stop = pos + length
     if stop > end:
-        raise CorruptAggregate(f"field of {length} bytes runs past its message at byte {pos}")
+        raise CorruptAggregateError(f"field of {length} bytes runs past its message at byte {pos}")
     return pos, stop
 
 
@@ -128,7 +128,7 @@ def skip_field(buf: bytes, field_number: int, wire_type: int, pos: int, end: int
     if wire_type in (FIXED64, FIXED32):
         pos += 8 if wire_type == FIXED64 else 4
         if pos > end:
-            raise CorruptAggregate("truncated fixed-width field")
+            raise CorruptAggregateError("truncated fixed-width field")
         return pos
     if wire_type == START_GROUP:
         # Groups nest; a stack rather than recursion so that hostile input
@@ -138,19 +138,21 @@ def skip_field(buf: bytes, field_number: int, wire_type: int, pos: int, end: int
             inner, inner_type, pos = read_key(buf, pos, end)
             if inner_type == END_GROUP:
                 if inner != open_groups.pop():
-                    raise CorruptAggregate(f"mismatched end of group {inner}")
+                    raise CorruptAggregateError(f"mismatched end of group {inner}")
             elif inner_type == START_GROUP:
                 open_groups.append(inner)
             else:
                 pos = skip_field(buf, inner, inner_type, pos, end)
         return pos
-    raise CorruptAggregate(f"wire type {wire_type} for field {field_number}")
+    raise CorruptAggregateError(f"wire type {wire_type} for field {field_number}")
 
 
 def expect_wire_type(field_number: int, wire_type: int, expected: int) -> None:
     """Refuse a known field sent with another wire type than the schema's."""
     if wire_type != expected:
-        raise CorruptAggregate(f"field {field_number} has wire type {wire_type}, not {expected}")
+        raise CorruptAggregateError(
+            f"field {field_number} has wire type {wire_type}, not {expected}"
+        )
 
 
 def read_text(buf: bytes, start: int, stop: int, what: str) -> str:
@@ -158,4 +160,4 @@ def read_text(buf: bytes, start: int, stop: int, what: str) -> str:
     try:
         return buf[start:stop].decode("utf-8")
     except UnicodeDecodeError:
-        raise CorruptAggregate(f"{what} is not UTF-8") from None
+        raise CorruptAggregateError(f"{what} is not UTF-8") from None

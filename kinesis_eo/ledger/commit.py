@@ -70,6 +70,10 @@ class CommitResult:
     # no retry mends them, so they are for the dead-letter target at once.
     invalid: list[tuple[Record, str]] = field(default_factory=list)
     writes: int = 0
+    # The duplicates that are inbound ones (the event committed under another position).
+    inbound: list[Record] = field(default_factory=list)
+    # Ledger conditions that failed: marks someone else had written first.
+    conflicts: int = 0
 
 
 class LedgerCommit(LedgerCore):
@@ -89,6 +93,8 @@ class LedgerCommit(LedgerCore):
         if self.config.mode is LedgerMode.PER_RECORD:
             first, duplicates, mismatched = self._first_of_each_key([e.record for e in pending])
             result.duplicates += duplicates
+            # A batch holds each position once: a key seen twice in it is an inbound duplicate.
+            result.inbound += duplicates
             result.mismatched += mismatched
             keep = {id(r) for r in first}
             pending = [e for e in pending if id(e.record) in keep]
@@ -105,6 +111,7 @@ class LedgerCommit(LedgerCore):
             try:
                 yield from self.store.apply(ops, [*writes, *guards])
             except LedgerConflict as conflict:
+                result.conflicts += sum(1 for index in conflict.failed if index < len(ops))
                 retry, held_back = yield from self._resolve(
                     chunk, ops, len(writes), conflict, result
                 )
@@ -303,5 +310,7 @@ class LedgerCommit(LedgerCore):
     ) -> None:
         if item is not None and item.get(PAYLOAD_HASH) != payload_hash(record.data):
             result.mismatched.append(PayloadMismatchError(key, record, str(item.get(PAYLOAD_HASH))))
-        else:
-            result.duplicates.append(record)
+            return
+        result.duplicates.append(record)
+        if not LedgerCore.committed_at(item, record):
+            result.inbound.append(record)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kinesis_eo.ledger.model import (
     EXPIRES_AT,
@@ -68,6 +68,17 @@ class LedgerCore:
             UPDATED_AT: now_ms,
             EXPIRES_AT: now_ms // 1000 + int(self.config.record_ttl.total_seconds()),
         }
+
+    @staticmethod
+    def committed_at(item: Mapping[str, Value] | None, record: Record) -> bool:
+        """Whether a per-record mark was committed for this very record (its shard and
+        position), so that seeing it again is a redelivery, not an inbound duplicate.
+
+        Without the stored item there is no evidence of another position: a redelivery.
+        """
+        if item is None or POSITION not in item:
+            return True
+        return item[POSITION] == record.position.key() and item.get(SHARD) == record.shard_id
 
     def _first_of_each_key(
         self, records: Sequence[Record]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kinesis_eo.ledger.core import LedgerCore
@@ -28,6 +28,9 @@ class Screened:
     new: list[Record]
     duplicates: list[Record]
     mismatched: list[PayloadMismatchError]
+    # The duplicates that are inbound ones: the event was committed under another
+    # position (a producer's retry), not this record read again.
+    inbound: list[Record] = field(default_factory=list)
 
 
 class LedgerScreening(LedgerCore):
@@ -79,6 +82,8 @@ class LedgerScreening(LedgerCore):
 
     def _screen_per_record(self, records: Sequence[Record]) -> Generator[Any, Any, Screened]:
         first, duplicates, mismatched = self._first_of_each_key(records)
+        # A batch holds each position once: a key seen twice in it is an inbound duplicate.
+        inbound = list(duplicates)
         stored = yield from self.store.get([self.record_key(r) for r in first])
         new: list[Record] = []
         for record in first:
@@ -90,4 +95,6 @@ class LedgerScreening(LedgerCore):
                 mismatched.append(PayloadMismatchError(key, record, str(item.get(PAYLOAD_HASH))))
             else:
                 duplicates.append(record)
-        return Screened(new, duplicates, mismatched)
+                if not self.committed_at(item, record):
+                    inbound.append(record)
+        return Screened(new, duplicates, mismatched, inbound)

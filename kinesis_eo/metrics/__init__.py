@@ -1,11 +1,15 @@
 """Metrics: one model that every runtime updates, and thin back-ends at the edge.
 
 Runtimes take a :class:`Metrics` (``NullMetrics`` unless told otherwise) and
-record per batch with the names in :mod:`kinesis_eo.metrics.catalogue`.
+record per batch with the names in :mod:`kinesis_eo.metrics.catalogue`, through
+:class:`~kinesis_eo.metrics.run.RunMetrics`, which also keeps the run's totals
+(:class:`~kinesis_eo.metrics.totals.RunTotals`). Throttles and retries are
+counted by hooks on the runtime's clients (:mod:`kinesis_eo.metrics.hooks`).
 A process picks its back-end once with :func:`build_metrics`:
 
 - ``"emf"``: CloudWatch Embedded Metric Format lines on stdout, written at each
-  ``flush()`` (per batch in a worker's loop, per invocation in AWS Lambda);
+  ``flush()`` (once per round of a worker's coordinator, at each checkpoint of a
+  consumer, once per invocation in AWS Lambda);
 - ``"prometheus"``: ``/metrics`` served over HTTP (``metrics-prometheus`` extra);
 - ``"none"``: nothing recorded.
 

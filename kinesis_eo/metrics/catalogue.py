@@ -112,10 +112,12 @@ _SPECS = (
         COMMIT_CONFLICTS,
         _C,
         "Count",
-        "commits refused by a ledger condition (someone else committed first)",
+        "ledger marks a commit found already written (someone else committed first)",
         _PER_SHARD,
     ),
-    MetricSpec(HANDLER_ERRORS, _C, "Count", "handler calls that raised", _PER_SHARD),
+    MetricSpec(
+        HANDLER_ERRORS, _C, "Count", "handler calls that raised the record's own error", _PER_SHARD
+    ),
     MetricSpec(
         OUTAGE_PAUSES,
         _C,
@@ -126,10 +128,18 @@ _SPECS = (
     MetricSpec(THROTTLES, _C, "Count", "AWS calls throttled, by service", (SERVICE,)),
     MetricSpec(RETRIES, _C, "Count", "AWS calls retried, by service", (SERVICE,)),
     MetricSpec(
-        HANDLER_LATENCY, _T, "Seconds", "time spent in the user's handler per batch", _PER_SHARD
+        HANDLER_LATENCY,
+        _T,
+        "Seconds",
+        "time of one call of the user's handler (a record, or a batch for a batch handler)",
+        _PER_SHARD,
     ),
     MetricSpec(
-        COMMIT_LATENCY, _T, "Seconds", "time from a batch's commit call to its answer", _PER_SHARD
+        COMMIT_LATENCY,
+        _T,
+        "Seconds",
+        "time of one ledger commit of a batch (its writes and marks)",
+        _PER_SHARD,
     ),
     MetricSpec(
         MILLIS_BEHIND_LATEST,
@@ -144,8 +154,14 @@ _SPECS = (
         "Count",
         "leases this worker holds (summed over workers, the group's leases)",
     ),
-    MetricSpec(LEASES_TAKEN, _C, "Count", "expired or free leases taken"),
-    MetricSpec(LEASES_STOLEN, _C, "Count", "leases taken from a more loaded worker"),
+    MetricSpec(LEASES_TAKEN, _C, "Count", "leases taken: free, expired or stolen"),
+    MetricSpec(
+        LEASES_STOLEN,
+        _C,
+        "Count",
+        "leases taken from a more loaded worker (not recorded: the lease manager does not yet "
+        "tell a steal from a take; leases_taken counts both)",
+    ),
     MetricSpec(LEASES_RELEASED, _C, "Count", "leases given up (shutdown, rebalancing)"),
     MetricSpec(SHARDS_ENDED, _C, "Count", "shards read to their end after a reshard"),
 )

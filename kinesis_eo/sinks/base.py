@@ -13,6 +13,7 @@ batch report in :mod:`kinesis_eo.sinks.report`, outages in
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -158,7 +159,7 @@ class SinkBase:
             except SinkUnavailableError as exc:
                 report.outage = exc
                 return [Attempted(deferred=True) for _ in records]
-            report.attempts += whole.attempts
+            report.took(whole)
             if whole.ok:
                 values = list(whole.value) if whole.value is not None else [None] * len(batch)
                 if len(values) != len(batch):
@@ -181,7 +182,7 @@ class SinkBase:
                 report.outage = exc
                 outcomes.append(Attempted(deferred=True))
                 continue
-            report.attempts += outcome.attempts
+            report.took(outcome)
             if outcome.error is not None and gate is not None:
                 dead_letter_now = yield from gate.on_failure(
                     record, outcome.error, outcome.attempts
@@ -240,6 +241,7 @@ class SinkBase:
         undecodable = [r for r in screened.new if r.deaggregation_error is not None]
         decodable = [r for r in screened.new if r.deaggregation_error is None]
         report.duplicates += screened.duplicates
+        report.inbound_duplicates += screened.inbound
         report.mismatched += screened.mismatched
         # A clashing payload cannot be marked (its key is taken): dead-letter it so it is seen.
         for mismatch in screened.mismatched:
@@ -292,11 +294,10 @@ class SinkBase:
         tries: dict[int, int] = {}
         while pending:
             dead = {id(e.record) for e in pending if e.status is MarkStatus.DEAD_LETTERED}
+            started = time.perf_counter()
             result = yield from self.ledger.commit(pending, guards)
-            report.ledger_writes += result.writes
+            report.committed(result, time.perf_counter() - started)
             report.applied += [r for r in result.committed if id(r) not in dead]
-            report.duplicates += result.duplicates
-            report.mismatched += result.mismatched
             for mismatch in result.mismatched:
                 yield from self.dead_letter(
                     mismatch.record, DeadLetterReason.PAYLOAD_MISMATCH, mismatch, 0, report

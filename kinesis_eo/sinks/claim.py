@@ -12,6 +12,7 @@ the crash may fall before or after the effect, and no one can tell which.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Generator, Sequence
 from datetime import timedelta
@@ -106,7 +107,10 @@ class ClaimSink(SinkBase):
             # The claims are the per-record marks; the watermark only spares re-reading
             # (and covers the undecodable records prepare dead-lettered).
             marks = [Entry(r) for r in records]
-            yield from self.ledger.commit(self.before_deferred(marks, report), guards)
+            started = time.perf_counter()
+            result = yield from self.ledger.commit(self.before_deferred(marks, report), guards)
+            report.commit_conflicts += result.conflicts
+            report.commit_seconds.append(time.perf_counter() - started)
         else:
             yield from self.commit(entries, guards, report)
         return report
@@ -142,7 +146,7 @@ class ClaimSink(SinkBase):
             report.outage = exc
             report.deferred.append(record)
             return None
-        report.attempts += acted.attempts
+        report.took(acted)
         if acted.ok:
             try:
                 yield from self.ledger.complete(record, self.owner)

@@ -120,8 +120,11 @@ class TransactionalSink(SinkBase):
             return Entry(record, tuple(outcome.value or ()))
         # Screening may have skipped the ledger read: a replayed poison record is
         # already dead-lettered and marked, and must not be dead-lettered again.
-        if (yield from self.ledger.already_done(record)):
-            report.duplicates.append(record)
+        screened = yield from self.ledger.screen([record])
+        if not screened.new:
+            report.duplicates += screened.duplicates
+            report.inbound_duplicates += screened.inbound
+            report.mismatched += screened.mismatched
             return None
         return (yield from super().entry_for(record, outcome, report))
 
@@ -133,7 +136,7 @@ class TransactionalSink(SinkBase):
         ) -> Generator[Any, Any, Entry | None]:
             if attempt_number <= self.policy.max_attempts:
                 outcome = yield from self.run_handler(record, attempt_number)
-                report.attempts += outcome.attempts - attempt_number + 1
+                report.took(outcome, outcome.attempts - attempt_number + 1)
                 return (yield from self.entry_for(record, outcome, report))
             error = ConditionFailedError(f"the sink refused the record's writes: {reason}")
             yield from self.dead_letter(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kinesis_eo.errors import (
@@ -48,6 +49,9 @@ class Attempted:
     attempts: int = 0
     # A gate left the record for a later delivery (before or after running it).
     deferred: bool = False
+    # How long each call of the handler took (seconds), and how many of them raised.
+    durations: list[float] = field(default_factory=list)
+    failures: int = 0
 
     @property
     def ok(self) -> bool:
@@ -66,6 +70,7 @@ def attempt(
         if number > first_attempt:
             yield Sleep(backoff_delay(number - 1, policy.backoff))
         outcome.attempts = number
+        started = time.perf_counter()
         try:
             outcome.value = yield Invoke(function, args(number))
         except KinesisEOError:
@@ -73,6 +78,7 @@ def attempt(
             # (lost lease, missing table) are not the record's fault either.
             raise
         except Exception as exc:
+            outcome.durations.append(time.perf_counter() - started)
             if is_outage(exc):
                 # The world is down, not the record bad: the caller pauses the shard.
                 raise SinkUnavailableError(
@@ -84,7 +90,9 @@ def attempt(
                     exc, resource="the handler's sink", action="a call"
                 ) from exc
             outcome.error = exc  # the handler's own failure: the record may be poison
+            outcome.failures += 1
             continue
+        outcome.durations.append(time.perf_counter() - started)
         outcome.error = None
         return outcome
     return outcome

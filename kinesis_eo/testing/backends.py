@@ -433,7 +433,7 @@ class MotoServer:
     instead, whose CPU time is its own (a benchmark can tell the emulator's
     work from the client's) and whose state nothing in this process touches.
     ``undo_log_transactions`` serves TransactWriteItems with
-    :mod:`kinesis_eo.testing.moto_transactions` (installed in this process
+    :mod:`kinesis_eo.harness.moto_transactions` (installed in this process
     while a threaded server runs, in the child's otherwise); it raises
     RuntimeError, naming the moto version, if that moto is not the verified one.
     :meth:`reset` empties every service.
@@ -495,7 +495,7 @@ class MotoServer:
         from moto.server import ThreadedMotoServer
 
         if self._undo_log:
-            from kinesis_eo.testing import moto_transactions
+            from kinesis_eo.harness import moto_transactions
 
             # Only a patch this server installed is its to remove.
             self._uninstall_on_stop = not moto_transactions.installed()
@@ -553,7 +553,7 @@ class MotoServer:
         if child is not None:
             _stop_child(child)
         if self._uninstall_on_stop:
-            from kinesis_eo.testing import moto_transactions
+            from kinesis_eo.harness import moto_transactions
 
             moto_transactions.uninstall()
             self._uninstall_on_stop = False
