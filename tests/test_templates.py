@@ -36,6 +36,7 @@ import subprocess
 import sys
 import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,29 @@ def test_the_task_definitions_command_consumes_the_stacks_stream_exactly_once(
         QueueUrl=outputs["DeadLetterQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
     )
     assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+    # What awslogs would carry to the log group: the tasks' output, one event per line. Its EMF
+    # documents are the metrics the dashboard and the alarms read, under the same names.
+    logs = [log for _, _, log in [*first, later_task]]
+    documents = [doc for log in logs for doc in emf_documents_in(log)]
+    assert documents, "the tasks wrote no EMF document"
+    read = dashboard_series(INFRA / "worker.yaml")
+    published = Counter[str]()
+    for document in documents:
+        EMF_SCHEMA.validate(document)
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == NAMESPACE
+        (dimensions,) = directive["Dimensions"]
+        assert document["app"] == stack  # deploy_worker's AppName
+        for metric in directive["Metrics"]:
+            name = metric["Name"]
+            assert frozenset(dimensions) == expected_dimensions(name), name
+            value = document[name]
+            published[name] += sum(value) if isinstance(value, list) else value
+            if name in read:
+                assert read[name] == frozenset(dimensions), name
+    assert published["records_applied"] == 150  # each effect once, across three tasks
+    assert published["records_read"] >= 150
 
 
 # --- (b) the Lambda function's handler ----------------------------------------------------------
