@@ -30,20 +30,24 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
 from kinesis_eo import cli
 from kinesis_eo.deadletter import reassemble
+from kinesis_eo.metrics.catalogue import CATALOGUE
 from kinesis_eo.producer import Event, Producer
 from kinesis_eo.testing.backends import MotoServer
 from kinesis_eo.testing.lambda_esm import EsmConfig, EventSourceMapping, read_stream
@@ -265,6 +269,29 @@ def test_the_task_definitions_command_consumes_the_stacks_stream_exactly_once(
     )
     assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"
 
+    # What awslogs would carry to the log group: the tasks' output, one event per line. Its EMF
+    # documents are the metrics the dashboard and the alarms read, under the same names.
+    logs = [log for _, _, log in [*first, later_task]]
+    documents = [doc for log in logs for doc in emf_documents_in(log)]
+    assert documents, "the tasks wrote no EMF document"
+    read = dashboard_series(INFRA / "worker.yaml")
+    published = Counter[str]()
+    for document in documents:
+        EMF_SCHEMA.validate(document)
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == NAMESPACE
+        (dimensions,) = directive["Dimensions"]
+        assert document["app"] == stack  # deploy_worker's AppName
+        for metric in directive["Metrics"]:
+            name = metric["Name"]
+            assert frozenset(dimensions) == expected_dimensions(name), name
+            value = document[name]
+            published[name] += sum(value) if isinstance(value, list) else value
+            if name in read:
+                assert read[name] == frozenset(dimensions), name
+    assert published["records_applied"] == 150  # each effect once, across three tasks
+    assert published["records_read"] >= 150
+
 
 # --- (b) the Lambda function's handler ----------------------------------------------------------
 
@@ -386,10 +413,10 @@ def load_template(path: Path) -> dict[str, Any]:
 
 
 def alarms(template: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    """(metric, the resource its dimension names) -> the alarm's properties."""
+    """(metric, the resource its dimension names) -> the properties of single-metric alarms."""
     found = {}
     for resource in template["Resources"].values():
-        if resource["Type"] != "AWS::CloudWatch::Alarm":
+        if resource["Type"] != "AWS::CloudWatch::Alarm" or "Metrics" in resource["Properties"]:
             continue
         properties = resource["Properties"]
         (dimension,) = properties["Dimensions"]
@@ -481,3 +508,302 @@ def test_the_templates_mark_ttl_reaches_the_task_and_a_ttl_below_retention_is_re
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("kinesis-eo: error: per-record marks expire after 24 h")
     assert "keeps records for 48 h" in line
+
+
+# --- the dashboards and kinesis_eo's own alarms -------------------------------------------------
+
+NAMESPACE = "KinesisEO"  # what `kinesis-eo run --metrics emf` publishes under by default
+APP_PARAMETER = {"worker.yaml": "AppName", "lambda.yaml": "ConsumerGroup"}
+
+
+def render_sub(text: str, template: dict[str, Any], **values: str) -> str:
+    """``!Sub text`` as CloudFormation renders it, with the template's parameter defaults.
+
+    ``${Parameter}`` takes ``values`` or the parameter's default, ``${Resource}`` and
+    ``${Resource.Attribute}`` a stand-in naming the resource, ``${!Literal}`` stays ``${Literal}``.
+    A name the template does not define fails the test, as it fails the deployment.
+    """
+    pseudo = {"AWS::Region": "eu-west-1", "AWS::StackName": "stack", "AWS::Partition": "aws"}
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name.startswith("!"):
+            return "${" + name[1:] + "}"
+        if name in values:
+            return values[name]
+        if name in pseudo:
+            return pseudo[name]
+        if name in template["Parameters"]:
+            return str(template["Parameters"][name]["Default"])
+        resource, _, attribute = name.partition(".")
+        assert resource in template["Resources"], f"!Sub names {name}, which is not defined"
+        return f"{resource}-{attribute}" if attribute else f"{resource}-id"
+
+    return re.sub(r"\$\{([^}]+)\}", replace, text)
+
+
+def dashboard_body(template_name: str, **values: str) -> dict[str, Any]:
+    template = load_template(INFRA / template_name)
+    (dashboard,) = [
+        r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"
+    ]
+    body: dict[str, Any] = json.loads(
+        render_sub(dashboard["Properties"]["DashboardBody"]["Sub"], template, **values)
+    )
+    return body
+
+
+_SEARCH = re.compile(
+    r"SEARCH\('\{([^}]*)\} MetricName=\"([^\"]+)\" app=\"([^\"]*)\"', '([^']+)', 60\)"
+)
+
+
+def kinesis_eo_series(body: dict[str, Any]) -> list[tuple[str, frozenset[str], str]]:
+    """(metric, dimension names, app value) of every KinesisEO metric the widgets read."""
+    found = []
+    for widget in body["widgets"]:
+        for line in widget["properties"]["metrics"]:
+            if isinstance(line[0], dict):
+                expression = line[0]["expression"]
+                searches = _SEARCH.findall(expression)
+                assert searches, f"an expression that reads no metric: {expression}"
+                for schema, metric, app, _ in searches:
+                    namespace, *dimensions = schema.split(",")
+                    assert namespace == NAMESPACE
+                    found.append((metric, frozenset(dimensions), app))
+            elif line[0] == NAMESPACE:
+                names = line[2:-1:2] if isinstance(line[-1], dict) else line[2::2]
+                values = line[3::2]
+                found.append((line[1], frozenset(names), values[names.index("app")]))
+    return found
+
+
+def expected_dimensions(metric: str) -> frozenset[str]:
+    return frozenset({"app", *CATALOGUE[metric].dimensions})
+
+
+def dashboard_series(template: Path) -> dict[str, frozenset[str]]:
+    """Metric -> the dimension set the template's dashboard reads it under."""
+    return {
+        metric: dimensions
+        for metric, dimensions, _ in kinesis_eo_series(dashboard_body(template.name))
+    }
+
+
+EMF_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).parent / "emf_schema.json").read_text())
+)
+
+
+def emf_documents_in(log: Path) -> list[dict[str, Any]]:
+    """The EMF documents among a process's output lines (log lines are JSON too)."""
+    documents = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and "_aws" in document:
+            documents.append(document)
+    return documents
+
+
+@pytest.mark.parametrize("template", ["worker.yaml", "lambda.yaml"])
+def test_dashboards_render_to_json_and_read_catalogue_metrics_under_their_exact_dimensions(
+    template: str,
+) -> None:
+    body = dashboard_body(template, **{APP_PARAMETER[template]: "orders"})
+    series = kinesis_eo_series(body)
+    assert series
+    for metric, dimensions, app in series:
+        assert metric in CATALOGUE, f"{metric} is not in kinesis_eo.metrics.catalogue"
+        # EMF publishes a metric under its exact dimension set only: any other set reads nothing.
+        assert dimensions == expected_dimensions(metric), metric
+        assert app == "orders"
+    for widget in body["widgets"]:
+        assert widget["properties"]["region"] == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("template", "wanted"),
+    [
+        (
+            "worker.yaml",
+            {
+                "millis_behind_latest",
+                "records_read",
+                "records_applied",
+                "duplicates_redelivered",
+                "duplicates_inbound",
+                "dead_lettered",
+                "fenced_commits",
+                "leases_taken",
+                "leases_stolen",
+                "leases_released",
+                "leases_held",
+                "handler_errors",
+                "outage_pauses",
+                "throttles",
+            },
+        ),
+        (
+            "lambda.yaml",
+            {
+                "records_read",
+                "records_applied",
+                "duplicates_redelivered",
+                "duplicates_inbound",
+                "dead_lettered",
+                "handler_errors",
+                "outage_pauses",
+                "throttles",
+            },
+        ),
+    ],
+)
+def test_dashboards_show_lag_throughput_duplicates_dead_letters_leases_and_errors(
+    template: str, wanted: set[str]
+) -> None:
+    body = dashboard_body(template)
+    assert wanted <= {metric for metric, _, _ in kinesis_eo_series(body)}
+    aws_metrics = {
+        (line[0], line[1])
+        for widget in body["widgets"]
+        for line in widget["properties"]["metrics"]
+        if isinstance(line[0], str) and line[0] != NAMESPACE
+    }
+    # Lag: the worker reports it per shard itself; Lambda only through the mapping's IteratorAge.
+    lag = ("AWS/Lambda", "IteratorAge") if template == "lambda.yaml" else None
+    if lag:
+        assert lag in aws_metrics
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in aws_metrics
+
+
+_INSIGHTS = re.compile(
+    r"SELECT (SUM|MAX)\((\w+)\) FROM SCHEMA\((\w+), ([\w, ]+)\) WHERE app = '\$\{(\w+)\}'"
+    r"( GROUP BY (\w+))?"
+)
+NOTIFY = {"If": ["NotifyTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+
+
+def query_alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Alarm name -> its properties and its Metrics Insights query, parsed."""
+    found = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::CloudWatch::Alarm" or "Metrics" not in resource["Properties"]:
+            continue
+        properties = resource["Properties"]
+        (returned,) = [m for m in properties["Metrics"] if m["ReturnData"]]
+        expression = returned["Expression"]
+        if isinstance(expression, dict):
+            match = _INSIGHTS.fullmatch(" ".join(expression["Sub"].split()))
+            assert match, expression
+            function, metric, namespace, schema, app, _, group = match.groups()
+            properties = {
+                **properties,
+                "query": (function, metric, namespace, frozenset(schema.split(", ")), app, group),
+                "period": returned["Period"],
+            }
+        found[name] = properties
+    return found
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (
+            "worker.yaml",
+            {
+                "DeadLetteredAlarm": (("SUM", "dead_lettered", None), 60, 1, 0),
+                "FencedCommitsAlarm": (
+                    ("SUM", "fenced_commits", None),
+                    300,
+                    1,
+                    {"Ref": "FencedCommitsAlarmThreshold"},
+                ),
+                "ShardBehindAlarm": (
+                    ("MAX", "millis_behind_latest", "shard"),
+                    60,
+                    10,
+                    {"Ref": "ShardBehindAlarmMilliseconds"},
+                ),
+            },
+        ),
+        ("lambda.yaml", {"DeadLetteredAlarm": (("SUM", "dead_lettered", None), 60, 1, 0)}),
+    ],
+)
+def test_alarms_on_kinesis_eo_metrics_query_their_catalogue_dimension_set_for_this_app(
+    template: str, expected: dict[str, tuple[Any, ...]]
+) -> None:
+    document = load_template(INFRA / template)
+    found = {
+        name: properties
+        for name, properties in query_alarms(document).items()
+        if "query" in properties
+    }
+    assert set(found) == set(expected)
+    for name, ((function, metric, group), period, periods, threshold) in expected.items():
+        properties = found[name]
+        got_function, got_metric, namespace, schema, app, got_group = properties["query"]
+        assert (got_function, got_metric, got_group) == (function, metric, group)
+        assert namespace == NAMESPACE
+        # SCHEMA(...) matches the exact dimension set EMF publishes the metric under.
+        assert schema == expected_dimensions(metric)
+        assert app == APP_PARAMETER[template]
+        assert (properties["period"], properties["EvaluationPeriods"]) == (period, periods)
+        assert properties["Threshold"] == threshold
+        assert properties["ComparisonOperator"] == "GreaterThanThreshold"
+        # No data: nothing dead-lettered, nothing fenced, no shard read (caught elsewhere).
+        assert properties["TreatMissingData"] == "notBreaching"
+        assert properties["AlarmActions"] == NOTIFY
+        assert properties["OKActions"] == NOTIFY
+    for parameter in ("FencedCommitsAlarmThreshold", "ShardBehindAlarmMilliseconds"):
+        if template == "worker.yaml":
+            assert document["Parameters"][parameter]["Default"] > 0
+
+
+def test_the_worker_alarm_compares_running_with_desired_tasks_from_container_insights() -> None:
+    document = load_template(INFRA / "worker.yaml")
+    assert {"Name": "containerInsights", "Value": "enabled"} in document["Resources"]["Cluster"][
+        "Properties"
+    ]["ClusterSettings"]
+    properties = query_alarms(document)["WorkerTasksAlarm"]
+    series = {m["Id"]: m for m in properties["Metrics"]}
+    assert series["missingTasks"]["Expression"] == "desired - running"
+    for key, metric_name in (("running", "RunningTaskCount"), ("desired", "DesiredTaskCount")):
+        metric = series[key]["MetricStat"]["Metric"]
+        assert metric["Namespace"] == "ECS/ContainerInsights"
+        assert metric["MetricName"] == metric_name
+        assert metric["Dimensions"] == [
+            {"Name": "ClusterName", "Value": {"Ref": "Cluster"}},
+            {"Name": "ServiceName", "Value": {"GetAtt": "Service.Name"}},
+        ]
+        assert series[key]["ReturnData"] is False
+    assert (properties["Threshold"], properties["ComparisonOperator"]) == (
+        0,
+        "GreaterThanThreshold",
+    )
+    # No data is not "healthy": Container Insights is off, or the service is gone.
+    assert properties["TreatMissingData"] == "missing"
+    for actions in ("AlarmActions", "OKActions", "InsufficientDataActions"):
+        assert properties[actions] == NOTIFY
+
+
+def test_the_worker_stack_deploys_its_dashboard_with_the_stacks_names_rendered(
+    moto_server: MotoServer,
+) -> None:
+    stack, outputs = deploy_worker(moto_server, Handler="tests.handlers:count_effect")
+    body = json.loads(
+        moto_server.client("cloudwatch").get_dashboard(DashboardName=outputs["DashboardName"])[
+            "DashboardBody"
+        ]
+    )
+    series = kinesis_eo_series(body)
+    assert {app for _, _, app in series} == {stack}  # deploy_worker's AppName is the stack's name
+    streams = {
+        line[3]
+        for widget in body["widgets"]
+        for line in widget["properties"]["metrics"]
+        if line[:3] == ["AWS/Kinesis", "IncomingRecords", "StreamName"]
+    }
+    assert streams == {outputs["StreamName"]}
