@@ -38,6 +38,7 @@ import boto3
 
 from kinesis_eo.deadletter import SqsDeadLetterQueue
 from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, LedgerMode
+from kinesis_eo.metrics import build_metrics
 from kinesis_eo.preflight import fit_ledger_config
 from kinesis_eo.records import Record
 from kinesis_eo.sinks import EffectContext, FailurePolicy, update
@@ -65,9 +66,8 @@ def _entry_point(stream: str) -> KinesisHandler:
     env = os.environ
     # Per-record: keyed by the producer's event id, it also drops inbound
     # duplicates, and it allows a ParallelizationFactor above 1.
-    ledger_config = LedgerConfig(
-        consumer_group=env.get("CONSUMER_GROUP", "billing"), mode=LedgerMode.PER_RECORD
-    )
+    group = env.get("CONSUMER_GROUP", "billing")
+    ledger_config = LedgerConfig(consumer_group=group, mode=LedgerMode.PER_RECORD)
     if "MARK_TTL_HOURS" in env:
         ttl = timedelta(hours=float(env["MARK_TTL_HOURS"]))
         ledger_config = dataclasses.replace(ledger_config, record_ttl=ttl)
@@ -86,7 +86,12 @@ def _entry_point(stream: str) -> KinesisHandler:
         policy=FailurePolicy(max_attempts=2),
     )
     dead_letters = SqsDeadLetterQueue(boto3.client("sqs"), env["DEAD_LETTER_QUEUE_URL"])
-    return KinesisHandler(handle, ledger=ledger, dead_letters=dead_letters, config=config)
+    # EMF documents on stdout, one flush per invocation: Lambda turns them into the
+    # KinesisEO metrics that infra/lambda.yaml's dashboard and alarms read.
+    metrics = build_metrics("emf", namespace="KinesisEO", app=group)
+    return KinesisHandler(
+        handle, ledger=ledger, dead_letters=dead_letters, config=config, metrics=metrics
+    )
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -31,7 +31,13 @@ def test_lambda_sample_moves_each_balance_once_and_dead_letters_the_bad_order() 
         check=True,
     )
 
-    assert json.loads(done.stdout) == {
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    # The function's metrics come first, as EMF documents on stdout, one per dimension set
+    # and invocation; the sample's own result is the last line.
+    emf = [line for line in lines[:-1] if "_aws" in line]
+    assert emf == lines[:-1]
+    assert sum(d.get("records_applied", 0) for d in emf) == 30  # 30 orders, each once
+    assert lines[-1] == {
         "balances": {"acct-0": 100, "acct-1": 100, "acct-2": 100},
         "dead_letters": ["not an order"],
     }
