@@ -70,6 +70,7 @@ class ShardStatus:
     millis_behind_latest: int | None = None
     parents: tuple[str, ...] = ()
     lease_counter: int | None = None
+    records_processed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class ShardStatus:
             "lag": human_lag(self.millis_behind_latest),
             "parents": list(self.parents),
             "lease_counter": self.lease_counter,
+            "records_processed": self.records_processed,
         }
 
 
@@ -105,6 +107,7 @@ def shard_statuses(leases: Iterable[Lease], graph: ShardGraph | None = None) -> 
             checkpoint=lease.checkpoint,
             checkpoint_sub_sequence=lease.checkpoint_sub_sequence,
             millis_behind_latest=lease.millis_behind_latest,
+            records_processed=lease.records_processed,
             parents=tuple(sorted(lease.parents)),
             lease_counter=lease.counter,
         )
@@ -216,10 +219,11 @@ DEFAULT_STEADY_MS = 1000
 class ShardChange:
     """What changed for one shard between two reads of the lease table.
 
-    The lease table holds positions, not counts: sequence numbers are not
-    contiguous, so no records/s figure can be derived from them. What it can
-    say is whether the checkpoint moved, how the owner's reported lag moved,
-    and whether the owner changed.
+    Sequence numbers are not contiguous, so a records/s figure comes from the
+    running count the holders write with each checkpoint (``records``: how
+    many more since the last read; None where a read lacks the count).
+    Besides: whether the checkpoint moved, how the owner's reported lag
+    moved, and whether the owner changed.
     """
 
     shard_id: str
@@ -228,6 +232,7 @@ class ShardChange:
     lag_change_ms: int | None = None
     previous_owner: str | None = None
     owner_changed: bool = False
+    records: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -236,6 +241,7 @@ class ShardChange:
             "lag_change_ms": self.lag_change_ms,
             "owner_changed": self.owner_changed,
             "previous_owner": self.previous_owner,
+            "records": self.records,
         }
 
 
@@ -283,6 +289,8 @@ def shard_changes(
             delta = lags[1] - lags[0]
             trend = STEADY if abs(delta) <= steady_ms else RISING if delta > 0 else FALLING
         owner_changed = old is not None and old.owner != row.owner
+        counts = (old.records_processed if old else None, row.records_processed)
+        records = counts[1] - counts[0] if counts[0] is not None and counts[1] is not None else None
         changes.append(
             ShardChange(
                 row.shard_id,
@@ -291,6 +299,7 @@ def shard_changes(
                 delta,
                 previous_owner=old.owner if old is not None else None,
                 owner_changed=owner_changed,
+                records=records if records is None or records >= 0 else None,
             )
         )
     return changes
@@ -311,7 +320,23 @@ def _progress_text(change: ShardChange) -> str:
     return change.progress
 
 
-WATCH_COLUMNS = ("SHARD", "OWNER", "CHECKPOINT", "PROGRESS", "LAG", "TREND", "STATE", "PARENTS")
+WATCH_COLUMNS = (
+    "SHARD",
+    "OWNER",
+    "CHECKPOINT",
+    "PROGRESS",
+    "REC/S",
+    "LAG",
+    "TREND",
+    "STATE",
+    "PARENTS",
+)
+
+
+def _rate_text(change: ShardChange | None, elapsed_s: float | None) -> str:
+    if change is None or change.records is None or not elapsed_s:
+        return "-"
+    return f"{change.records / elapsed_s:.1f}"
 
 
 def format_watch_table(
@@ -333,6 +358,7 @@ def format_watch_table(
                 row.owner or "-",
                 abbreviate_checkpoint(row.checkpoint, row.checkpoint_sub_sequence),
                 _progress_text(change) if change else "-",
+                _rate_text(change, elapsed_s),
                 human_lag(row.millis_behind_latest),
                 _trend_text(change) if change else "-",
                 row.state,

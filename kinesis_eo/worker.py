@@ -245,6 +245,9 @@ def _shard_loop(
     )
     unsaved: Position | None = None
     saved_at = clock()
+    # The shard's running count across holders, for `status --watch`: this holder goes on
+    # from what the lease says (absent on a lease no kinesis_eo worker has checkpointed).
+    processed = lease.records_processed or 0
 
     def keep_going() -> bool:
         held = manager.held.get(shard_id)
@@ -268,6 +271,7 @@ def _shard_loop(
             if report is None:
                 break  # stopped or lost the lease while an outage paused the shard
             unsaved = batch.last_position
+            processed += len(batch.records)
             if after_commit is not None:
                 after_commit(batch, report)
         try:
@@ -278,7 +282,9 @@ def _shard_loop(
                 state.record.lease_released()
                 return
             if unsaved is not None and clock() - saved_at >= config.checkpoint_interval_s:
-                yield from manager.checkpoint(shard_id, unsaved, batch.millis_behind_latest)
+                yield from manager.checkpoint(
+                    shard_id, unsaved, batch.millis_behind_latest, processed
+                )
                 state.record.checkpointed()
                 unsaved, saved_at = None, clock()
         except LeaseLostError:
@@ -288,7 +294,9 @@ def _shard_loop(
         # Hand over at once: checkpoint what is done, then free the lease.
         with contextlib.suppress(LeaseLostError):
             if unsaved is not None:
-                yield from manager.checkpoint(shard_id, unsaved, cursor.millis_behind_latest)
+                yield from manager.checkpoint(
+                    shard_id, unsaved, cursor.millis_behind_latest, processed
+                )
                 state.record.checkpointed()
         yield from manager.release(shard_id)
         state.record.lease_released()

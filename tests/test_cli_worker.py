@@ -337,6 +337,7 @@ def test_status_prints_each_shards_owner_checkpoint_lag_and_state(
         "lag": "4.2 s",
         "parents": [],
         "lease_counter": 1,
+        "records_processed": None,  # checkpointed here without a count
     }
     assert shards["shardId-000000000009"]["state"] == "waiting for parents"
     assert document["lease_table"] == names.leases

@@ -104,20 +104,35 @@ def test_sentinels_new_leases_and_resets_are_named_for_what_they_are() -> None:
 
 def test_the_watch_table_shows_progress_trend_and_a_line_of_counts() -> None:
     before = [
-        row("shardId-0", owner="w1", checkpoint=SEQ_A, millis_behind_latest=9000),
+        row(
+            "shardId-0",
+            owner="w1",
+            checkpoint=SEQ_A,
+            millis_behind_latest=9000,
+            records_processed=100,
+        ),
         row("shardId-1", owner="w1", checkpoint=SEQ_A),
     ]
     after = [
-        row("shardId-0", owner="w1", checkpoint=SEQ_B, millis_behind_latest=1500),
+        row(
+            "shardId-0",
+            owner="w1",
+            checkpoint=SEQ_B,
+            millis_behind_latest=1500,
+            records_processed=350,
+        ),
         row("shardId-1", owner="w2", checkpoint=SEQ_A),
     ]
     lines = format_watch_table(after, shard_changes(before, after), 2.0).splitlines()
     first = format_watch_table(before, None, None).splitlines()
 
     assert lines[0].split() == [
-        *("SHARD", "OWNER", "CHECKPOINT", "PROGRESS", "LAG", "TREND", "STATE", "PARENTS")
+        *("SHARD", "OWNER", "CHECKPOINT", "PROGRESS", "REC/S", "LAG", "TREND", "STATE"),
+        "PARENTS",
     ]
     assert "advanced" in lines[1]
+    assert lines[1].split()[4] == "125.0"  # 250 more records in 2.0 s
+    assert lines[2].split()[7] == "-"  # no count on that lease: no rate, not a zero
     assert "falling -7.5 s" in lines[1]
     assert "unchanged; owner was w1" in lines[2]
     assert lines[-1] == "in the last 2.0 s: 1 checkpoint(s) advanced, 1 owner change(s)"
@@ -249,6 +264,9 @@ def test_watch_shows_a_consumed_shards_checkpoint_advancing_between_refreshes(
     assert int(second["checkpoint"]) > int(first["checkpoint"])
     assert second["owner"] == first["owner"] == "worker-a"
     assert second["change"]["owner_changed"] is False
+    # The worker writes its running count with each checkpoint: the rate's numerator.
+    assert 0 < second["change"]["records"] <= 3
+    assert second["records_processed"] == first["records_processed"] + second["change"]["records"]
     assert refreshes[1]["elapsed_s"] >= 0.2
     # Not a terminal: no screen clearing, just one table after another.
     assert "\x1b" not in text

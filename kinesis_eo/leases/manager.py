@@ -27,6 +27,7 @@ from kinesis_eo.leases.model import (
     MILLIS_BEHIND,
     OWNER,
     OWNER_SWITCHES,
+    RECORDS_PROCESSED,
     SUB_SEQUENCE,
     TOKEN,
     Lease,
@@ -277,8 +278,13 @@ class LeaseManager:
         shard_id: str,
         position: Position,
         millis_behind_latest: int | None = None,
+        records_processed: int | None = None,
     ) -> Generator[Any, Any, Lease]:
-        """Record progress in the lease, only while this acquisition holds it."""
+        """Record progress in the lease, only while this acquisition holds it.
+
+        ``records_processed`` is the shard's running count of records read and
+        processed by every holder (each new holder continues from the lease's).
+        """
         values: dict[str, Any] = {
             CHECKPOINT: position.sequence_number,
             SUB_SEQUENCE: position.sub_sequence_number,
@@ -286,6 +292,8 @@ class LeaseManager:
         }
         if millis_behind_latest is not None:
             values[MILLIS_BEHIND] = millis_behind_latest
+        if records_processed is not None:
+            values[RECORDS_PROCESSED] = records_processed
         return (yield from self._write(shard_id, Change(set=values)))
 
     def fence(self, shard_id: str) -> Any:

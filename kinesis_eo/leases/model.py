@@ -13,6 +13,7 @@
 | ``startingHashKey``, ``endingHashKey`` | S | the shard's hash key range |
 | ``eoOwnerToken`` | S | kinesis_eo: a fresh token per acquisition, the fencing token |
 | ``eoMillisBehindLatest`` | N | kinesis_eo: the owner's last lag, for ``kinesis-eo status`` |
+| ``eoRecordsProcessed`` | N | kinesis_eo: records its holders processed, for ``status --watch`` |
 
 The KCL ignores attributes it does not know, so a table moves between the two.
 The fencing token is separate from the counter on purpose: a renewal bumps the
@@ -37,6 +38,7 @@ __all__ = [
     "OWNER",
     "OWNER_SWITCHES",
     "PARENTS",
+    "RECORDS_PROCESSED",
     "STARTING_HASH_KEY",
     "SUB_SEQUENCE",
     "TOKEN",
@@ -58,6 +60,8 @@ STARTING_HASH_KEY = "startingHashKey"
 ENDING_HASH_KEY = "endingHashKey"
 TOKEN = "eoOwnerToken"
 MILLIS_BEHIND = "eoMillisBehindLatest"
+# Records its holders have processed, written with each checkpoint: `status --watch` rates.
+RECORDS_PROCESSED = "eoRecordsProcessed"
 
 
 class Sentinel(Enum):
@@ -85,6 +89,7 @@ class Lease:
     children: frozenset[str] = field(default_factory=frozenset)
     hash_range: HashKeyRange | None = None
     millis_behind_latest: int | None = None
+    records_processed: int | None = None
 
     @property
     def finished(self) -> bool:

@@ -27,6 +27,7 @@ from kinesis_eo.leases.model import (
     OWNER,
     OWNER_SWITCHES,
     PARENTS,
+    RECORDS_PROCESSED,
     STARTING_HASH_KEY,
     SUB_SEQUENCE,
     TOKEN,
@@ -147,6 +148,7 @@ _FIELDS = {
     PARENTS: "parents",
     CHILDREN: "children",
     MILLIS_BEHIND: "millis_behind_latest",
+    RECORDS_PROCESSED: "records_processed",
 }
 
 
@@ -238,6 +240,7 @@ def lease_from_item(item: Mapping[str, Mapping[str, Any]]) -> Lease:
         children=frozenset(item.get(CHILDREN, {}).get("SS", ())),
         hash_range=HashKeyRange(int(start), int(end)) if start and end else None,
         millis_behind_latest=number(MILLIS_BEHIND),
+        records_processed=number(RECORDS_PROCESSED),
     )
 
 
