@@ -308,14 +308,7 @@ def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> No
             expression_attribute_values = op.get("ExpressionAttributeValues")
             return_values_on_condition_check_failure = op.get("ReturnValuesOnConditionCheckFailure")
 
-            if op_type == "Put":
-                attrs = op["Item"]
-                table = self.get_table(table_name)
-                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
-                if table.range_key_attr is not None:
-                    key[table.range_key_attr] = attrs[table.range_key_attr]
-            else:
-                key = op["Key"]
+            key = _operation_key(self, op_type, op)
 
             check_unicity(table_name, key)
 
@@ -332,33 +325,7 @@ def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> No
                         original_item = current.to_json()["Attributes"]
                     raise ConditionalCheckFailed(item=original_item)
 
-            if op_type == "Put":
-                attrs = op["Item"]
-                self.put_item(
-                    table_name,
-                    attrs,
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
-            elif op_type == "Delete":
-                self.delete_item(
-                    table_name,
-                    key,
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
-            elif op_type == "Update":
-                update_expression = op["UpdateExpression"]
-                self.update_item(
-                    table_name,
-                    key,
-                    update_expression=update_expression,
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
+            _write_operation(self, op_type, op, key)
             errors.append((None, None, None))
         except (MultipleTransactionsException, MockValidationException):
             undo.rollback()
@@ -371,3 +338,31 @@ def _transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> No
     if any(code is not None for code, _, _ in errors):
         undo.rollback()
         raise TransactionCanceledException(errors)
+
+
+def _operation_key(self: Any, op_type: str, op: dict[str, Any]) -> dict[str, Any]:
+    # moto's: a Put names its item through the table's key schema.
+    if op_type == "Put":
+        attrs = op["Item"]
+        table = self.get_table(op["TableName"])
+        key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+        if table.range_key_attr is not None:
+            key[table.range_key_attr] = attrs[table.range_key_attr]
+        return key
+    return dict(op["Key"])
+
+
+def _write_operation(self: Any, op_type: str, op: dict[str, Any], key: dict[str, Any]) -> None:
+    # moto's write of one transaction item, its condition passed on as moto passes it.
+    expressions = {
+        "condition_expression": op.get("ConditionExpression"),
+        "expression_attribute_names": op.get("ExpressionAttributeNames"),
+        "expression_attribute_values": op.get("ExpressionAttributeValues"),
+    }
+    table_name = op["TableName"]
+    if op_type == "Put":
+        self.put_item(table_name, op["Item"], **expressions)
+    elif op_type == "Delete":
+        self.delete_item(table_name, key, **expressions)
+    elif op_type == "Update":
+        self.update_item(table_name, key, update_expression=op["UpdateExpression"], **expressions)
