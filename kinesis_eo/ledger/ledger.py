@@ -4,11 +4,10 @@ Every method that touches the store is a flow (see :mod:`kinesis_eo.flow`):
 sinks and consumers run it with :func:`~kinesis_eo.flow.run_sync` or
 :func:`~kinesis_eo.flow.run_async`, whichever their client needs.
 
-The commit is the heart of exactly-once: a batch's sink writes and the ledger
-mark that says "done" go into one atomic write, in chunks that fit a DynamoDB
-transaction. When a condition fails, the store says which one and returns the
-item as it was, and the ledger sorts the batch into what was already done
-(skipped), what clashes (reported), and what is left (retried), without a read.
+:class:`Ledger` is assembled from one part per concern: screening
+(:mod:`~kinesis_eo.ledger.screening`), the commit, the heart of exactly-once
+(:mod:`~kinesis_eo.ledger.commit`), and claims (:mod:`~kinesis_eo.ledger.claims`);
+it adds the count of failed deliveries.
 """
 
 from __future__ import annotations
