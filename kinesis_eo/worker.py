@@ -187,6 +187,7 @@ def coordinator_flow(
             for lease in (yield from manager.take_round()):
                 state.record.leases_taken(1)
                 yield Acquired(lease)
+            state.record.leases_stolen(manager.stolen_last_round)
             next_take = now + lease_config.take_interval
         state.record.leases_held(len(manager.held))
         if config.health_file:

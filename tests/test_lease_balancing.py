@@ -151,3 +151,29 @@ def test_a_shard_given_up_after_a_failure_is_left_to_others_for_a_failover_time(
     assert run_sync(failing.take_round(), None, RETRY) == []
     clock.now += CONFIG.failover_s + 0.1
     assert len(run_sync(failing.take_round(), None, RETRY)) == 1
+
+
+def test_a_take_from_a_live_worker_counts_as_a_steal_and_one_from_a_dead_worker_does_not() -> None:
+    store, clock = store_with(4), Clock()
+    first = LeaseManager(store, CONFIG, "first", clock)
+    round_of([first])
+    assert owners(store) == {"first": 4}
+    second = LeaseManager(store, CONFIG, "second", clock)
+
+    # "first" keeps renewing: what "second" takes to balance is stolen.
+    stolen = 0
+    for _ in range(6):
+        round_of([first, second])
+        stolen += second.stolen_last_round
+        clock.now += CONFIG.renew_interval
+    assert owners(store) == {"first": 2, "second": 2}
+    assert stolen == 2
+
+    # "first" dies: its leases expire, and taking them back steals from nobody.
+    takes = []
+    for _ in range(6):
+        clock.now += CONFIG.renew_interval
+        round_of([second])
+        takes.append((len(second.held), second.stolen_last_round))
+    assert owners(store) == {"second": 4}
+    assert all(stolen_now == 0 for _, stolen_now in takes)

@@ -170,6 +170,8 @@ class LeaseManager:
         self.held: dict[str, Lease] = {}
         # Shards this worker gave up after failing on them, and until when it leaves them be.
         self.cooling: dict[str, float] = {}
+        # Of the leases the last take_round acquired, how many were stolen (for metrics).
+        self.stolen_last_round = 0
         self._next_cleanup = -math.inf
 
     # --- observing and taking ---------------------------------------------------------------
@@ -185,6 +187,7 @@ class LeaseManager:
         now = self.clock()
         self.cooling = {shard: until for shard, until in self.cooling.items() if until > now}
         acquired = []
+        self.stolen_last_round = 0
         for lease in plan_takes(
             leases,
             self.worker_id,
@@ -195,9 +198,15 @@ class LeaseManager:
             held=self.held,
             avoid=self.cooling,
         ):
+            # A steal takes a lease whose owner is still renewing it (balancing), where a
+            # take of a free or expired lease replaces nobody who is alive.
+            stealing = lease.owner not in (None, self.worker_id) and not (
+                self.observations.expired(lease, now, self.config.failover_s)
+            )
             taken = yield from self.take(lease)
             if taken is not None:
                 acquired.append(taken)
+                self.stolen_last_round += stealing
         return acquired
 
     def take(self, lease: Lease) -> Generator[Any, Any, Lease | None]:

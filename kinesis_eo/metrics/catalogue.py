@@ -191,8 +191,7 @@ _SPECS = (
         LEASES_STOLEN,
         _C,
         "Count",
-        "leases taken from a more loaded worker (not recorded: the lease manager does not yet "
-        "tell a steal from a take; leases_taken counts both)",
+        "leases taken from a worker that was still renewing them (balancing); also in leases_taken",
     ),
     MetricSpec(LEASES_RELEASED, _C, "Count", "leases given up (shutdown, rebalancing)"),
     MetricSpec(SHARDS_ENDED, _C, "Count", "shards read to their end after a reshard"),

@@ -109,6 +109,12 @@ class RunMetrics:
             self.totals.count(leases_taken=count)
             self.metrics.count(names.LEASES_TAKEN, count)
 
+    def leases_stolen(self, count: int) -> None:
+        """Leases taken from a worker that was still renewing them (balancing)."""
+        if count:
+            self.totals.count(leases_stolen=count)
+            self.metrics.count(names.LEASES_STOLEN, count)
+
     def lease_released(self) -> None:
         self.totals.count(leases_released=1)
         self.metrics.count(names.LEASES_RELEASED)

@@ -44,6 +44,7 @@ class RunTotals:
     outage_pauses: int = 0
     fenced_commits: int = 0
     leases_taken: int = 0
+    leases_stolen: int = 0
     leases_lost: int = 0
     leases_released: int = 0
     loop_failures: int = 0
