@@ -17,8 +17,9 @@ from typing import Any
 
 from kinesis_eo.deadletter import DeadLetter
 from kinesis_eo.producer import Event
-from kinesis_eo.tables import create_table, create_table_flow
 from kinesis_eo.testing.backends import FAKE_CREDENTIALS, REGION
+from kinesis_eo.testing.effects import applied_counts, create_effects_table
+from kinesis_eo.testing.effects import scan_table as scan
 
 __all__ = [
     "POISON_PREFIX",
@@ -94,28 +95,6 @@ def client(service: str, endpoint: str, **config: Any) -> Any:
         config=Config(proxies={}, **config),
         **FAKE_CREDENTIALS,
     )
-
-
-def create_effects_table(dynamodb: Any, name: str) -> None:
-    """The sink's table: one item per event id, whose ``applied`` counts its effects."""
-    create_table(dynamodb, create_table_flow(name, [("id", "HASH")]))
-
-
-def scan(dynamodb: Any, table: str) -> list[dict[str, Any]]:
-    """Every item of ``table``, read consistently, page by page."""
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = dynamodb.scan(**params)
-        items += page["Items"]
-        if "LastEvaluatedKey" not in page:
-            return items
-        params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def applied_counts(dynamodb: Any, table: str) -> dict[str, int]:
-    """How often the sink applied each event's effect, by event id."""
-    return {item["id"]["S"]: int(item["applied"]["N"]) for item in scan(dynamodb, table)}
 
 
 # --- events -----------------------------------------------------------------------------------
