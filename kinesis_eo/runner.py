@@ -41,7 +41,7 @@ from kinesis_eo.ledger import (
 )
 from kinesis_eo.loading import load_handler
 from kinesis_eo.metrics import build_metrics
-from kinesis_eo.metrics.model import Metrics
+from kinesis_eo.metrics.model import Metrics, MetricsBackend
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import ClaimSink, FailurePolicy, IdempotentKeySink, TransactionalSink
 from kinesis_eo.sinks.base import DeadLetterSink
@@ -67,6 +67,7 @@ __all__ = [
     "lease_config",
     "ledger_config",
     "load_handler",
+    "metrics_backend",
     "prepare_tables",
     "run",
     "worker_config",
@@ -75,7 +76,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SINKS = ("transactional", "keyed", "claim")
-METRICS = {"emf": "emf", "prometheus": "prometheus", "none": "none"}
+METRICS = ("emf", "prometheus", "none")
 MODES = {"watermark": LedgerMode.WATERMARK, "per-record": LedgerMode.PER_RECORD}
 INITIAL_POSITIONS = {"trim-horizon": Sentinel.TRIM_HORIZON, "latest": Sentinel.LATEST}
 EXPIRED_CLAIMS = {
@@ -256,7 +257,10 @@ def check_options(options: RunOptions) -> None:
         raise ConfigurationError(f"--sink must be one of {', '.join(SINKS)}, not {options.sink!r}")
     if options.health_file is not None:
         check_health_file(options.health_file)
-    _choice(METRICS, options.metrics, "--metrics")
+    if options.metrics not in METRICS:
+        raise ConfigurationError(
+            f"--metrics must be one of {', '.join(METRICS)}, not {options.metrics!r}"
+        )
     if options.metrics == "prometheus" and options.metrics_port is None:
         raise ConfigurationError("--metrics prometheus needs --metrics-port (0: any free port)")
     if options.metrics_port is not None and not 0 <= options.metrics_port <= 65535:
@@ -409,13 +413,7 @@ def build_worker(
     )
     config = worker_config(options, leases)
     if metrics is None:
-        metrics = build_metrics(
-            options.metrics,
-            namespace=options.metrics_namespace,
-            app=options.app,
-            port=options.metrics_port,
-            address=options.metrics_address,
-        )
+        metrics = metrics_backend(options)
     return Worker(
         kinesis,
         dynamodb,
@@ -425,6 +423,17 @@ def build_worker(
         config,
         after_commit=after_commit,
         metrics=metrics,
+    )
+
+
+def metrics_backend(options: RunOptions) -> MetricsBackend:
+    """The back-end ``options.metrics`` names (a Prometheus one starts serving at once)."""
+    return build_metrics(
+        options.metrics,
+        namespace=options.metrics_namespace,
+        app=options.app,
+        port=options.metrics_port,
+        address=options.metrics_address,
     )
 
 
@@ -438,7 +447,22 @@ def run(options: RunOptions, kinesis: Any, dynamodb: Any, sqs: Any = None) -> Wo
     handler = load_handler(options.handler)
     prepare_tables(dynamodb, options)
     options = fit_mark_ttl(kinesis, options)
-    worker = build_worker(options, kinesis, dynamodb, sqs, handler)
+    backend = metrics_backend(options)
+    try:
+        worker = build_worker(options, kinesis, dynamodb, sqs, handler, metrics=backend)
+        metrics = _run_worker(worker, options)
+    finally:
+        # The Prometheus back-end serves from a thread of its own; EMF has flushed at stop.
+        backend.close()
+    log.info(
+        "worker %s stopped and released its leases",
+        worker.worker_id,
+        extra={"worker_id": worker.worker_id, "metrics": metrics.as_dict()},
+    )
+    return metrics
+
+
+def _run_worker(worker: Worker, options: RunOptions) -> WorkerMetrics:
     log.info(
         "worker %s starting on stream %s as %s",
         worker.worker_id,
@@ -454,16 +478,4 @@ def run(options: RunOptions, kinesis: Any, dynamodb: Any, sqs: Any = None) -> Wo
             "ledger_table": options.ledger_table_name,
         },
     )
-    try:
-        metrics = worker.run(handle_signals=True)
-    finally:
-        # The Prometheus back-end serves from a thread of its own; EMF has flushed at stop.
-        close = getattr(worker.state.backend, "close", None)
-        if close is not None:
-            close()
-    log.info(
-        "worker %s stopped and released its leases",
-        worker.worker_id,
-        extra={"worker_id": worker.worker_id, "metrics": metrics.as_dict()},
-    )
-    return metrics
+    return worker.run(handle_signals=True)

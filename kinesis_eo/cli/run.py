@@ -13,16 +13,6 @@ __all__ = [
 ]
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
 def _number(text: str) -> float:
     # Only the form is judged here; the range is the config's to judge, so that
     # `run` reports it in one line naming the flag (argparse would print its usage).
