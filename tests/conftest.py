@@ -5,13 +5,14 @@ The HTTP back-ends (moto server, kinesis-mock) are added below by their own sect
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import boto3
 import pytest
 import pytest_asyncio
-from aiobotocore.session import get_session
 from moto import mock_aws
 
 from kinesis_eo.testing.backends import serialize_moto_requests
@@ -77,14 +78,50 @@ def moto_server_reset(moto_server: MotoServer) -> MotoServer:
     return moto_server
 
 
+# The asyncio tests run twice in scripts/test: with aiobotocore's own session (the `async`
+# extra, newest botocore) and, in a second environment, with aioboto3's (the `aioboto3` extra,
+# botocore 1.40). Both hand out aiobotocore clients, made by different code.
+ASYNC_CLIENTS_ENV = "KINESIS_EO_ASYNC_CLIENTS"
+ASYNC_CLIENT_PACKAGES = ("aiobotocore", "aioboto3")
+
+AsyncClientFactory = Callable[..., AbstractAsyncContextManager[Any]]
+
+
+def async_client_package() -> str:
+    """Which package makes the asyncio clients: $KINESIS_EO_ASYNC_CLIENTS, else aiobotocore."""
+    package = os.environ.get(ASYNC_CLIENTS_ENV) or "aiobotocore"
+    if package not in ASYNC_CLIENT_PACKAGES:
+        raise pytest.UsageError(
+            f"${ASYNC_CLIENTS_ENV} is {package!r}; expected one of {ASYNC_CLIENT_PACKAGES}"
+        )
+    return package
+
+
+@pytest.fixture
+def async_client() -> AsyncClientFactory:
+    """``async_client(service, **kwargs)``: an asyncio client as an async context manager.
+
+    Made by ``aioboto3.Session().client`` when ``$KINESIS_EO_ASYNC_CLIENTS`` is ``aioboto3``
+    (a missing aioboto3 is then an error, not a skip), else by aiobotocore's ``create_client``.
+    """
+    if async_client_package() == "aioboto3":
+        import aioboto3
+
+        return aioboto3.Session().client
+    from aiobotocore.session import get_session
+
+    return get_session().create_client
+
+
 @pytest_asyncio.fixture
-async def async_clients(moto_server_reset: MotoServer) -> AsyncIterator[tuple[Any, Any]]:
-    """aiobotocore Kinesis and DynamoDB clients on the moto server, emptied before this test."""
-    session = get_session()
+async def async_clients(
+    moto_server_reset: MotoServer, async_client: AsyncClientFactory
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Asyncio Kinesis and DynamoDB clients on the moto server, emptied before this test."""
     kwargs = moto_server_reset.client_kwargs()
     async with (
-        session.create_client("kinesis", **kwargs) as kinesis,
-        session.create_client("dynamodb", **kwargs) as dynamodb,
+        async_client("kinesis", **kwargs) as kinesis,
+        async_client("dynamodb", **kwargs) as dynamodb,
     ):
         yield kinesis, dynamodb
 
@@ -101,7 +138,11 @@ def kinesis_mock() -> Iterator[KinesisMock]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # So that `-m "not kinesis_mock"` leaves out every test that starts the emulator.
+    # So that `-m "not kinesis_mock"` leaves out every test that starts the emulator, and
+    # `-m asyncio_clients` picks every test that makes asyncio clients (the aioboto3 run).
     for item in items:
-        if "kinesis_mock" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "kinesis_mock" in fixtures:
             item.add_marker(pytest.mark.kinesis_mock)
+        if "async_client" in fixtures:
+            item.add_marker(pytest.mark.asyncio_clients)

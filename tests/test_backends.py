@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from kinesis_eo.errors import ConfigurationError
@@ -146,12 +145,10 @@ def test_kinesis_mock_split_closes_the_parent_and_names_its_children(
 
 
 @pytest.mark.asyncio
-async def test_aiobotocore_conditional_put_fails_over_the_moto_server(
-    moto_server_reset: MotoServer,
+async def test_an_asyncio_conditional_put_fails_over_the_moto_server(
+    moto_server_reset: MotoServer, async_client: Any
 ) -> None:
-    async with get_session().create_client(
-        "dynamodb", **moto_server_reset.client_kwargs()
-    ) as dynamodb:
+    async with async_client("dynamodb", **moto_server_reset.client_kwargs()) as dynamodb:
         await dynamodb.create_table(
             TableName="ledger",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],

@@ -1,4 +1,4 @@
-"""The asyncio consumer with aiobotocore clients over moto's HTTP server, async handlers too."""
+"""The asyncio consumer with asyncio clients over moto's HTTP server, async handlers too."""
 
 from __future__ import annotations
 

@@ -648,21 +648,14 @@ async def test_async_memory_dead_letters_keep_what_they_are_sent() -> None:
 # --- async fronts on the moto HTTP server -----------------------------------------------------
 
 
-@pytest.fixture
-def aio_session() -> Any:
-    from aiobotocore.session import get_session
-
-    return get_session()
-
-
 @pytest.mark.asyncio
 async def test_async_sqs_sends_batches_and_parts(
-    moto_server_reset: MotoServer, aio_session: Any
+    moto_server_reset: MotoServer, async_client: Any
 ) -> None:
     sync = moto_server_reset.client("sqs")
     url = make_queue(sync, MaximumMessageSize=str(SMALL_QUEUE_BYTES))
     letters = [letter(n) for n in range(1, 25)] + [letter(99, big_payload())]
-    async with aio_session.create_client("sqs", **moto_server_reset.client_kwargs()) as client:
+    async with async_client("sqs", **moto_server_reset.client_kwargs()) as client:
         await AsyncSqsDeadLetterQueue(client, url).send(letters)
     messages = drain(sync, url)
     assert len(messages) == 24 + len(sqs_messages(letters[-1], SqsDeadLetterConfig()))
@@ -671,22 +664,22 @@ async def test_async_sqs_sends_batches_and_parts(
 
 @pytest.mark.asyncio
 async def test_async_missing_queue_raises_resource_not_found(
-    moto_server_reset: MotoServer, aio_session: Any
+    moto_server_reset: MotoServer, async_client: Any
 ) -> None:
     url = make_queue(moto_server_reset.client("sqs"), "exists")
     missing = url.replace("exists", "no-such-queue")
-    async with aio_session.create_client("sqs", **moto_server_reset.client_kwargs()) as client:
+    async with async_client("sqs", **moto_server_reset.client_kwargs()) as client:
         with pytest.raises(ResourceNotFoundError, match="no-such-queue"):
             await AsyncSqsDeadLetterQueue(client, missing).send([letter(1)])
 
 
 @pytest.mark.asyncio
 async def test_async_dynamodb_round_trip_with_a_1mib_payload_and_a_resend(
-    moto_server_reset: MotoServer, aio_session: Any
+    moto_server_reset: MotoServer, async_client: Any
 ) -> None:
     letters = [letter(1), letter(2, big_payload()), letter(3, shard="shardId-000000000002")]
     kwargs = moto_server_reset.client_kwargs()
-    async with aio_session.create_client("dynamodb", **kwargs) as client:
+    async with async_client("dynamodb", **kwargs) as client:
         await acreate_dead_letter_table(client, TABLE)
         target = AsyncDynamoDBDeadLetterTable(client, TABLE)
         await target.send(letters)
@@ -700,9 +693,9 @@ async def test_async_dynamodb_round_trip_with_a_1mib_payload_and_a_resend(
 
 @pytest.mark.asyncio
 async def test_async_missing_table_raises_resource_not_found(
-    moto_server_reset: MotoServer, aio_session: Any
+    moto_server_reset: MotoServer, async_client: Any
 ) -> None:
-    async with aio_session.create_client("dynamodb", **moto_server_reset.client_kwargs()) as c:
+    async with async_client("dynamodb", **moto_server_reset.client_kwargs()) as c:
         with pytest.raises(ResourceNotFoundError, match="no-such-table"):
             await AsyncDynamoDBDeadLetterTable(c, "no-such-table").send([letter(1)])
         with pytest.raises(ResourceNotFoundError, match="no-such-table"):

@@ -330,19 +330,17 @@ def test_rule_arguments_are_checked() -> None:
         NextCalls(0)
 
 
-# --- aiobotocore over the moto HTTP server ----------------------------------------------------
+# --- asyncio clients (aiobotocore or aioboto3) over the moto HTTP server ----------------------
 
 
 @pytest.mark.asyncio
-async def test_aiobotocore_client_gets_every_fault_kind(moto_server_reset: MotoServer) -> None:
-    from aiobotocore.session import get_session
-
+async def test_an_asyncio_client_gets_every_fault_kind(
+    moto_server_reset: MotoServer, async_client: Any
+) -> None:
     name = "faults-async"
     sync = moto_server_reset.client("kinesis")
     make_stream(sync, name)
-    async with get_session().create_client(
-        "kinesis", **moto_server_reset.client_kwargs()
-    ) as client:
+    async with async_client("kinesis", **moto_server_reset.client_kwargs()) as client:
         faults = FaultInjector(seed=1).attach(client)
 
         throttle = faults.throttle("PutRecords", schedule=NextCalls(1))

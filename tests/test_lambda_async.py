@@ -1,4 +1,4 @@
-"""The asyncio Lambda handler: aiobotocore over moto's HTTP server, an async user handler."""
+"""The asyncio Lambda handler: an asyncio client over moto's HTTP server, an async user handler."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiobotocore.session import get_session
 
 from kinesis_eo.envelope import wrap
 from kinesis_eo.ledger import (
@@ -30,13 +29,11 @@ QUICK = RetryConfig(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.01)
 
 
 @pytest_asyncio.fixture
-async def dynamodb(moto_server_reset: Any) -> AsyncIterator[Any]:
+async def dynamodb(moto_server_reset: Any, async_client: Any) -> AsyncIterator[Any]:
     sync = moto_server_reset.client("dynamodb")
     create_ledger_table(sync, "ledger")
     create_effects_table(sync, "effects")
-    async with get_session().create_client(
-        "dynamodb", **moto_server_reset.client_kwargs()
-    ) as client:
+    async with async_client("dynamodb", **moto_server_reset.client_kwargs()) as client:
         yield client
 
 

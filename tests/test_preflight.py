@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 
 from kinesis_eo import preflight, runner
 from kinesis_eo.deadletter import create_dead_letter_table
@@ -275,16 +274,17 @@ def test_the_stream_may_be_named_by_its_arn(kinesis: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_the_checks_run_with_aiobotocore_clients_too(moto_server: MotoServer) -> None:
+async def test_the_checks_run_with_asyncio_clients_too(
+    moto_server: MotoServer, async_client: Any
+) -> None:
     options = names("apre")
     sync_dynamodb, sync_kinesis = moto_server.client("dynamodb"), moto_server.client("kinesis")
     make_table(sync_dynamodb, options.ledger_table_name, ("id", "HASH", "N"))
     make_stream(sync_kinesis, options.stream, retention_hours=YEAR_H)
-    session = get_session()
     kwargs = moto_server.client_kwargs()
     async with (
-        session.create_client("kinesis", **kwargs) as kinesis,
-        session.create_client("dynamodb", **kwargs) as dynamodb,
+        async_client("kinesis", **kwargs) as kinesis,
+        async_client("dynamodb", **kwargs) as dynamodb,
     ):
         with pytest.raises(ConfigurationError, match=r"is keyed by id \(N\)"):
             await preflight.acheck_tables(

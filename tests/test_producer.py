@@ -393,15 +393,13 @@ def test_config_is_checked() -> None:
 
 
 @pytest.mark.asyncio
-async def test_async_producer_under_faults(moto_server_reset: MotoServer) -> None:
-    from aiobotocore.session import get_session
-
+async def test_async_producer_under_faults(
+    moto_server_reset: MotoServer, async_client: Any
+) -> None:
     sync = moto_server_reset.client("kinesis")
     make_stream(sync)
     events = numbered(800)
-    async with get_session().create_client(
-        "kinesis", **moto_server_reset.client_kwargs()
-    ) as client:
+    async with async_client("kinesis", **moto_server_reset.client_kwargs()) as client:
         faults = FaultInjector(seed=5).attach(client)
         faults.throttle("PutRecords", schedule=NextCalls(2))
         faults.drop_entries(entries=0.2, schedule=Probability(0.5))

@@ -1,4 +1,4 @@
-"""The asyncio readers with an aiobotocore client over moto's HTTP server.
+"""The asyncio readers with an asyncio client over moto's HTTP server.
 
 The same cursor logic as the sync reader runs under the asyncio driver; these
 tests prove that the asyncio front reads, resumes and lists shards the same way.
@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiobotocore.session import get_session
 
 from kinesis_eo.errors import ResourceNotFoundError
 from kinesis_eo.records import Record
@@ -27,8 +26,8 @@ from tests.streams import FAST, assert_in_shard_order_each_once, make_stream, pu
 
 
 @pytest_asyncio.fixture
-async def async_kinesis(moto_server: Any) -> AsyncIterator[Any]:
-    async with get_session().create_client("kinesis", **moto_server.client_kwargs()) as client:
+async def async_kinesis(moto_server: Any, async_client: Any) -> AsyncIterator[Any]:
+    async with async_client("kinesis", **moto_server.client_kwargs()) as client:
         yield client
 
 

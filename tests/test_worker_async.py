@@ -1,4 +1,4 @@
-"""The asyncio worker with aiobotocore clients over the moto server: balance, failover, fencing."""
+"""The asyncio worker with asyncio clients over the moto server: balance, failover, fencing."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
 from kinesis_eo.records import Record
@@ -88,16 +87,15 @@ def test_a_split_and_a_merge_mid_run_apply_every_effect_once_parents_first(
 
 @pytest.mark.asyncio
 async def test_async_workers_follow_a_split_to_the_children_with_every_effect_once(
-    kinesis_mock: Any, moto_server_reset: Any
+    kinesis_mock: Any, moto_server_reset: Any, async_client: Any
 ) -> None:
     kinesis = kinesis_mock.client("kinesis")
     dynamodb = moto_server_reset.client("dynamodb")
     stream = new_stream(kinesis, 1)
     create_tables(dynamodb)
-    session = get_session()
     async with (
-        session.create_client("kinesis", **kinesis_mock.client_kwargs()) as async_kinesis,
-        session.create_client("dynamodb", **moto_server_reset.client_kwargs()) as async_dynamodb,
+        async_client("kinesis", **kinesis_mock.client_kwargs()) as async_kinesis,
+        async_client("dynamodb", **moto_server_reset.client_kwargs()) as async_dynamodb,
     ):
         workers = [
             AsyncWorker(
