@@ -11,9 +11,15 @@ They are loaded on first use, so that ``import kinesis_eo`` (and the
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0.dev0"
+try:
+    __version__ = importlib.metadata.version("kinesis-eo")
+except importlib.metadata.PackageNotFoundError:
+    # Imported from a source tree that was never installed: there is no metadata to read,
+    # and a made-up release number would be worse than one that says so.
+    __version__ = "0+unknown"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
