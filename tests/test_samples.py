@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,23 @@ def test_lambda_sample_moves_each_balance_once_and_dead_letters_the_bad_order() 
     }
     # It was reported to the event source mapping before it was given up.
     assert "failed in 2 of 3 deliveries" in done.stderr
+
+
+def test_orders_project_tests_pass_with_the_pytest_plugin_and_catch_a_doubling_handler() -> None:
+    # The project's own pytest run, as its users run it; the plugin by -p (no entry point here).
+    project = SAMPLES / "orders_project"
+    env = {**os.environ, "PYTHONPATH": str(SAMPLES.parent)}
+    plugin = "kinesis_eo.testing.pytest_plugin"
+    plugins = ["-p", plugin, "-p", "no:cacheprovider", "-p", "no:asyncio"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *plugins, "-v"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project,
+        env=env,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "test_a_handler_that_writes_outside_its_returned_writes_is_caught PASSED" in done.stdout
+    assert " 3 passed" in done.stdout
