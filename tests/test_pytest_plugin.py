@@ -132,8 +132,8 @@ def count_once(record: Record, ctx: EffectContext) -> list[Any]:
     return [update("effects", {"id": record.event_id}, "ADD applied :one", values={":one": 1})]
 
 
-def kinesis_handler(dynamodb: Any, mode: LedgerMode = LedgerMode.PER_RECORD) -> KinesisHandler:
-    ledger = Ledger(DynamoDBLedgerStore("ledger"), LedgerConfig("orders", mode))
+def kinesis_handler(dynamodb: Any) -> KinesisHandler:
+    ledger = Ledger(DynamoDBLedgerStore("ledger"), LedgerConfig("orders", LedgerMode.PER_RECORD))
     return KinesisHandler(count_once, ledger=ledger, dynamodb=dynamodb)
 
 
@@ -199,18 +199,38 @@ def test_each_fault_applies_a_naive_handlers_events_twice_and_is_named(
     ]
 
 
-def test_a_watermark_ledger_lets_an_inbound_duplicate_through(
+def test_a_record_handler_passes_on_a_per_record_ledger_given_as_ledger(
     stream: KinesisStream, sink: SinkTable, dynamodb: Any
 ) -> None:
+    ledger = Ledger(DynamoDBLedgerStore("ledger"), LedgerConfig("orders", LedgerMode.PER_RECORD))
+
+    report = assert_exactly_once(
+        count_once, events(6), stream=stream, applied=sink.applied, ledger=ledger
+    )
+
+    assert report.applied == {f"order-{i}": 1 for i in range(6)}
+    assert report.zombies > 0
+
+
+def test_a_record_handler_on_a_watermark_ledger_lets_an_inbound_duplicate_through(
+    stream: KinesisStream, sink: SinkTable
+) -> None:
     # A watermark knows positions, not event ids: the second copy is a new record to it.
-    with pytest.raises(AssertionError, match="order-0: applied 2 times, after inbound_duplicate"):
+    ledger = Ledger(DynamoDBLedgerStore("ledger"), LedgerConfig("orders", LedgerMode.WATERMARK))
+
+    with pytest.raises(AssertionError) as caught:
         assert_exactly_once(
-            kinesis_handler(dynamodb, LedgerMode.WATERMARK),
+            count_once,
             events(3),
             stream=stream,
             applied=sink.applied,
             faults={Fault.INBOUND_DUPLICATE},
+            ledger=ledger,
         )
+
+    assert str(caught.value).splitlines()[1:] == [
+        f"  order-{i}: applied 2 times, after inbound_duplicate" for i in range(3)
+    ]
 
 
 def test_an_event_the_handler_never_applies_is_reported_lost(

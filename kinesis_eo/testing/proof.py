@@ -32,11 +32,13 @@ import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from kinesis_eo.envelope import unwrap
 from kinesis_eo.errors import KinesisEOError
+from kinesis_eo.ledger import Ledger
 from kinesis_eo.producer import Event, Producer
+from kinesis_eo.sinks.base import RecordHandler
 from kinesis_eo.testing.lambda_esm import (
     EsmConfig,
     EventSourceMapping,
@@ -224,12 +226,13 @@ def _deliver(
 
 
 def assert_exactly_once(
-    handler: Handler,
+    handler: Handler | RecordHandler,
     events: Sequence[Event],
     *,
     stream: KinesisStream,
     applied: Callable[[str], int],
     faults: Collection[Fault] = ALL_FAULTS,
+    ledger: Ledger | None = None,
     dynamodb: Any = None,
     esm: EsmConfig | None = None,
 ) -> ExactlyOnceReport:
@@ -238,6 +241,10 @@ def assert_exactly_once(
     ``handler`` is a Lambda entry point, ``handler(event, context)``: a
     :class:`~lambda_handlers.KinesisHandler`, a function made with
     :func:`~lambda_handlers.exactly_once`, or your own function that calls one.
+    Given ``ledger``, it is a record handler instead, ``handler(record, ctx)``
+    returning its writes, as ``kinesis-eo run --handler`` takes: it runs in a
+    ``KinesisHandler`` over that ledger, through the transactional sink the
+    worker uses.
     ``events`` each need an ``event_id``; they are put on ``stream`` (an empty
     one: records already in it are left alone).
     ``applied(event_id)`` says how many times that event's effect is in your
@@ -250,7 +257,12 @@ def assert_exactly_once(
     the report otherwise.
     """
     shares = _share_out(events, faults)
-    zombie_client = _handler_client(handler, dynamodb) if Fault.ZOMBIE in faults else None
+    entry = cast(Handler, handler)
+    if ledger is not None:
+        from lambda_handlers import KinesisHandler
+
+        entry = KinesisHandler(cast(RecordHandler, handler), ledger=ledger, dynamodb=dynamodb)
+    zombie_client = _handler_client(entry, dynamodb) if Fault.ZOMBIE in faults else None
     config = esm or EsmConfig(batch_size=10)
     report = ExactlyOnceReport(faults=shares)
     _produce(stream, events, {e for e, f in shares.items() if f is Fault.INBOUND_DUPLICATE})
@@ -259,12 +271,12 @@ def assert_exactly_once(
     for record in records:
         by_fault.setdefault(shares[str(unwrap(record.data)[0])], []).append(record)
     wrappers: dict[Fault | None, Handler] = {
-        None: handler,
-        Fault.INBOUND_DUPLICATE: handler,
-        Fault.CRASH_AFTER_COMMIT: _CrashAfterCommit(handler, report),
+        None: entry,
+        Fault.INBOUND_DUPLICATE: entry,
+        Fault.CRASH_AFTER_COMMIT: _CrashAfterCommit(entry, report),
     }
     if zombie_client is not None:
-        wrappers[Fault.ZOMBIE] = _Zombie(handler, zombie_client, report)
+        wrappers[Fault.ZOMBIE] = _Zombie(entry, zombie_client, report)
     for fault, share in by_fault.items():
         report.invocations += _deliver(wrappers[fault], share, stream, config)
         for event_id in {e for e, f in shares.items() if f is fault}:
@@ -272,7 +284,7 @@ def assert_exactly_once(
             if count != 1:
                 report.wrong[event_id] = (count, fault)
     if Fault.REDELIVERY in faults:
-        report.invocations += _deliver(handler, records, stream, config)
+        report.invocations += _deliver(entry, records, stream, config)
     for event_id in shares:
         report.applied[event_id] = count = applied(event_id)
         if event_id in report.wrong:
