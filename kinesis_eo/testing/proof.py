@@ -266,10 +266,13 @@ def assert_exactly_once(
     config = esm or EsmConfig(batch_size=10)
     report = ExactlyOnceReport(faults=shares)
     _produce(stream, events, {e for e, f in shares.items() if f is Fault.INBOUND_DUPLICATE})
-    records = [r for r in stream.records() if unwrap(r.data)[0] in shares]
+    records: list[StreamRecord] = []
     by_fault: dict[Fault | None, list[StreamRecord]] = {}
-    for record in records:
-        by_fault.setdefault(shares[str(unwrap(record.data)[0])], []).append(record)
+    for record in stream.records():
+        event_id = unwrap(record.data)[0]
+        if event_id is not None and event_id in shares:
+            records.append(record)
+            by_fault.setdefault(shares[event_id], []).append(record)
     wrappers: dict[Fault | None, Handler] = {
         None: entry,
         Fault.INBOUND_DUPLICATE: entry,
@@ -277,8 +280,8 @@ def assert_exactly_once(
     }
     if zombie_client is not None:
         wrappers[Fault.ZOMBIE] = _Zombie(entry, zombie_client, report)
-    for fault, share in by_fault.items():
-        report.invocations += _deliver(wrappers[fault], share, stream, config)
+    for fault in dict.fromkeys(shares.values()):
+        report.invocations += _deliver(wrappers[fault], by_fault.get(fault, []), stream, config)
         for event_id in {e for e, f in shares.items() if f is fault}:
             count = applied(event_id)
             if count != 1:

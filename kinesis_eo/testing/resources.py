@@ -64,12 +64,6 @@ class SinkTable(Table):
         ).get("Item")
         return int(item["applied"]["N"]) if item and "applied" in item else 0
 
-    def counts(self) -> dict[str, int]:
-        """Event id -> times applied, for every item of the table."""
-        from kinesis_eo.testing.effects import applied_counts
-
-        return applied_counts(self.dynamodb, self.name)
-
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterQueue:

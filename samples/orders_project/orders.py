@@ -12,10 +12,11 @@ import json
 import os
 from typing import Any
 
+from kinesis_eo.deadletter import SqsDeadLetterQueue
 from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, LedgerMode
 from kinesis_eo.records import Record
-from kinesis_eo.sinks import EffectContext, update
-from lambda_handlers import KinesisHandler
+from kinesis_eo.sinks import DeadLetterSink, EffectContext, FailurePolicy, update
+from lambda_handlers import KinesisHandler, LambdaConfig
 
 
 def handle(record: Record, ctx: EffectContext) -> list[Any]:
@@ -39,19 +40,30 @@ def handle(record: Record, ctx: EffectContext) -> list[Any]:
     ]
 
 
-def build_handler(ledger_table: str, dynamodb: Any = None) -> KinesisHandler:
-    """The function's handler on ``ledger_table``, keyed by the producer's event ids."""
+def build_handler(
+    ledger_table: str, dynamodb: Any = None, dead_letters: DeadLetterSink | None = None
+) -> KinesisHandler:
+    """The function's handler on ``ledger_table``, keyed by the producer's event ids.
+
+    An order that cannot be read goes to ``dead_letters`` with its payload.
+    """
     ledger = Ledger(
         DynamoDBLedgerStore(ledger_table),
         # Per-record: marks keyed by event id also drop an order the producer sent twice.
         LedgerConfig(consumer_group="orders", mode=LedgerMode.PER_RECORD),
     )
-    return KinesisHandler(handle, ledger=ledger, dynamodb=dynamodb)
+    config = LambdaConfig(policy=FailurePolicy(max_attempts=1), max_failed_deliveries=2)
+    return KinesisHandler(
+        handle, ledger=ledger, dynamodb=dynamodb, dead_letters=dead_letters, config=config
+    )
 
 
 @functools.cache
 def _handler() -> KinesisHandler:
-    return build_handler(os.environ.get("LEDGER_TABLE", "ledger"))
+    import boto3
+
+    queue = SqsDeadLetterQueue(boto3.client("sqs"), os.environ["DEAD_LETTER_QUEUE_URL"])
+    return build_handler(os.environ.get("LEDGER_TABLE", "ledger"), dead_letters=queue)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
