@@ -1,7 +1,7 @@
 """The pytest plugin: its fixtures, its registration, and assert_exactly_once on moto.
 
-The entry point is active only where the package is installed; here the
-plugin is loaded with ``-p`` inside pytester's runs.
+The entry point is active only where the package is installed; in a bare
+checkout the plugin is loaded with ``-p`` inside pytester's runs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from kinesis_eo.testing.effects import create_effects_table
 from kinesis_eo.testing.proof import Fault, NotExactlyOnceError, assert_exactly_once
 from kinesis_eo.testing.resources import KinesisStream, SinkTable, make_stream
 from lambda_handlers import KinesisHandler
+from tests.helpers import pytest_plugin_args
 
 pytest_plugins = ["pytester"]
 
@@ -66,7 +67,7 @@ def test_loading_the_plugin_imports_neither_boto3_nor_moto() -> None:
 
 
 def test_the_plugin_lists_its_fixtures(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("-p", PLUGIN, "--fixtures")
+    result = pytester.runpytest_subprocess(*pytest_plugin_args(), "--fixtures")
 
     listed = result.stdout.str()
     assert "fixtures defined from kinesis_eo.testing.fixtures" in listed
@@ -83,7 +84,7 @@ def test_without_moto_the_plugin_registers_nothing_and_other_tests_still_run(
         "def test_plain():\n    assert True\n\ndef test_wants_a_stream(kinesis_stream):\n    pass\n"
     )
 
-    result = pytester.runpytest_subprocess("-p", PLUGIN)
+    result = pytester.runpytest_subprocess(*pytest_plugin_args())
 
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*fixture 'kinesis_stream' not found*"])
@@ -104,7 +105,7 @@ def test_the_fixtures_make_a_stream_and_tables_on_moto(pytester: pytest.Pytester
         """
     )
 
-    result = pytester.runpytest_subprocess("-p", PLUGIN, "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*pytest_plugin_args(), "-p", "no:cacheprovider")
 
     result.assert_outcomes(passed=1)
 

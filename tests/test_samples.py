@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import pytest_plugin_args
+
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
@@ -47,11 +49,10 @@ def test_lambda_sample_moves_each_balance_once_and_dead_letters_the_bad_order() 
 
 
 def test_orders_project_tests_pass_with_the_pytest_plugin_and_catch_a_doubling_handler() -> None:
-    # The project's own pytest run, as its users run it; the plugin by -p (no entry point here).
+    # The project's own pytest run, as its users run it.
     project = SAMPLES / "orders_project"
     env = {**os.environ, "PYTHONPATH": str(SAMPLES.parent)}
-    plugin = "kinesis_eo.testing.pytest_plugin"
-    plugins = ["-p", plugin, "-p", "no:cacheprovider", "-p", "no:asyncio"]
+    plugins = [*pytest_plugin_args(), "-p", "no:cacheprovider", "-p", "no:asyncio"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", *plugins, "-v"],
         capture_output=True,
