@@ -112,18 +112,29 @@ class ExactlyOnceReport:
         return "\n".join(lines)
 
 
-class _CrashAfterCommit:
+class _FirstDeliveries:
+    """Tells the invocations that bring a record for the first time from redeliveries."""
+
+    def __init__(self) -> None:
+        self.delivered: set[str] = set()
+
+    def first(self, event: dict[str, Any]) -> bool:
+        # eventID is shard:sequence number (moto numbers each shard from 1).
+        records = {r["eventID"] for r in event.get("Records", [])}
+        new = bool(records - self.delivered)
+        self.delivered |= records
+        return new
+
+
+class _CrashAfterCommit(_FirstDeliveries):
     """Each record's first delivery: the handler runs in full, then the invocation dies."""
 
     def __init__(self, handler: Handler, report: ExactlyOnceReport) -> None:
+        super().__init__()
         self.handler, self.report = handler, report
-        self.delivered: set[str] = set()
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
-        # eventID is shard:sequence number (moto numbers each shard from 1).
-        numbers = {r["eventID"] for r in event.get("Records", [])}
-        first = bool(numbers - self.delivered)
-        self.delivered |= numbers
+        first = self.first(event)
         response = self.handler(event, context)
         if first:
             self.report.crashes += 1
@@ -131,18 +142,16 @@ class _CrashAfterCommit:
         return response
 
 
-class _Zombie:
+class _Zombie(_FirstDeliveries):
     """Each record's first delivery stops at its first write while a rival delivery runs."""
 
     def __init__(self, handler: Handler, dynamodb: Any, report: ExactlyOnceReport) -> None:
+        super().__init__()
         self.handler, self.dynamodb, self.report = handler, dynamodb, report
-        self.delivered: set[str] = set()
 
     def __call__(self, event: dict[str, Any], context: Any) -> Any:
-        numbers = {r["eventID"] for r in event.get("Records", [])}
-        if not numbers - self.delivered:
+        if not self.first(event):
             return self.handler(event, context)
-        self.delivered |= numbers
         emitter = self.dynamodb.meta.events
         hook_id = f"kinesis_eo.zombie.{next(_zombie_ids)}"
 
