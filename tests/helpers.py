@@ -68,3 +68,16 @@ class DeadLetterQueue:
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"])
         self._seen += reassemble(messages)
         return list(self._seen)
+
+
+def pytest_plugin_args() -> list[str]:
+    """What loads kinesis_eo's pytest plugin in a child pytest run of this interpreter.
+
+    Nothing where the package is installed (its ``pytest11`` entry point loads it, and
+    ``-p`` as well would register the module twice); ``-p`` in a bare checkout.
+    """
+    from importlib.metadata import entry_points
+
+    if any(ep.name == "kinesis_eo" for ep in entry_points(group="pytest11")):
+        return []
+    return ["-p", "kinesis_eo.testing.pytest_plugin"]
