@@ -30,6 +30,7 @@ from lambda_handlers.handler import (
     check_ledger_mode,
     exactly_once,
 )
+from lambda_handlers.windows import TumblingWindow, WindowInfo, WindowStateTooLargeError
 
 __all__ = [
     "AsyncKinesisHandler",
@@ -41,6 +42,9 @@ __all__ = [
     "Ordering",
     "ShardDelivery",
     "SinkKind",
+    "TumblingWindow",
+    "WindowInfo",
+    "WindowStateTooLargeError",
     "check_ledger_mode",
     "exactly_once",
     "parse_event",
