@@ -30,6 +30,7 @@ from lambda_handlers.handler import (
     check_ledger_mode,
     exactly_once,
 )
+from lambda_handlers.powertools import RecordDeferredError, powertools_record_handler
 from lambda_handlers.windows import TumblingWindow, WindowInfo, WindowStateTooLargeError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "LambdaConfig",
     "MalformedEventError",
     "Ordering",
+    "RecordDeferredError",
     "ShardDelivery",
     "SinkKind",
     "TumblingWindow",
@@ -48,4 +50,5 @@ __all__ = [
     "check_ledger_mode",
     "exactly_once",
     "parse_event",
+    "powertools_record_handler",
 ]
