@@ -474,24 +474,17 @@ def exactly_once(
         return total + len(records)
     """
 
-    def wrap(handler: Any) -> KinesisHandler:
-        if window_close is not None:
-            return KinesisHandler(
-                ledger=ledger,
-                config=config,
-                dynamodb=dynamodb,
-                metrics=metrics,
-                powertools_metrics=powertools_metrics,
-                window=TumblingWindow(handler, window_close),
-            )
+    def wrap(function: Any) -> KinesisHandler:
+        window = None if window_close is None else TumblingWindow(function, window_close)
         return KinesisHandler(
-            handler,
+            function if window is None else None,
             ledger=ledger,
             dead_letters=dead_letters,
             config=config,
             dynamodb=dynamodb,
             metrics=metrics,
             powertools_metrics=powertools_metrics,
+            window=window,
         )
 
     return wrap
