@@ -69,7 +69,13 @@ from lambda_handlers.decisions import (
 from lambda_handlers.delivery import DeliveryGate, lane_flow
 from lambda_handlers.events import ShardDelivery, parse_event
 from lambda_handlers.metrics import InvocationMetrics
-from lambda_handlers.windows import TumblingWindow, WindowClose, is_window_event, window_flow
+from lambda_handlers.windows import (
+    Folding,
+    TumblingWindow,
+    WindowClose,
+    is_window_event,
+    window_flow,
+)
 
 __all__ = [
     "AsyncKinesisHandler",
@@ -259,7 +265,9 @@ class _HandlerBase:
     ) -> None:
         self.config = config or LambdaConfig()
         self.ledger = ledger
-        self.window = window
+        self.folding = None
+        if window is not None:
+            self.folding = Folding(window, ledger, dead_letters, self.config.max_failed_deliveries)
         self.sink: TransactionalSink | IdempotentKeySink | ClaimSink | None = None
         if window is None or handler is not None or batch_handler is not None:
             check_ledger_mode(self.config, ledger.config.mode)
@@ -277,13 +285,13 @@ class _HandlerBase:
                     "the event source mapping's TumblingWindowInSeconds, or give a handler"
                 )
             return None
-        if self.window is None:
+        if self.folding is None:
             raise ConfigurationError(
                 "the event source mapping sends tumbling windows (TumblingWindowInSeconds) "
                 "but this handler has no window=TumblingWindow(...) to fold them"
             )
         deliveries = parse_event(event, self.config.aggregate_limits)
-        return window_flow(self.window, self.ledger, event, deliveries)
+        return window_flow(self.folding, event, deliveries)
 
     def _lane_flows(self, work: list[tuple[list[Record], DeliveryGate]]) -> list[Flow]:
         assert self.sink is not None  # _window_flow refused the event otherwise

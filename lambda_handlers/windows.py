@@ -36,8 +36,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
+from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import Invoke
 from kinesis_eo.ledger import Ledger, LedgerConflictError
@@ -52,12 +54,20 @@ from kinesis_eo.ledger.model import (
     Value,
 )
 from kinesis_eo.records import Record
-from lambda_handlers.decisions import Ordering, batch_item_failures, items_to_report
+from kinesis_eo.sinks import DeadLetterSink
+from kinesis_eo.sinks.base import PoisonRecordError
+from lambda_handlers.decisions import (
+    Ordering,
+    batch_item_failures,
+    dead_letter_now,
+    items_to_report,
+)
 from lambda_handlers.events import MalformedEventError, ShardDelivery, stream_name
 
 __all__ = [
     "MAX_STATE_BYTES",
     "STATE_KEY",
+    "Folding",
     "TumblingWindow",
     "WindowInfo",
     "WindowStateTooLargeError",
@@ -191,22 +201,68 @@ def _copy(value: Any, info: WindowInfo) -> Any:
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Folding:
+    """What folding a window needs beside the event: the user's window, ledger, dead letters."""
+
+    window: TumblingWindow
+    ledger: Ledger
+    dead_letters: DeadLetterSink | None = None
+    max_failed_deliveries: int = 3
+
+
+def _dead_letter_flow(
+    folding: Folding, record: Record, reason: DeadLetterReason, error: BaseException, attempts: int
+) -> Flow:
+    letter = DeadLetter.from_exception(
+        record,
+        reason,
+        error,
+        attempts=attempts,
+        consumer_group=folding.ledger.config.consumer_group,
+        failed_at=datetime.now(UTC),
+    )
+    if folding.dead_letters is None:
+        raise PoisonRecordError(
+            f"record {letter.describe()} cannot be folded ({letter.error}) and no dead-letter "
+            "target is configured"
+        ) from error
+    yield Invoke(folding.dead_letters.send, ([letter],))
+
+
 def _fold_flow(
-    window: TumblingWindow, state: _State, records: list[Record], info: WindowInfo
+    folding: Folding, state: _State, records: list[Record], info: WindowInfo
 ) -> Generator[Any, Any, BaseException | None]:
-    """Fold ``records`` into ``state`` (as far as they go); the error that stopped it, if any."""
-    try:
-        value = yield Invoke(window.fold, (_copy(state.value, info), list(records)))
-    except Exception:  # which record fails is found one at a time below
-        pass
-    else:
-        _advance(state, _copy(value, info), records)
-        return None
-    for record in records:
+    """Fold ``records`` into ``state`` (as far as they go); the error that stopped it, if any.
+
+    A record the fold failed on in ``max_failed_deliveries`` deliveries, or one
+    that cannot be decoded, is dead-lettered and passed over: the position
+    moves past it, the value does not change.
+    """
+    fold = folding.window.fold
+    if not any(r.deaggregation_error is not None for r in records):
         try:
-            value = yield Invoke(window.fold, (_copy(state.value, info), [record]))
-        except Exception as exc:  # the user's fold: reported, not raised
-            return exc
+            value = yield Invoke(fold, (_copy(state.value, info), list(records)))
+        except Exception:  # which record fails is found one at a time below
+            pass
+        else:
+            _advance(state, _copy(value, info), records)
+            return None
+    for record in records:
+        if record.deaggregation_error is not None:
+            error = ValueError(record.deaggregation_error)
+            yield from _dead_letter_flow(folding, record, DeadLetterReason.UNDECODABLE, error, 0)
+            _advance(state, state.value, [record])
+            continue
+        try:
+            value = yield Invoke(fold, (_copy(state.value, info), [record]))
+        except Exception as exc:  # the user's fold: counted, reported or dead-lettered
+            failed = yield from folding.ledger.record_failure(record)
+            if not dead_letter_now(failed, folding.max_failed_deliveries):
+                return exc
+            reason = DeadLetterReason.PROCESSING_FAILED
+            yield from _dead_letter_flow(folding, record, reason, exc, failed)
+            value = state.value
         _advance(state, _copy(value, info), [record])
     return None
 
@@ -230,10 +286,9 @@ def _checked(state: _State, info: WindowInfo) -> dict[str, Any]:
     return dumped
 
 
-def _close_flow(
-    window: TumblingWindow, ledger: Ledger, state: _State, info: WindowInfo
-) -> Generator[Any, Any, bool]:
+def _close_flow(folding: Folding, state: _State, info: WindowInfo) -> Generator[Any, Any, bool]:
     """Apply the window's aggregate once; False when its mark was already there."""
+    window, ledger = folding.window, folding.ledger
     if state.first is None:
         return False  # nothing was folded: a window without records has no aggregate
     group = ledger.config.consumer_group
@@ -263,23 +318,20 @@ def _close_flow(
 
 
 def window_flow(
-    window: TumblingWindow,
-    ledger: Ledger,
-    event: Mapping[str, Any],
-    deliveries: list[ShardDelivery],
+    folding: Folding, event: Mapping[str, Any], deliveries: list[ShardDelivery]
 ) -> Generator[Any, Any, dict[str, Any]]:
     """One invocation of a tumbling window: the response with the state to keep."""
     if len(deliveries) > 1:
         raise MalformedEventError("a tumbling-window event holds one shard's records")
     info = _info(event, deliveries)
-    state = _load(event, info, window)
+    state = _load(event, info, folding.window)
     records = deliveries[0].records if deliveries else []
     new = [r for r in records if state.folded is None or r.position.key() > state.folded]
-    error = (yield from _fold_flow(window, state, new, info)) if new else None
+    error = (yield from _fold_flow(folding, state, new, info)) if new else None
     if error is not None:
         reported = items_to_report(records, new, Ordering.SHARD)
         return {"state": _checked(state, info), **batch_item_failures(reported)}
     if info.final:
-        yield from _close_flow(window, ledger, state, replace(info, first=state.first))
+        yield from _close_flow(folding, state, replace(info, first=state.first))
         return {"state": {}, "batchItemFailures": []}
     return {"state": _checked(state, info), "batchItemFailures": []}

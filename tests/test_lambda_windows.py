@@ -7,18 +7,28 @@ which redelivers failed records into the state as the mapping does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.errors import ConfigurationError
-from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, create_ledger_table
+from kinesis_eo.ledger import (
+    DynamoDBLedgerStore,
+    Ledger,
+    LedgerConfig,
+    MemoryLedgerStore,
+    MemoryWrite,
+    create_ledger_table,
+)
 from kinesis_eo.records import Record
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import update
 from kinesis_eo.testing.effects import create_effects_table, scan_table
+from kinesis_eo.testing.fakes import MemoryDeadLetters
 from kinesis_eo.testing.lambda_esm import (
     EsmConfig,
     EventSourceMapping,
@@ -30,7 +40,9 @@ from kinesis_eo.testing.lambda_esm import (
     stream_arn,
 )
 from lambda_handlers import (
+    AsyncKinesisHandler,
     KinesisHandler,
+    LambdaConfig,
     TumblingWindow,
     WindowInfo,
     WindowStateTooLargeError,
@@ -249,3 +261,53 @@ def test_exactly_once_folds_windows_of_a_moto_stream(tables: Any, kinesis: Any) 
     # moto stamps arrival at put time: the records may straddle one window boundary.
     assert sum(t for t, _ in [(total, applied), *others]) == sum(amounts(n) for n in range(1, 31))
     assert {applied, *(a for _, a in others)} == {1}
+
+
+def test_a_record_the_fold_never_takes_is_dead_lettered_and_the_window_moves_on(
+    tables: Any,
+) -> None:
+    def fold(total: Any, batch: list[Record]) -> Any:
+        if any(json.loads(r.data)["n"] == 4 for r in batch):
+            raise ValueError("record 4 has no amount this fold understands")
+        return add_amounts(total, batch)
+
+    letters = MemoryDeadLetters()
+    handler = KinesisHandler(
+        ledger=ledger(),
+        dynamodb=tables,
+        dead_letters=letters,
+        config=LambdaConfig(max_failed_deliveries=2),
+        window=TumblingWindow(fold, write_total),
+    )
+    esm = EventSourceMapping(handler, records(8), config=EsmConfig(tumbling_window_s=WINDOW_S))
+    esm.run()
+
+    (letter,) = letters.letters
+    assert (letter.record.sequence_number, letter.reason) == (
+        "4",
+        DeadLetterReason.PROCESSING_FAILED,
+    )
+    assert json.loads(letter.record.data)["n"] == 4
+    assert esm.deliveries[(SHARD, "4")] == 2
+    assert totals(tables) == {
+        "2026-01-01T12:00:00Z": (sum(amounts(n) for n in range(1, 9)) - 40, 1)
+    }
+
+
+def test_the_async_handler_folds_windows_once_too() -> None:
+    store = MemoryLedgerStore()
+    applied: list[int] = []
+
+    def close(total: Any, window: WindowInfo) -> list[Any]:
+        return [MemoryWrite(lambda: applied.append(total["sum"]))]
+
+    handler = AsyncKinesisHandler(
+        ledger=Ledger(store, LedgerConfig("totals")),
+        dynamodb=None,
+        window=TumblingWindow(add_amounts, close),
+    )
+    sync = Flaky(lambda e, c: asyncio.run(handler(e, c)), crash_after={2, 4}, crash_before=set())
+    config = EsmConfig(batch_size=4, tumbling_window_s=WINDOW_S)
+    EventSourceMapping(sync, records(10, per_window=10), config=config).run()
+
+    assert applied == [sum(amounts(n) for n in range(1, 11))]
