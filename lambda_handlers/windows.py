@@ -18,12 +18,17 @@ fold would count them twice.
   folded, and every new record of the batch is reported. Whether the ESM then
   keeps the returned state or hands back the one before, nothing is lost and
   nothing is counted twice: the skip rule drops what the state already holds.
-  A raised error (the ESM's bisection) returns no state at all, so the ESM
+  A record the fold fails on in ``LambdaConfig.max_failed_deliveries``
+  deliveries (counted in the ledger), or one that cannot be decoded, is
+  dead-lettered with its payload and passed over. A raised error (which
+  the ESM answers with bisection) returns no state at all, so the ESM
   replays the batch into the state before it, which does not hold it;
 - the final invocation (``isFinalInvokeForWindow``) hands the value to
   ``close``, whose sink writes commit in one transaction with a ledger mark
-  keyed by shard, window start and first position folded; a mark already
-  there means the aggregate was applied, and ``close`` is not called again.
+  keyed by shard, window start and first position folded (a window the ESM
+  ended early goes on with a fresh state, whose aggregate is marked apart);
+  a mark already there means the aggregate was applied, and ``close`` is not
+  called again.
   ``close`` may instead apply the effect itself with :attr:`WindowInfo.key`
   as its idempotency key and return nothing: the mark then follows it.
 
