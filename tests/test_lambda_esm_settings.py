@@ -229,3 +229,32 @@ def test_a_consumer_arn_is_the_events_source_and_names_the_stream() -> None:
     assert base64.b64decode(event["Records"][0]["kinesis"]["data"]) == b"r-1"
     with pytest.raises(ValueError, match="not a consumer of"):
         EventSourceMapping(recorder, [], stream="payments", consumer_arn=consumer)
+
+
+def test_a_state_over_one_megabyte_ends_the_window_early_and_it_goes_on_afresh() -> None:
+    events: list[dict[str, Any]] = []
+
+    def hoarder(event: dict[str, Any], context: Any) -> Any:
+        events.append(event)
+        big = "x" * 1_100_000 if "1" in numbers(event) else "small"
+        return {"state": {"blob": big}}
+
+    config = EsmConfig(batch_size=1, tumbling_window_s=60)
+    EventSourceMapping(hoarder, [at(1, 1), at(2, 2)], config=config).run()
+
+    shape = [
+        (
+            numbers(e),
+            e["isFinalInvokeForWindow"],
+            e["isWindowTerminatedEarly"],
+            len(str(e["state"])),
+        )
+        for e in events
+    ]
+    assert [s[:3] for s in shape] == [
+        (["1"], False, False),
+        ([], True, True),
+        (["2"], False, False),
+        ([], True, False),
+    ]
+    assert shape[2][3] == 2  # the rest of the window starts from an empty state

@@ -33,7 +33,8 @@ delivers the reported records again into it, which is where a fold that does
 not track what it holds counts them twice. A window's final invocation (no
 records, ``isFinalInvokeForWindow``) comes once the lane's next record is in
 a later window or the lane has no records left; it is retried until it
-succeeds.
+succeeds. A state over 1 MB ends the window early: a final invocation with
+``isWindowTerminatedEarly``, then the rest of the window with a fresh state.
 
 Time is the records' arrival times and ``clock`` (record ages, ``LATEST``);
 invocations run one at a time, lanes in turn.
@@ -71,6 +72,8 @@ __all__ = [
 
 # An invocation's payload is at most 6 MB.
 MAX_EVENT_BYTES = 6 * 1024 * 1024
+# Lambda keeps up to 1 MB of window state per shard, and ends a window early past it.
+MAX_STATE_BYTES = 1024 * 1024
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -129,6 +132,8 @@ class _Lane:
     # The open tumbling window (its start) and the state the function returned for it.
     window: datetime | None = None
     state: Any = None
+    # The state grew past what Lambda keeps: the window ends early, then goes on afresh.
+    terminated_early: bool = False
 
     @property
     def done(self) -> bool:
@@ -289,6 +294,7 @@ class EventSourceMapping:
             if window:
                 lane.state = response["state"]
                 lane.window = window_of(batch[0].arrival, self.config.tumbling_window_s)[0]
+                lane.terminated_early = len(json.dumps(lane.state)) > MAX_STATE_BYTES
             outcome = self._answered(lane, start, end, numbers, reported)
         invocation = Invocation(lane.shard_id, lane.index, numbers, outcome, reported or [], error)
         self.invocations.append(invocation)
@@ -368,6 +374,8 @@ class EventSourceMapping:
     def _window_over(self, lane: _Lane) -> bool:
         if lane.window is None or lane.splits:
             return False
+        if lane.terminated_early:
+            return True
         if lane.position >= len(lane.records):
             return True
         next_window = window_of(lane.records[lane.position].arrival, self.config.tumbling_window_s)
@@ -383,12 +391,12 @@ class EventSourceMapping:
             "shardId": lane.shard_id,
             "eventSourceARN": self.arn,
             "isFinalInvokeForWindow": True,
-            "isWindowTerminatedEarly": False,
+            "isWindowTerminatedEarly": lane.terminated_early,
         }
         response, error = self._invoke(event)
         if error is None and _reported(response, [], True) is not None:
             outcome = InvocationOutcome.SUCCESS
-            lane.window, lane.state = None, None
+            lane.window, lane.state, lane.terminated_early = None, None, False
         elif error is not None:
             outcome = InvocationOutcome.FUNCTION_ERROR
         else:
