@@ -18,7 +18,8 @@ for Kinesis, is::
 
 ``condition`` is also ``RecordAgeExceeded``; through an SNS topic the same
 document arrives as the ``Message`` of an SNS notification. It holds no
-payload: :func:`fetch_batch_flow` reads the records again with
+payload (:func:`on_failure_record` builds one, for tests and simulators):
+:func:`fetch_batch_flow` reads the records again with
 ``GetShardIterator`` ``AT_SEQUENCE_NUMBER`` and ``GetRecords`` up to the end
 sequence number, and de-aggregates them as the reader does (and as the Lambda
 adapter does, so that their ledger keys are the ones the function used). That
@@ -29,8 +30,10 @@ or their shard is gone, they cannot be read again, and the flow says so.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kinesis_eo.errors import AwsCallError, ResourceNotFoundError
@@ -39,7 +42,7 @@ from kinesis_eo.records import Position, Record, parse_sequence_number
 from kinesis_eo.retrieval.reader import StartingPosition, to_records
 from kinesis_eo.retrieval.shards import StreamRef
 
-__all__ = ["BatchInfo", "fetch_batch_flow", "parse_on_failure"]
+__all__ = ["BatchInfo", "fetch_batch_flow", "on_failure_record", "parse_on_failure"]
 
 MAX_GET_RECORDS = 10_000
 # GetRecords allows 5 calls a second per shard, shared with the stream's consumers.
@@ -87,6 +90,50 @@ def parse_on_failure(body: str) -> BatchInfo:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not an on-failure record of a Kinesis mapping: {exc}") from None
     return batch
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def on_failure_record(
+    info: BatchInfo,
+    *,
+    function_arn: str,
+    invoke_count: int,
+    first_arrival: datetime,
+    last_arrival: datetime,
+    function_error: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """The document a Kinesis mapping sends its on-failure destination for ``info``'s batch.
+
+    ``function_error`` is ``"Unhandled"`` when the last invocation raised;
+    ``info.condition`` is ``RetryAttemptsExhausted`` or ``RecordAgeExceeded``.
+    """
+    response: dict[str, Any] = {"statusCode": 200, "executedVersion": "$LATEST"}
+    if function_error is not None:
+        response["functionError"] = function_error
+    return {
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": function_arn,
+            "condition": info.condition,
+            "approximateInvokeCount": invoke_count,
+        },
+        "responseContext": response,
+        "version": "1.0",
+        "timestamp": _iso(at or datetime.now(UTC)),
+        "KinesisBatchInfo": {
+            "shardId": info.shard_id,
+            "startSequenceNumber": info.start,
+            "endSequenceNumber": info.end,
+            "approximateArrivalOfFirstRecord": _iso(first_arrival),
+            "approximateArrivalOfLastRecord": _iso(last_arrival),
+            "batchSize": info.batch_size,
+            "streamArn": info.stream_arn,
+        },
+    }
 
 
 def fetch_batch_flow(info: BatchInfo) -> Generator[Any, Any, tuple[list[Record], str]]:

@@ -30,6 +30,8 @@ from lambda_handlers.handler import (
     check_ledger_mode,
     exactly_once,
 )
+from lambda_handlers.powertools import RecordDeferredError, powertools_record_handler
+from lambda_handlers.windows import TumblingWindow, WindowInfo, WindowStateTooLargeError
 
 __all__ = [
     "AsyncKinesisHandler",
@@ -39,9 +41,14 @@ __all__ = [
     "LambdaConfig",
     "MalformedEventError",
     "Ordering",
+    "RecordDeferredError",
     "ShardDelivery",
     "SinkKind",
+    "TumblingWindow",
+    "WindowInfo",
+    "WindowStateTooLargeError",
     "check_ledger_mode",
     "exactly_once",
     "parse_event",
+    "powertools_record_handler",
 ]

@@ -69,6 +69,13 @@ from lambda_handlers.decisions import (
 from lambda_handlers.delivery import DeliveryGate, lane_flow
 from lambda_handlers.events import ShardDelivery, parse_event
 from lambda_handlers.metrics import InvocationMetrics
+from lambda_handlers.windows import (
+    Folding,
+    TumblingWindow,
+    WindowClose,
+    is_window_event,
+    window_flow,
+)
 
 __all__ = [
     "AsyncKinesisHandler",
@@ -88,7 +95,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Response = dict[str, list[dict[str, str]]]
+Response = dict[str, Any]
 Flow = Generator[Any, Any, Any]
 
 # The ESM allows ParallelizationFactor 1 to 10.
@@ -218,16 +225,9 @@ def build_sink(
     dead_letters: DeadLetterSink | None,
     config: LambdaConfig,
 ) -> TransactionalSink | IdempotentKeySink | ClaimSink:
-    if config.sink is SinkKind.TRANSACTIONAL:
-        return TransactionalSink(
-            ledger,
-            handler,
-            batch_handler=batch_handler,
-            policy=config.policy,
-            dead_letters=dead_letters,
-        )
-    if config.sink is SinkKind.IDEMPOTENT_KEY:
-        return IdempotentKeySink(
+    if config.sink is not SinkKind.CLAIM:
+        kind = TransactionalSink if config.sink is SinkKind.TRANSACTIONAL else IdempotentKeySink
+        return kind(
             ledger,
             handler,
             batch_handler=batch_handler,
@@ -261,14 +261,41 @@ class _HandlerBase:
         dynamodb: Any,
         metrics: Metrics | None = None,
         powertools_metrics: PowertoolsMetrics | None = None,
+        window: TumblingWindow | None = None,
     ) -> None:
         self.config = config or LambdaConfig()
-        check_ledger_mode(self.config, ledger.config.mode)
         self.ledger = ledger
-        self.sink = build_sink(ledger, handler, batch_handler, dead_letters, self.config)
+        self.folding = None
+        if window is not None:
+            self.folding = Folding(window, ledger, dead_letters, self.config.max_failed_deliveries)
+        self.sink: TransactionalSink | IdempotentKeySink | ClaimSink | None = None
+        if window is None or handler is not None or batch_handler is not None:
+            check_ledger_mode(self.config, ledger.config.mode)
+            self.sink = build_sink(ledger, handler, batch_handler, dead_letters, self.config)
         self.clients = {"dynamodb": dynamodb}
         self.last_invocation: InvocationReport | None = None
         self.metrics = InvocationMetrics(ledger, dynamodb, metrics, powertools_metrics)
+
+    def _window_flow(self, event: Any) -> Flow | None:
+        """The flow of a tumbling-window event, None for a plain one; refuses a mismatch."""
+        if not is_window_event(event):
+            if self.sink is None:
+                raise ConfigurationError(
+                    "this handler folds tumbling windows but the event has no 'window': set "
+                    "the event source mapping's TumblingWindowInSeconds, or give a handler"
+                )
+            return None
+        if self.folding is None:
+            raise ConfigurationError(
+                "the event source mapping sends tumbling windows (TumblingWindowInSeconds) "
+                "but this handler has no window=TumblingWindow(...) to fold them"
+            )
+        deliveries = parse_event(event, self.config.aggregate_limits)
+        return window_flow(self.folding, event, deliveries)
+
+    def _lane_flows(self, work: list[tuple[list[Record], DeliveryGate]]) -> list[Flow]:
+        assert self.sink is not None  # _window_flow refused the event otherwise
+        return [lane_flow(self.sink, lane, gate) for lane, gate in work]
 
     def _plan(
         self, event: Any, context: Any
@@ -324,6 +351,10 @@ class KinesisHandler(_HandlerBase):
     ``metrics``: a back-end for the catalogue's metrics, written at the end of
     each invocation; ``powertools_metrics``: a Powertools ``Metrics`` object
     that receives them instead (see :mod:`lambda_handlers.metrics`).
+    ``window``: fold the events of a mapping with ``TumblingWindowInSeconds``,
+    each record once, and apply each window's aggregate once (see
+    :mod:`lambda_handlers.windows`); with no ``handler`` the function takes
+    window events only.
     """
 
     def __init__(
@@ -337,6 +368,7 @@ class KinesisHandler(_HandlerBase):
         dynamodb: Any = None,
         metrics: Metrics | None = None,
         powertools_metrics: PowertoolsMetrics | None = None,
+        window: TumblingWindow | None = None,
     ) -> None:
         if dynamodb is None:
             import boto3
@@ -351,16 +383,21 @@ class KinesisHandler(_HandlerBase):
             dynamodb=dynamodb,
             metrics=metrics,
             powertools_metrics=powertools_metrics,
+            window=window,
         )
-        self.sink.bind(self._run)
+        if self.sink is not None:
+            self.sink.bind(self._run)
 
     def _run(self, flow: Flow) -> Any:
         return run_sync(flow, self.clients, self.config.retry)
 
     def __call__(self, event: Any, context: Any) -> Response:
         try:
+            windowed = self._window_flow(event)
+            if windowed is not None:
+                return dict(self._run(windowed))
             deliveries, work = self._plan(event, context)
-            flows = [lane_flow(self.sink, lane, gate) for lane, gate in work]
+            flows = self._lane_flows(work)
             if len(flows) <= 1:
                 reports = [self._run(flow) for flow in flows]
             else:
@@ -390,6 +427,7 @@ class AsyncKinesisHandler(_HandlerBase):
         config: LambdaConfig | None = None,
         metrics: Metrics | None = None,
         powertools_metrics: PowertoolsMetrics | None = None,
+        window: TumblingWindow | None = None,
     ) -> None:
         super().__init__(
             handler,
@@ -400,18 +438,21 @@ class AsyncKinesisHandler(_HandlerBase):
             dynamodb=dynamodb,
             metrics=metrics,
             powertools_metrics=powertools_metrics,
+            window=window,
         )
-        self.sink.bind(self._run)
+        if self.sink is not None:
+            self.sink.bind(self._run)
 
     async def _run(self, flow: Flow) -> Any:
         return await run_async(flow, self.clients, self.config.retry)
 
     async def __call__(self, event: Any, context: Any) -> Response:
         try:
+            windowed = self._window_flow(event)
+            if windowed is not None:
+                return dict(await self._run(windowed))
             deliveries, work = self._plan(event, context)
-            reports = await asyncio.gather(
-                *(self._run(lane_flow(self.sink, lane, gate)) for lane, gate in work)
-            )
+            reports = await asyncio.gather(*(self._run(f) for f in self._lane_flows(work)))
             return self._finish(deliveries, work, list(reports))
         finally:
             self.metrics.publish()
@@ -425,23 +466,33 @@ def exactly_once(
     dynamodb: Any = None,
     metrics: Metrics | None = None,
     powertools_metrics: PowertoolsMetrics | None = None,
-) -> Callable[[RecordHandler], KinesisHandler]:
+    window_close: WindowClose | None = None,
+) -> Callable[[Any], KinesisHandler]:
     """Turn a record handler into a Lambda entry point::
 
     @exactly_once(ledger=ledger, dead_letters=queue)
     def handler(record, ctx):
         return [update(...)]
+
+    With ``window_close`` the function is a tumbling window's fold instead
+    (see :mod:`lambda_handlers.windows`)::
+
+    @exactly_once(ledger=ledger, window_close=lambda total, window: [put(...)])
+    def handler(total, records):
+        return total + len(records)
     """
 
-    def wrap(handler: RecordHandler) -> KinesisHandler:
+    def wrap(function: Any) -> KinesisHandler:
+        window = None if window_close is None else TumblingWindow(function, window_close)
         return KinesisHandler(
-            handler,
+            function if window is None else None,
             ledger=ledger,
             dead_letters=dead_letters,
             config=config,
             dynamodb=dynamodb,
             metrics=metrics,
             powertools_metrics=powertools_metrics,
+            window=window,
         )
 
     return wrap

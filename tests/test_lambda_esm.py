@@ -69,15 +69,17 @@ def test_a_function_error_bisects_the_batch_until_the_bad_record_is_alone_then_s
         *[["6"]] * 4,
         ["7", "8"],
     ]
-    assert esm.on_failure == [
-        {
-            "shardId": "shardId-000000000000",
-            "startSequenceNumber": "6",
-            "endSequenceNumber": "6",
-            "batchSize": 1,
-            "streamArn": esm.arn,
-        }
-    ]
+    (record,) = esm.on_failure
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 4
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    batch = record["KinesisBatchInfo"]
+    assert (batch["shardId"], batch["startSequenceNumber"], batch["endSequenceNumber"]) == (
+        "shardId-000000000000",
+        "6",
+        "6",
+    )
+    assert (batch["batchSize"], batch["streamArn"]) == (1, esm.arn)
     delivered_ok = {
         n
         for i in esm.invocations

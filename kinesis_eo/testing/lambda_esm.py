@@ -15,19 +15,35 @@ without Lambda:
   restart the shard at the lowest sequence number reported; an invalid answer
   or a raised error fails the whole batch, which is split in two when
   ``bisect_on_function_error`` is set; after ``maximum_retry_attempts`` failed
-  invocations at one starting point the batch is skipped and its details go
-  to ``on_failure`` (as to the ESM's on-failure destination: no payload).
-  ``parallelization_factor`` splits a shard into lanes by partition key, each
-  with its own batches and checkpoint, as the ESM's concurrent batches do.
+  invocations at one starting point the batch is skipped and the on-failure
+  record the ESM would send (:func:`kinesis_eo.on_failure.on_failure_record`:
+  no payload) goes to ``on_failure``, as do records past
+  ``maximum_record_age_s``. ``parallelization_factor`` splits a shard into
+  lanes by partition key, each with its own batches and checkpoint, as the
+  ESM's concurrent batches do. :class:`EsmConfig` holds the rest: batching
+  window, starting position, ``FilterCriteria``, tumbling windows.
 
-Not modelled: batching windows, record age limits, tumbling windows, and the
-ESM's own timing; invocations run one at a time, lanes in turn.
+Tumbling windows: a batch never spans two windows; each event carries
+``window``, ``state`` (what the last successful or partly failed invocation of
+the lane returned), ``shardId``, ``eventSourceARN``, ``isFinalInvokeForWindow``
+and ``isWindowTerminatedEarly``; the response must hold ``state``. A raised
+error keeps the state from before the batch, so its records are delivered
+again into that state; a partial failure keeps the returned state and
+delivers the reported records again into it, which is where a fold that does
+not track what it holds counts them twice. A window's final invocation (no
+records, ``isFinalInvokeForWindow``) comes once the lane's next record is in
+a later window or the lane has no records left; it is retried until it
+succeeds. A state over 1 MB ends the window early: a final invocation with
+``isWindowTerminatedEarly``, then the rest of the window with a fresh state.
+
+Time is the records' arrival times and ``clock`` (record ages, ``LATEST``);
+invocations run one at a time, lanes in turn.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import json
 import time
 import uuid
 from collections import Counter
@@ -36,6 +52,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
+
+from kinesis_eo.on_failure import BatchInfo, on_failure_record
+from kinesis_eo.testing.esm_config import ACCOUNT, REGION, EsmConfig, function_arn, window_of
+from kinesis_eo.testing.esm_filters import FilterCriteria
+from kinesis_eo.testing.esm_records import StreamRecord, kinesis_event, read_stream, stream_arn
 
 __all__ = [
     "EsmConfig",
@@ -49,101 +70,12 @@ __all__ = [
     "stream_arn",
 ]
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-_MAX_EMPTY_PAGES = 50
+# An invocation's payload is at most 6 MB.
+MAX_EVENT_BYTES = 6 * 1024 * 1024
+# Lambda keeps up to 1 MB of window state per shard, and ends a window early past it.
+MAX_STATE_BYTES = 1024 * 1024
 
 Handler = Callable[[dict[str, Any], Any], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRecord:
-    """One Kinesis record as stored in a shard (before any KPL de-aggregation)."""
-
-    shard_id: str
-    sequence_number: str
-    partition_key: str
-    data: bytes
-    arrival: datetime = field(default_factory=lambda: datetime.now(UTC))
-    encryption_type: str | None = None
-
-
-def stream_arn(stream: str, region: str = REGION, account: str = ACCOUNT) -> str:
-    return f"arn:aws:kinesis:{region}:{account}:stream/{stream}"
-
-
-def kinesis_event(
-    records: Sequence[StreamRecord], arn: str, region: str = REGION
-) -> dict[str, Any]:
-    """The event a Kinesis ESM sends for ``records`` of the stream ``arn``."""
-    entries = []
-    for record in records:
-        kinesis: dict[str, Any] = {
-            "kinesisSchemaVersion": "1.0",
-            "partitionKey": record.partition_key,
-            "sequenceNumber": record.sequence_number,
-            "data": base64.b64encode(record.data).decode("ascii"),
-            "approximateArrivalTimestamp": record.arrival.timestamp(),
-        }
-        if record.encryption_type is not None:
-            kinesis["encryptionType"] = record.encryption_type
-        entries.append(
-            {
-                "kinesis": kinesis,
-                "eventSource": "aws:kinesis",
-                "eventVersion": "1.0",
-                "eventID": f"{record.shard_id}:{record.sequence_number}",
-                "eventName": "aws:kinesis:record",
-                "invokeIdentityArn": f"arn:aws:iam::{ACCOUNT}:role/lambda-role",
-                "awsRegion": region,
-                "eventSourceARN": arn,
-            }
-        )
-    return {"Records": entries}
-
-
-def read_stream(kinesis: Any, stream: str) -> list[StreamRecord]:
-    """Every record of every shard of ``stream``, from the trim horizon, shard by shard."""
-    records: list[StreamRecord] = []
-    shards: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"StreamName": stream}
-    while True:
-        page = kinesis.list_shards(**params)
-        shards += page["Shards"]
-        token = page.get("NextToken")
-        if not token:
-            break
-        params = {"NextToken": token}
-    for shard in shards:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        empty_pages = 0
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            if not page["Records"]:
-                # An empty page is the end only at the tip; before it Kinesis may
-                # return a few while it skips gaps.
-                empty_pages += 1
-                if not page.get("MillisBehindLatest") or empty_pages >= _MAX_EMPTY_PAGES:
-                    break
-                iterator = page.get("NextShardIterator")
-                continue
-            empty_pages = 0
-            for raw in page["Records"]:
-                arrival = raw.get("ApproximateArrivalTimestamp") or datetime.now(UTC)
-                records.append(
-                    StreamRecord(
-                        shard["ShardId"],
-                        raw["SequenceNumber"],
-                        raw["PartitionKey"],
-                        bytes(raw["Data"]),
-                        arrival,
-                        raw.get("EncryptionType"),
-                    )
-                )
-            iterator = page.get("NextShardIterator")
-    return records
 
 
 class FakeContext:
@@ -169,27 +101,6 @@ class FakeContext:
         return max(0, int((self._deadline - self._clock()) * 1000))
 
 
-@dataclass(frozen=True, slots=True)
-class EsmConfig:
-    """The event source mapping's settings that change what is delivered.
-
-    ``maximum_retry_attempts`` -1 retries for ever, as on AWS.
-    """
-
-    batch_size: int = 100
-    bisect_on_function_error: bool = True
-    maximum_retry_attempts: int = -1
-    parallelization_factor: int = 1
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= 10_000:
-            raise ValueError("batch_size is 1 to 10000")
-        if self.maximum_retry_attempts < -1:
-            raise ValueError("maximum_retry_attempts is -1 (for ever) or more")
-        if not 1 <= self.parallelization_factor <= 10:
-            raise ValueError("parallelization_factor is 1 to 10")
-
-
 class InvocationOutcome(Enum):
     SUCCESS = "success"
     PARTIAL_FAILURE = "partial_failure"
@@ -206,6 +117,7 @@ class Invocation:
     outcome: InvocationOutcome
     reported: list[str] = field(default_factory=list)
     error: BaseException | None = None
+    final_for_window: bool = False
 
 
 @dataclass
@@ -214,17 +126,24 @@ class _Lane:
     index: int
     records: list[StreamRecord]
     position: int = 0
-    # Windows [start, end) left by bisection, the first starting at ``position``.
-    windows: list[tuple[int, int]] = field(default_factory=list)
+    # Ranges [start, end) left by bisection, the first starting at ``position``.
+    splits: list[tuple[int, int]] = field(default_factory=list)
     failed_at_start: int = 0
+    # The open tumbling window (its start) and the state the function returned for it.
+    window: datetime | None = None
+    state: Any = None
+    # The state grew past what Lambda keeps: the window ends early, then goes on afresh.
+    terminated_early: bool = False
 
     @property
     def done(self) -> bool:
-        return self.position >= len(self.records)
+        return self.position >= len(self.records) and self.window is None
 
 
-def _reported(response: Any, delivered: Sequence[str]) -> list[str] | None:
+def _reported(response: Any, delivered: Sequence[str], windowed: bool) -> list[str] | None:
     """The sequence numbers a response reports, or None if the contract does not allow it."""
+    if windowed and not (isinstance(response, Mapping) and "state" in response):
+        return None  # with tumbling windows a response without state is a failed invocation
     if response is None:
         return []
     if not isinstance(response, Mapping):
@@ -245,8 +164,19 @@ def _reported(response: Any, delivered: Sequence[str]) -> list[str] | None:
     return reported
 
 
+def _iso_second(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class EventSourceMapping:
-    """Delivers ``records`` to ``handler`` as a Kinesis ESM with ``ReportBatchItemFailures``."""
+    """Delivers ``records`` to ``handler`` as a Kinesis ESM with ``ReportBatchItemFailures``.
+
+    ``consumer_arn``: the mapping reads through this enhanced fan-out consumer
+    of ``stream`` instead of polling; events then carry it as their
+    ``eventSourceARN``, as Lambda's do. The simulator delivers the records it is
+    given either way (read them with :func:`read_stream`, which polls: a
+    subscription delivers the same records in the same order).
+    """
 
     def __init__(
         self,
@@ -257,19 +187,47 @@ class EventSourceMapping:
         config: EsmConfig | None = None,
         context: Callable[[], Any] = FakeContext,
         region: str = REGION,
+        consumer_arn: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.handler = handler
         self.config = config or EsmConfig()
-        self.arn = stream_arn(stream, region)
+        self.stream_arn = stream_arn(stream, region)
+        if consumer_arn is not None and not consumer_arn.startswith(f"{self.stream_arn}/consumer/"):
+            raise ValueError(f"{consumer_arn!r} is not a consumer of {self.stream_arn}")
+        self.arn = consumer_arn or self.stream_arn
         self.region = region
         self.context = context
+        self.clock = clock
+        self.function_arn = function_arn(region=region)
         self.invocations: list[Invocation] = []
         self.on_failure: list[dict[str, Any]] = []
+        self.filtered: list[StreamRecord] = []
         self.deliveries: Counter[tuple[str, str]] = Counter()
+        self._lanes = self._split(self._starting(records))
+        self._turn = 0
+
+    def _starting(self, records: Sequence[StreamRecord]) -> list[StreamRecord]:
+        """The records past the starting position that the filters admit."""
+        config = self.config
+        since = {"AT_TIMESTAMP": config.starting_position_timestamp, "LATEST": self.clock()}
+        floor = since.get(config.starting_position)
+        criteria = FilterCriteria(config.filters)
+        kept = []
+        for record in records:
+            if floor is not None and record.arrival < floor:
+                continue
+            if criteria.admits(record.data):
+                kept.append(record)
+            else:
+                self.filtered.append(record)
+        return kept
+
+    def _split(self, records: Sequence[StreamRecord]) -> list[_Lane]:
         by_shard: dict[str, list[StreamRecord]] = {}
         for record in records:
             by_shard.setdefault(record.shard_id, []).append(record)
-        self._lanes: list[_Lane] = []
+        lanes: list[_Lane] = []
         factor = self.config.parallelization_factor
         for shard_id, shard_records in by_shard.items():
             shard_records.sort(key=lambda r: int(r.sequence_number))
@@ -277,8 +235,8 @@ class EventSourceMapping:
             for record in shard_records:
                 digest = hashlib.md5(record.partition_key.encode("utf-8")).digest()
                 split.setdefault(int.from_bytes(digest[:8], "big") % factor, []).append(record)
-            self._lanes += [_Lane(shard_id, i, split[i]) for i in sorted(split)]
-        self._turn = 0
+            lanes += [_Lane(shard_id, i, split[i]) for i in sorted(split)]
+        return lanes
 
     @property
     def done(self) -> bool:
@@ -297,82 +255,195 @@ class EventSourceMapping:
                     f"the shards were not through after {max_invocations} invocations: "
                     f"last {made[-1] if made else None}"
                 )
-            made.append(self.step())
+            invocation = self.step()
+            if invocation is not None:
+                made.append(invocation)
         return made
 
-    def step(self) -> Invocation:
-        """One invocation, for the next lane in turn that has records left."""
+    def step(self) -> Invocation | None:
+        """One invocation, for the next lane in turn with work left.
+
+        None when there was nothing to invoke: the lane's next records were
+        past their maximum age, and went to ``on_failure``.
+        """
         lanes = [lane for lane in self._lanes if not lane.done]
         if not lanes:
             raise RuntimeError("every record has been delivered")
         lane = lanes[self._turn % len(lanes)]
         self._turn += 1
-        start, end = (
-            lane.windows[0]
-            if lane.windows
-            else (lane.position, min(lane.position + self.config.batch_size, len(lane.records)))
-        )
+        if not lane.splits and self._expire(lane):
+            return None
+        if self._window_over(lane):
+            return self._final(lane)
+        start, end = lane.splits[0] if lane.splits else (lane.position, self._cut(lane))
         batch = lane.records[start:end]
         numbers = [r.sequence_number for r in batch]
         for number in numbers:
             self.deliveries[(lane.shard_id, number)] += 1
-        error: BaseException | None = None
-        reported: list[str] | None = None
-        try:
-            response = self.handler(kinesis_event(batch, self.arn, self.region), self.context())
-        except Exception as exc:
-            error = exc
-        else:
-            reported = _reported(response, numbers)
+        window = self._window_fields(lane, batch[0]) if self.config.tumbling_window_s else {}
+        response, error = self._invoke({**kinesis_event(batch, self.arn, self.region), **window})
+        reported = None if error is not None else _reported(response, numbers, bool(window))
         if reported is None:
             outcome = (
                 InvocationOutcome.FUNCTION_ERROR
                 if error is not None
                 else InvocationOutcome.INVALID_RESPONSE
             )
-            self._whole_batch_failed(lane, start, end)
-        elif reported:
-            outcome = InvocationOutcome.PARTIAL_FAILURE
-            lowest = min(reported, key=int)
-            restart = start + numbers.index(lowest)
-            lane.windows.clear()
-            if restart == lane.position:
-                lane.failed_at_start += 1
-            else:
-                lane.position, lane.failed_at_start = restart, 1
-            self._give_up_if_exhausted(lane, end)
+            self._whole_batch_failed(lane, start, end, error)
         else:
-            outcome = InvocationOutcome.SUCCESS
-            if lane.windows:
-                lane.windows.pop(0)
-            lane.position, lane.failed_at_start = end, 0
+            if window:
+                lane.state = response["state"]
+                lane.window = window_of(batch[0].arrival, self.config.tumbling_window_s)[0]
+                lane.terminated_early = len(json.dumps(lane.state)) > MAX_STATE_BYTES
+            outcome = self._answered(lane, start, end, numbers, reported)
         invocation = Invocation(lane.shard_id, lane.index, numbers, outcome, reported or [], error)
         self.invocations.append(invocation)
         return invocation
 
-    def _whole_batch_failed(self, lane: _Lane, start: int, end: int) -> None:
+    def _invoke(self, event: dict[str, Any]) -> tuple[Any, BaseException | None]:
+        try:
+            return self.handler(event, self.context()), None
+        except Exception as exc:
+            return None, exc
+
+    def _answered(
+        self, lane: _Lane, start: int, end: int, numbers: list[str], reported: list[str]
+    ) -> InvocationOutcome:
+        if not reported:
+            if lane.splits:
+                lane.splits.pop(0)
+            lane.position, lane.failed_at_start = end, 0
+            return InvocationOutcome.SUCCESS
+        lowest = min(reported, key=int)
+        restart = start + numbers.index(lowest)
+        lane.splits.clear()
+        if restart == lane.position:
+            lane.failed_at_start += 1
+        else:
+            lane.position, lane.failed_at_start = restart, 1
+        self._give_up_if_exhausted(lane, end, None)
+        return InvocationOutcome.PARTIAL_FAILURE
+
+    def _cut(self, lane: _Lane) -> int:
+        """The end of the next batch: batch size, batching window, tumbling window, 6 MB."""
+        config = self.config
+        first = lane.records[lane.position]
+        limit = min(lane.position + config.batch_size, len(lane.records))
+        window = (
+            window_of(first.arrival, config.tumbling_window_s) if config.tumbling_window_s else None
+        )
+        gather_until = first.arrival + timedelta(seconds=config.maximum_batching_window_s)
+        size = 0
+        for index in range(lane.position, limit):
+            record = lane.records[index]
+            size += len(json.dumps(kinesis_event([record], self.arn, self.region)))
+            if index > lane.position and (
+                size > MAX_EVENT_BYTES
+                or (config.maximum_batching_window_s and record.arrival > gather_until)
+                or (window is not None and record.arrival >= window[1])
+            ):
+                return index
+        return limit
+
+    def _expire(self, lane: _Lane) -> bool:
+        """Send the lane's leading records past the maximum age to on-failure; whether any were."""
+        age = self.config.maximum_record_age_s
+        if age < 0:
+            return False
+        oldest = self.clock() - timedelta(seconds=age)
+        end = lane.position
+        while end < len(lane.records) and lane.records[end].arrival < oldest:
+            end += 1
+        if end == lane.position:
+            return False
+        self._send_on_failure(lane, lane.position, end, "RecordAgeExceeded", None)
+        lane.position, lane.failed_at_start = end, 0
+        return True
+
+    def _window_fields(self, lane: _Lane, first: StreamRecord) -> dict[str, Any]:
+        start, end = window_of(first.arrival, self.config.tumbling_window_s)
+        return {
+            "window": {"start": _iso_second(start), "end": _iso_second(end)},
+            "state": lane.state if lane.window == start and lane.state is not None else {},
+            "shardId": lane.shard_id,
+            "eventSourceARN": self.arn,
+            "isFinalInvokeForWindow": False,
+            "isWindowTerminatedEarly": False,
+        }
+
+    def _window_over(self, lane: _Lane) -> bool:
+        if lane.window is None or lane.splits:
+            return False
+        if lane.terminated_early:
+            return True
+        if lane.position >= len(lane.records):
+            return True
+        next_window = window_of(lane.records[lane.position].arrival, self.config.tumbling_window_s)
+        return next_window[0] != lane.window
+
+    def _final(self, lane: _Lane) -> Invocation:
+        assert lane.window is not None
+        end = lane.window + timedelta(seconds=self.config.tumbling_window_s)
+        event = {
+            "Records": [],
+            "window": {"start": _iso_second(lane.window), "end": _iso_second(end)},
+            "state": lane.state if lane.state is not None else {},
+            "shardId": lane.shard_id,
+            "eventSourceARN": self.arn,
+            "isFinalInvokeForWindow": True,
+            "isWindowTerminatedEarly": lane.terminated_early,
+        }
+        response, error = self._invoke(event)
+        if error is None and _reported(response, [], True) is not None:
+            outcome = InvocationOutcome.SUCCESS
+            lane.window, lane.state, lane.terminated_early = None, None, False
+        elif error is not None:
+            outcome = InvocationOutcome.FUNCTION_ERROR
+        else:
+            outcome = InvocationOutcome.INVALID_RESPONSE
+        invocation = Invocation(lane.shard_id, lane.index, [], outcome, [], error, True)
+        self.invocations.append(invocation)
+        return invocation
+
+    def _whole_batch_failed(
+        self, lane: _Lane, start: int, end: int, error: BaseException | None
+    ) -> None:
         lane.failed_at_start += 1
-        if self._give_up_if_exhausted(lane, end):
+        if self._give_up_if_exhausted(lane, end, error):
             return
         if self.config.bisect_on_function_error and end - start > 1:
             middle = (start + end) // 2
-            rest = lane.windows[1:] if lane.windows else []
-            lane.windows = [(start, middle), (middle, end), *rest]
+            rest = lane.splits[1:] if lane.splits else []
+            lane.splits = [(start, middle), (middle, end), *rest]
 
-    def _give_up_if_exhausted(self, lane: _Lane, end: int) -> bool:
+    def _give_up_if_exhausted(self, lane: _Lane, end: int, error: BaseException | None) -> bool:
         limit = self.config.maximum_retry_attempts
         if limit < 0 or lane.failed_at_start <= limit:
             return False
-        skipped = lane.records[lane.position : end]
-        self.on_failure.append(
-            {
-                "shardId": lane.shard_id,
-                "startSequenceNumber": skipped[0].sequence_number,
-                "endSequenceNumber": skipped[-1].sequence_number,
-                "batchSize": len(skipped),
-                "streamArn": self.arn,
-            }
-        )
-        lane.windows = [w for w in lane.windows if w[0] >= end]
+        self._send_on_failure(lane, lane.position, end, "RetryAttemptsExhausted", error)
+        lane.splits = [w for w in lane.splits if w[0] >= end]
         lane.position, lane.failed_at_start = end, 0
         return True
+
+    def _send_on_failure(
+        self, lane: _Lane, start: int, end: int, condition: str, error: BaseException | None
+    ) -> None:
+        skipped = lane.records[start:end]
+        info = BatchInfo(
+            self.stream_arn,
+            lane.shard_id,
+            skipped[0].sequence_number,
+            skipped[-1].sequence_number,
+            len(skipped),
+            condition,
+        )
+        record = on_failure_record(
+            info,
+            function_arn=self.function_arn,
+            invoke_count=lane.failed_at_start,
+            first_arrival=skipped[0].arrival,
+            last_arrival=skipped[-1].arrival,
+            function_error="Unhandled" if error is not None else None,
+            at=self.clock(),
+        )
+        self.on_failure.append(record)
