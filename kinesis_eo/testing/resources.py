@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kinesis_eo.testing.lambda_esm import REGION, StreamRecord, read_stream, stream_arn
+from kinesis_eo.testing.esm_config import REGION
+from kinesis_eo.testing.esm_records import StreamRecord, read_stream, stream_arn
 
 __all__ = [
     "DeadLetterQueue",
