@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ConsumerConfig:
+    """How a `Consumer` or `AsyncConsumer` reads, retries, checkpoints and pauses in an outage."""
+
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     initial_position: StartingPosition = field(default_factory=StartingPosition.trim_horizon)
     # For the ledger's and the checkpoint table's calls; the reader has its own.

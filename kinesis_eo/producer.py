@@ -141,6 +141,8 @@ class ProducerConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
+    """Where the stream stored an event: its shard and sequence number."""
+
     shard_id: str
     sequence_number: str
 

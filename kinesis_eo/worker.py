@@ -66,6 +66,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    """How a `Worker` or `AsyncWorker` leases, reads, checkpoints, pauses in an outage and judges
+    its health.
+    """
+
     leases: LeaseConfig
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     # Where a shard without a checkpoint starts (children always start at TRIM_HORIZON).
@@ -147,6 +151,7 @@ class Acquired:
 
 
 def starting_position(lease: Lease) -> StartingPosition:
+    """Where a shard loop starts reading: after the lease's checkpoint, or at its sentinel."""
     position = lease.position
     if position is not None:
         return StartingPosition.after(position)

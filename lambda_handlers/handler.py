@@ -218,6 +218,9 @@ def build_sink(
     dead_letters: DeadLetterSink | None,
     config: LambdaConfig,
 ) -> TransactionalSink | IdempotentKeySink | ClaimSink:
+    """The sink ``LambdaConfig.sink`` names, built over ``ledger`` with the handler and dead-letter
+    target.
+    """
     if config.sink is SinkKind.TRANSACTIONAL:
         return TransactionalSink(
             ledger,

@@ -69,6 +69,7 @@ class StreamRecord:
 
 
 def stream_arn(stream: str, region: str = REGION, account: str = ACCOUNT) -> str:
+    """The ARN the simulator puts in its events for ``stream``."""
     return f"arn:aws:kinesis:{region}:{account}:stream/{stream}"
 
 
@@ -191,6 +192,8 @@ class EsmConfig:
 
 
 class InvocationOutcome(Enum):
+    """How an invocation ended, as the event source mapping sees it."""
+
     SUCCESS = "success"
     PARTIAL_FAILURE = "partial_failure"
     FUNCTION_ERROR = "function_error"
@@ -200,6 +203,10 @@ class InvocationOutcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
+    """One invocation the simulated event source mapping made: its shard, lane, records, outcome and
+    what was reported.
+    """
+
     shard_id: str
     lane: int
     sequence_numbers: list[str]
