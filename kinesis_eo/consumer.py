@@ -241,6 +241,9 @@ class Consumer(_ConsumerBase):
         return run_sync(flow, self.clients, self.state.config.retry)
 
     def run(self) -> ConsumerStats:
+        """Read and apply until stopped (or caught up, with ``stop_when_caught_up``); the run's
+        totals.
+        """
         try:
             stats: ConsumerStats = self._run(self._flow())
         finally:
@@ -259,6 +262,9 @@ class AsyncConsumer(_ConsumerBase):
         return await run_async(flow, self.clients, self.state.config.retry)
 
     async def run(self) -> ConsumerStats:
+        """Read and apply until stopped (or caught up, with ``stop_when_caught_up``); the run's
+        totals.
+        """
         try:
             stats: ConsumerStats = await self._run(self._flow())
         finally:

@@ -427,6 +427,7 @@ class Worker(_WorkerBase):
         return run_sync(flow, self.clients, self.config.retry, self._wake.wait)
 
     def stop(self) -> None:
+        """Finish the batches in flight, checkpoint, release every lease, and return from run."""
         super().stop()
         self._wake.set()
 
@@ -486,6 +487,7 @@ class AsyncWorker(_WorkerBase):
                 self.state.record.lease_released()
 
     async def run(self, handle_signals: bool = False) -> RunTotals:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``); the run's totals."""
         self._prepare()
         if handle_signals:
             loop = asyncio.get_running_loop()
