@@ -66,9 +66,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """How a `Worker` or `AsyncWorker` leases, reads, checkpoints, pauses in an outage and judges
-    its health.
-    """
+    """How a `Worker` or `AsyncWorker` leases, reads, checkpoints, pauses and judges health."""
 
     leases: LeaseConfig
     reader: ReaderConfig = field(default_factory=ReaderConfig)

@@ -181,9 +181,7 @@ def _moto_version() -> str:
 
 
 def require_moto_server() -> None:
-    """Refuse to start the demo, in one sentence, when moto's server (the ``demo`` extra) is not
-    installed.
-    """
+    """Refuse to start the demo, in one sentence, without moto's server (the ``demo`` extra)."""
     try:
         import moto.server  # noqa: F401
     except ImportError as exc:
@@ -361,9 +359,7 @@ def setup(session: Session, shards: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Produced:
-    """What the demo's producing phase returns: the events, the duplicates the producer's retries
-    stored, and throttles.
-    """
+    """What the demo's producing phase returns: events, producer duplicates, throttles."""
 
     plan: EventPlan
     producer_duplicates: int
