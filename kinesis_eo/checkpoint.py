@@ -54,6 +54,10 @@ class Checkpoint:
 
 
 class CheckpointStore(ABC):
+    """Where the single-process consumer keeps each shard's checkpoint; ``load`` and ``save`` are
+    flows.
+    """
+
     @abstractmethod
     def load(self) -> Generator[Any, Any, dict[str, Checkpoint]]:
         """Every shard's checkpoint."""
@@ -64,6 +68,8 @@ class CheckpointStore(ABC):
 
 
 class MemoryCheckpointStore(CheckpointStore):
+    """Checkpoints in a dict, for tests and one-off runs: lost when the process ends."""
+
     def __init__(self) -> None:
         self.checkpoints: dict[str, Checkpoint] = {}
         self._lock = threading.Lock()
@@ -81,6 +87,10 @@ class MemoryCheckpointStore(CheckpointStore):
 
 
 class DynamoDBCheckpointStore(CheckpointStore):
+    """Checkpoints in a DynamoDB table of the KCL lease table's shape (``leaseKey``,
+    ``checkpoint``), one item per shard.
+    """
+
     def __init__(self, table_name: str) -> None:
         self.table_name = table_name
         self._resource = f"checkpoint table '{table_name}'"

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ConsumerConfig:
+    """How a `Consumer` or `AsyncConsumer` reads, retries, checkpoints and pauses in an outage."""
+
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     initial_position: StartingPosition = field(default_factory=StartingPosition.trim_horizon)
     # For the ledger's and the checkpoint table's calls; the reader has its own.
@@ -239,6 +241,9 @@ class Consumer(_ConsumerBase):
         return run_sync(flow, self.clients, self.state.config.retry)
 
     def run(self) -> ConsumerStats:
+        """Read and apply until stopped (or caught up, with ``stop_when_caught_up``); the run's
+        totals.
+        """
         try:
             stats: ConsumerStats = self._run(self._flow())
         finally:
@@ -257,6 +262,9 @@ class AsyncConsumer(_ConsumerBase):
         return await run_async(flow, self.clients, self.state.config.retry)
 
     async def run(self) -> ConsumerStats:
+        """Read and apply until stopped (or caught up, with ``stop_when_caught_up``); the run's
+        totals.
+        """
         try:
             stats: ConsumerStats = await self._run(self._flow())
         finally:

@@ -65,6 +65,9 @@ class Call:
 
 
 def client_for(client: Any, call: Call) -> Any:
+    """The client a `Call` goes to: ``client`` itself, or the one named by ``call.service`` in a
+    mapping of clients.
+    """
     if not isinstance(client, Mapping):
         return client
     try:
@@ -78,6 +81,10 @@ def client_for(client: Any, call: Call) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Sleep:
+    """What a flow yields to wait ``seconds`` before it is resumed (``time.sleep`` or
+    ``asyncio.sleep``).
+    """
+
     seconds: float
 
 
@@ -94,6 +101,9 @@ T = TypeVar("T")
 
 
 def call_sync(client: Any, call: Call, retry: RetryConfig) -> Response:
+    """Make one `Call` with a boto3 client, retrying transient errors per ``retry``; AWS errors come
+    out translated.
+    """
     config = retry if call.retry else RetryConfig(max_attempts=1)
     for attempt in sync_retrying(config):
         with attempt:
@@ -106,6 +116,9 @@ def call_sync(client: Any, call: Call, retry: RetryConfig) -> Response:
 
 
 async def call_async(client: Any, call: Call, retry: RetryConfig) -> Response:
+    """Make one `Call` with an aiobotocore client, retrying transient errors per ``retry``; AWS
+    errors come out translated.
+    """
     config = retry if call.retry else RetryConfig(max_attempts=1)
     async for attempt in async_retrying(config):
         with attempt:

@@ -31,6 +31,10 @@ __all__ = [
 
 @dataclass
 class ShardHealth:
+    """The last news of one shard loop: progress, failures in a row, records waiting and the outage
+    pausing it.
+    """
+
     # Monotonic times, on the worker's own clock.
     progress_at: float
     failures_in_row: int = 0

@@ -141,6 +141,8 @@ class ProducerConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
+    """Where the stream stored an event: its shard and sequence number."""
+
     shard_id: str
     sequence_number: str
 
@@ -402,6 +404,9 @@ class Producer(_ProducerBase):
     """Sends events to one stream with a boto3 Kinesis client."""
 
     def put(self, events: Iterable[Event]) -> PutResult:
+        """Send ``events``, retrying only the entries that failed; raises `PutRecordsFailedError` if
+        some were not stored.
+        """
         return cast(PutResult, run_sync(self._flow(events), self.client, self.config.call_retry))
 
 

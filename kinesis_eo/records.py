@@ -65,6 +65,7 @@ class Position:
 
     @property
     def sequence_value(self) -> int:
+        """The sequence number as an integer."""
         return self._value
 
     def __eq__(self, other: object) -> bool:
@@ -93,6 +94,7 @@ class Position:
 
     @classmethod
     def from_key(cls, key: str) -> Position:
+        """The position a fixed-width key (``Position.key()``) stands for."""
         sequence, _, sub = key.partition(".")
         if not sub:
             raise ValueError(f"not a position key: {key!r}")
@@ -135,6 +137,7 @@ class Record:
 
     @property
     def position(self) -> Position:
+        """Where the record sits in its shard."""
         return Position(self.sequence_number, self.sub_sequence_number)
 
 
@@ -157,6 +160,7 @@ class HashKeyRange:
 
     @classmethod
     def from_aws(cls, value: dict[str, str]) -> HashKeyRange:
+        """The range as ``ListShards`` gives it: ``StartingHashKey``, ``EndingHashKey``."""
         return cls(int(value["StartingHashKey"]), int(value["EndingHashKey"]))
 
 

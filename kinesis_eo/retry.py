@@ -51,6 +51,9 @@ class RetryConfig:
 
 
 def is_call_retryable(exc: BaseException) -> bool:
+    """Whether an error is worth repeating the same call for (an expired iterator is not: the reader
+    replaces it).
+    """
     return (
         isinstance(exc, KinesisEOError)
         and exc.retryable
@@ -76,8 +79,10 @@ def _tenacity_kwargs(config: RetryConfig) -> dict[str, object]:
 
 
 def sync_retrying(config: RetryConfig) -> Retrying:
+    """A tenacity ``Retrying`` with the back-off and stop rules of ``config``."""
     return Retrying(**_tenacity_kwargs(config))  # type: ignore[arg-type]
 
 
 def async_retrying(config: RetryConfig) -> AsyncRetrying:
+    """A tenacity ``AsyncRetrying`` with the back-off and stop rules of ``config``."""
     return AsyncRetrying(**_tenacity_kwargs(config))  # type: ignore[arg-type]

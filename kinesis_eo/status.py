@@ -62,6 +62,8 @@ _SENTINELS = frozenset(s.value for s in Sentinel)
 
 @dataclass(frozen=True, slots=True)
 class ShardStatus:
+    """One line of ``kinesis-eo status``: a shard's state, owner, checkpoint, lag, records."""
+
     shard_id: str
     state: str
     owner: str | None = None

@@ -71,4 +71,5 @@ def create_table_flow(
 
 
 def create_table(client: Any, flow: Generator[Any, Any, None]) -> None:
+    """Run a table-creating flow (such as `ledger_table_flow`) with a boto3 DynamoDB client."""
     run_sync(flow, client, RetryConfig())

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
+    """How a `Worker` or `AsyncWorker` leases, reads, checkpoints, pauses and judges health."""
+
     leases: LeaseConfig
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     # Where a shard without a checkpoint starts (children always start at TRIM_HORIZON).
@@ -147,6 +149,7 @@ class Acquired:
 
 
 def starting_position(lease: Lease) -> StartingPosition:
+    """Where a shard loop starts reading: after the lease's checkpoint, or at its sentinel."""
     position = lease.position
     if position is not None:
         return StartingPosition.after(position)
@@ -422,6 +425,7 @@ class Worker(_WorkerBase):
         return run_sync(flow, self.clients, self.config.retry, self._wake.wait)
 
     def stop(self) -> None:
+        """Finish the batches in flight, checkpoint, release every lease, and return from run."""
         super().stop()
         self._wake.set()
 
@@ -481,6 +485,7 @@ class AsyncWorker(_WorkerBase):
                 self.state.record.lease_released()
 
     async def run(self, handle_signals: bool = False) -> RunTotals:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``); the run's totals."""
         self._prepare()
         if handle_signals:
             loop = asyncio.get_running_loop()

@@ -49,6 +49,10 @@ MAX_ERROR_CHARS = 4096
 
 
 class DeadLetterReason(Enum):
+    """Why a record was dead-lettered; redrive picks letters by it (``PROCESSING_FAILED`` by
+    default).
+    """
+
     PROCESSING_FAILED = "PROCESSING_FAILED"
     UNDECODABLE = "UNDECODABLE"
     """A corrupt KPL aggregate or a payload the consumer cannot parse."""
@@ -120,6 +124,9 @@ def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
 
 
 def document_field(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """The field ``name`` of a dead-letter document, checked to be of type ``kind``;
+    `InvalidRecordError` otherwise.
+    """
     if name not in doc:
         raise InvalidRecordError(f"not a dead-letter document: no {name!r}")
     value = doc[name]

@@ -10,6 +10,8 @@ __all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend"]
 
 
 class KinesisBackend(Enum):
+    """The emulator that serves Kinesis in a chaos run (kinesis-mock is needed for resharding)."""
+
     MOTO = "moto"
     KINESIS_MOCK = "kinesis-mock"
 
@@ -23,6 +25,10 @@ class Adapter(Enum):
 
 @dataclass(frozen=True)
 class ChaosConfig:
+    """The settings of one ``kinesis-eo chaos`` run: events, workers, shards, seed, back-ends and
+    fault rates.
+    """
+
     events: int = 2000
     workers: int = 3
     shards: int = 4
@@ -66,6 +72,10 @@ class ChaosConfig:
 
 @dataclass
 class ChaosReport:
+    """What a chaos run found: per produced event applied once, twice, missing or dead-lettered, and
+    the faults injected.
+    """
+
     produced: int = 0
     effects: int = 0
     missing: int = 0

@@ -204,6 +204,9 @@ def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
 
 
 def write_stats(path: str, worker: Worker, injectors: list[FaultInjector]) -> None:
+    """Write the worker's totals and the faults its injectors fired to ``path`` (whole, then
+    renamed).
+    """
     injected = {kind.value: sum(i.injected[kind] for i in injectors) for kind in FaultKind}
     payload = {
         "worker": worker.worker_id,
@@ -216,6 +219,9 @@ def write_stats(path: str, worker: Worker, injectors: list[FaultInjector]) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of one chaos worker process: run the worker its JSON spec describes and report
+    its stats until it stops.
+    """
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec(**json.loads(args[0]))
     worker, injectors = build_worker(spec)

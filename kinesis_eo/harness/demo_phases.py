@@ -102,6 +102,7 @@ HANDLER_POLICY = FailurePolicy(max_attempts=3, initial_backoff_s=0.005, max_back
 
 
 def plural(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` followed by the noun, in the plural unless ``count`` is 1."""
     return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
@@ -180,6 +181,7 @@ def _moto_version() -> str:
 
 
 def require_moto_server() -> None:
+    """Refuse to start the demo, in one sentence, without moto's server (the ``demo`` extra)."""
     try:
         import moto.server  # noqa: F401
     except ImportError as exc:
@@ -357,6 +359,8 @@ def setup(session: Session, shards: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Produced:
+    """What the demo's producing phase returns: events, producer duplicates, throttles."""
+
     plan: EventPlan
     producer_duplicates: int
     throttled: int
@@ -454,6 +458,8 @@ def _replay(session: Session) -> Tally:
 
 @dataclass(frozen=True, slots=True)
 class Consumed:
+    """What the demo's consuming phase returns: a tally per consumer run, and throttles."""
+
     tallies: list[Tally]
     throttled: int
 

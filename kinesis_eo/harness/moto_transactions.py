@@ -167,6 +167,7 @@ def uninstall() -> None:
 
 
 def installed() -> bool:
+    """Whether the undo-log ``TransactWriteItems`` is installed in this process's moto."""
     with _lock:
         return _stock is not None
 

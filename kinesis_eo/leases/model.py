@@ -78,6 +78,10 @@ class LeaseLostError(KinesisEOError):
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """One shard's lease as stored in the lease table (the KCL's schema plus the fencing token
+    ``eoOwnerToken``).
+    """
+
     shard_id: str
     counter: int = 0
     owner: str | None = None

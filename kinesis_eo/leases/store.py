@@ -114,6 +114,10 @@ LeaseConflict = LeaseConflictError
 
 
 class LeaseStore(ABC):
+    """Where leases live; every write is conditional, and ``fence`` gives the commit guard for a
+    held lease.
+    """
+
     @abstractmethod
     def list_leases(self) -> Generator[Any, Any, list[Lease]]:
         """Every lease (strongly consistent)."""
@@ -219,6 +223,8 @@ def _attribute(value: LeaseValue) -> dict[str, Any]:
 
 
 def lease_from_item(item: Mapping[str, Mapping[str, Any]]) -> Lease:
+    """The `Lease` a lease table item holds."""
+
     def text(name: str) -> str | None:
         value = item.get(name)
         return None if value is None else str(value["S"])
@@ -245,6 +251,7 @@ def lease_from_item(item: Mapping[str, Mapping[str, Any]]) -> Lease:
 
 
 def item_from_lease(lease: Lease) -> dict[str, Any]:
+    """The DynamoDB item (the KCL's attribute names) that stores ``lease``."""
     item: dict[str, Any] = {
         LEASE_KEY: {"S": lease.shard_id},
         COUNTER: {"N": str(lease.counter)},
@@ -304,6 +311,10 @@ class _Expression:
 
 
 class DynamoDBLeaseStore(LeaseStore):
+    """The lease table in DynamoDB: conditional writes on the counter for takes, on owner and token
+    for the holder.
+    """
+
     def __init__(self, table_name: str) -> None:
         self.table_name = table_name
         self._resource = f"lease table '{table_name}'"
@@ -397,6 +408,7 @@ class DynamoDBLeaseStore(LeaseStore):
 
 
 def lease_table_flow(table_name: str) -> Generator[Any, Any, None]:
+    """A flow that creates a lease table (key ``leaseKey``) and waits until it is active."""
     return create_table_flow(table_name, [(LEASE_KEY, "HASH")])
 
 

@@ -59,6 +59,10 @@ class ExpiredClaimPolicy(Enum):
 
 
 class ClaimOutcome(Enum):
+    """What taking a claim found: ours to act on, already done, held by another owner, or
+    quarantined.
+    """
+
     ACQUIRED = "acquired"
     DONE = "done"
     HELD = "held"

@@ -55,6 +55,10 @@ class Entry:
 
 @dataclass
 class CommitResult:
+    """What `Ledger.commit` did with each entry: committed, duplicate, mismatched, rejected, held
+    back or invalid.
+    """
+
     committed: list[Record] = field(default_factory=list)
     duplicates: list[Record] = field(default_factory=list)
     mismatched: list[PayloadMismatchError] = field(default_factory=list)

@@ -87,6 +87,8 @@ class LedgerMode(Enum):
 
 
 class MarkStatus(Enum):
+    """The status a per-record mark holds; all but ``IN_PROGRESS`` mean the record is done."""
+
     COMPLETED = "COMPLETED"
     IN_PROGRESS = "IN_PROGRESS"
     DEAD_LETTERED = "DEAD_LETTERED"
@@ -118,6 +120,9 @@ def event_id_or_position(record: Record) -> str:
 
 
 def payload_hash(data: bytes) -> str:
+    """The short SHA-256 of a record's data that a mark keeps, to tell a duplicate from a payload
+    mismatch.
+    """
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -238,6 +243,8 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """Delete the item under ``key`` (if ``condition`` holds)."""
+
     key: str
     condition: Condition | None = None
 

@@ -171,6 +171,9 @@ class MemoryLedgerStore(LedgerStore):
 
 
 def to_attribute(value: Value) -> dict[str, Any]:
+    """The DynamoDB attribute value of a ledger value (str, int or bytes; anything else is a
+    ``TypeError``).
+    """
     if isinstance(value, bool):
         raise TypeError("ledger values are str, int or bytes")
     if isinstance(value, str):
@@ -183,6 +186,7 @@ def to_attribute(value: Value) -> dict[str, Any]:
 
 
 def from_attribute(attribute: Mapping[str, Any]) -> Value:
+    """The Python value (str, int or bytes) of one DynamoDB attribute value."""
     if "S" in attribute:
         return str(attribute["S"])
     if "N" in attribute:
@@ -193,6 +197,7 @@ def from_attribute(attribute: Mapping[str, Any]) -> Value:
 
 
 def from_item(item: Mapping[str, Mapping[str, Any]]) -> dict[str, Value]:
+    """A ledger item with its DynamoDB attribute values turned into Python values."""
     return {name: from_attribute(value) for name, value in item.items()}
 
 
@@ -423,4 +428,7 @@ def create_ledger_table(client: Any, table_name: str) -> None:
 
 
 def ledger_table_flow(table_name: str) -> Generator[Any, Any, None]:
+    """A flow that creates a ledger table (key ``pk``, TTL on ``expires_at``) and waits until it is
+    active.
+    """
     return create_table_flow(table_name, [(KEY, "HASH")], ttl_attribute=EXPIRES_AT)

@@ -19,6 +19,10 @@ def redrive_group(app: str) -> str:
 
 
 class SourceKind(Enum):
+    """Where redrive reads from: an SQS dead-letter queue, a DynamoDB dead-letter table, or an
+    on-failure queue.
+    """
+
     QUEUE = "sqs"
     TABLE = "dynamodb"
     ON_FAILURE = "on-failure"

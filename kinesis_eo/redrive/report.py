@@ -12,6 +12,8 @@ __all__ = ["Outcome", "RedriveItem", "RedriveReport", "letter_detail", "letter_l
 
 
 class Outcome(Enum):
+    """What redrive did with one letter or on-failure record."""
+
     APPLIED = "applied"
     ALREADY_APPLIED = "already applied"
     WOULD_REDRIVE = "would redrive"

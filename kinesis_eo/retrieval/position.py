@@ -13,6 +13,10 @@ __all__ = ["StartKind", "StartingPosition"]
 
 
 class StartKind(Enum):
+    """Where a shard iterator starts: the trim horizon, the tip, a timestamp, or at or after a
+    position.
+    """
+
     TRIM_HORIZON = "TRIM_HORIZON"
     LATEST = "LATEST"
     AT_TIMESTAMP = "AT_TIMESTAMP"

@@ -62,6 +62,10 @@ class StreamRef:
 
 @dataclass(frozen=True, slots=True)
 class Shard:
+    """One shard as ``ListShards`` describes it: hash key range, parents, and its ending sequence
+    number once closed.
+    """
+
     shard_id: str
     hash_range: HashKeyRange
     starting_sequence_number: str

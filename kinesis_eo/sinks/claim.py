@@ -87,6 +87,8 @@ class ClaimSink(SinkBase):
             self.run_flow = run_flow
 
     def context(self, record: Record, attempt_number: int) -> EffectContext:
+        """The handler's context for ``record``, whose ``heartbeat`` extends the record's claim."""
+
         def heartbeat() -> Any:
             if self.run_flow is None:
                 raise RuntimeError("heartbeat needs the sink to run under a consumer")
@@ -97,6 +99,7 @@ class ClaimSink(SinkBase):
     def process(
         self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None
     ) -> Generator[Any, Any, BatchReport]:
+        """A flow: claim, act and complete each new record of a batch; what became of each."""
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
         for record in new:

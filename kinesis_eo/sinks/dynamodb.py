@@ -79,6 +79,7 @@ def update(
     names: Mapping[str, str] | None = None,
     values: Mapping[str, Any] | None = None,
 ) -> TransactItem:
+    """An ``Update`` for a transactional handler to return; it commits with the record's mark."""
     request = {"TableName": table, "Key": _attributes(key), "UpdateExpression": expression}
     return {"Update": _expression(request, condition, names, values)}
 
@@ -91,6 +92,7 @@ def delete(
     names: Mapping[str, str] | None = None,
     values: Mapping[str, Any] | None = None,
 ) -> TransactItem:
+    """A ``Delete`` for a transactional handler to return; it commits with the record's mark."""
     request = {"TableName": table, "Key": _attributes(key)}
     return {"Delete": _expression(request, condition, names, values)}
 
@@ -103,6 +105,9 @@ def condition_check(
     names: Mapping[str, str] | None = None,
     values: Mapping[str, Any] | None = None,
 ) -> TransactItem:
+    """A ``ConditionCheck`` for a transactional handler to return: the transaction commits only if
+    ``condition`` holds.
+    """
     request = {"TableName": table, "Key": _attributes(key)}
     return {"ConditionCheck": _expression(request, condition, names, values)}
 

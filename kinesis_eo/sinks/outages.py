@@ -32,6 +32,9 @@ class OutageBackoff:
             raise ValueError("need 0 < initial_s <= max_s for the outage back-off")
 
     def delay(self, pauses: int) -> float:
+        """Seconds to wait after the ``pauses``-th pause: doubling up to the cap, half of it
+        jittered.
+        """
         cap = min(self.max_s, self.initial_s * 2.0 ** max(pauses - 1, 0))
         return cap / 2 + random.uniform(0, cap / 2)
 

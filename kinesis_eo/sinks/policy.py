@@ -37,6 +37,7 @@ class FailurePolicy:
 
     @property
     def backoff(self) -> RetryConfig:
+        """The policy's tries and waits as a ``RetryConfig``."""
         return RetryConfig(self.max_attempts, self.initial_backoff_s, self.max_backoff_s)
 
 

@@ -102,6 +102,8 @@ class FakeContext:
 
 
 class InvocationOutcome(Enum):
+    """How an invocation ended, as the event source mapping sees it."""
+
     SUCCESS = "success"
     PARTIAL_FAILURE = "partial_failure"
     FUNCTION_ERROR = "function_error"
@@ -111,6 +113,10 @@ class InvocationOutcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
+    """One invocation the simulated event source mapping made: its shard, lane, records, outcome and
+    what was reported.
+    """
+
     shard_id: str
     lane: int
     sequence_numbers: list[str]

@@ -61,4 +61,7 @@ class ClientFactory:
 
 
 def client_kwargs(endpoint_url: str) -> dict[str, Any]:
+    """Keyword arguments for a boto3 or aiobotocore client of an emulator at ``endpoint_url``
+    (region and fake credentials).
+    """
     return {"endpoint_url": endpoint_url, "region_name": REGION, **FAKE_CREDENTIALS}

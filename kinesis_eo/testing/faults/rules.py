@@ -28,6 +28,10 @@ PUT_RECORDS = "PutRecords"
 
 
 class FaultKind(Enum):
+    """What a fault rule does to a call: an error response, a lost connection, or a `PutRecords`
+    entry failure.
+    """
+
     ERROR_RESPONSE = "error_response"
     CONNECTION_REFUSED = "connection_refused"
     """The request never reached the service: safe to repeat."""
@@ -45,6 +49,8 @@ ENTRY_KINDS = frozenset({FaultKind.ENTRY_NOT_STORED, FaultKind.ENTRY_STORED_REPO
 
 @dataclass(frozen=True, slots=True)
 class Always:
+    """A schedule that fires on every call of the operation."""
+
     def fires(self, seen: int, applied: int, rng: random.Random) -> bool:
         return True
 
