@@ -18,6 +18,7 @@ _MAX_TUMBLING_WINDOW_S = 900
 
 
 def function_arn(name: str = "kinesis-eo-test", region: str = REGION) -> str:
+    """The ARN of the simulated function ``name``, as the simulator's context reports it."""
     return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
 
 

@@ -31,6 +31,7 @@ class StreamRecord:
 
 
 def stream_arn(stream: str, region: str = REGION, account: str = ACCOUNT) -> str:
+    """The ARN the simulator puts in its events for ``stream``."""
     return f"arn:aws:kinesis:{region}:{account}:stream/{stream}"
 
 
