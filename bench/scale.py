@@ -26,8 +26,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scale_sim import Simulation, SimWorker, shard_rates  # noqa: E402
-from kinesis_eo.leases import LeaseConfig  # noqa: E402
+from bench.scale_sim import Simulation, SimWorker, shard_rates
+from kinesis_eo.leases import LeaseConfig
 
 __all__ = ["Probe", "main", "run"]
 
@@ -51,7 +51,8 @@ class Probe:
 
     def __call__(self) -> None:
         sim, now = self.sim, self.sim.now
-        live = {w.worker_id: w for w in sim.live()}
+        # A stopping worker still owns what it has not released yet.
+        live = {w.worker_id: w for w in sim.workers if not w.dead}
         for shard, lease in sim.store.leases.items():
             owner = lease.owner if lease.owner in live else None
             before = self.owner.get(shard)
@@ -108,7 +109,7 @@ def _run_until(
     """Seconds until ``done`` holds (checked every ``step``), or None within ``limit``."""
     start = sim.now
     while sim.now - start < limit:
-        sim.run_until(sim.now + step, step / 2, probe)
+        sim.run_until(sim.now + step, step / 4, probe)
         if done():
             return sim.now - start
     return None

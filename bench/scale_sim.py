@@ -32,7 +32,7 @@ from kinesis_eo.records import Position
 from kinesis_eo.retrieval import ReaderConfig, StreamRef
 from kinesis_eo.worker import WorkerConfig, WorkerState
 
-__all__ = ["MeteredStore", "Simulation", "SimWorker", "item_size", "shard_rates"]
+__all__ = ["MeteredStore", "SimWorker", "Simulation", "item_size", "shard_rates"]
 
 _MAX_HASH = 2**128 - 1
 
@@ -105,10 +105,10 @@ class MeteredStore(LeaseStore):
         snapshot = yield from self.snapshot()
         return snapshot.leases
 
-    def snapshot(self) -> Generator[Any, Any, TableSnapshot]:
+    def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
         snapshot: TableSnapshot = self._run(self.inner.snapshot())
         size = sum(item_size(lease) for lease in snapshot.leases) + 60 * len(snapshot.workers)
-        self.meter.read(size, len(snapshot.leases) + len(snapshot.workers) + 1)
+        self.meter.read(size, len(snapshot.leases) + len(snapshot.workers) + 1, consistent)
         return snapshot
         yield
 
@@ -119,9 +119,9 @@ class MeteredStore(LeaseStore):
         return keys
         yield
 
-    def get(self, key: str) -> Generator[Any, Any, Lease | None]:
+    def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
         lease: Lease | None = self._run(self.inner.get(key))
-        self.meter.read(item_size(lease) if lease else 1, 1)
+        self.meter.read(item_size(lease) if lease else 1, 1, consistent)
         return lease
         yield
 

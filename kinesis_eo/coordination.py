@@ -83,7 +83,10 @@ def coordinator_flow(
             _write_health(config.health_file, manager, config, state)
         # Once per round, not per batch: shard threads would write many small documents.
         state.record.flush()
-        yield Sleep(max(0.0, min(next_renew, next_take, next_sync) - clock()))
+        # Only the coordinator syncs shards: the others' sync time stays due, so one that
+        # is elected syncs at once, and must not wake them.
+        wake = min(next_renew, next_take, next_sync if coordinator.elected else next_take)
+        yield Sleep(max(0.0, wake - clock()))
     yield from coordinator.resign()
     yield from manager.leave()
 

@@ -33,6 +33,8 @@ __all__ = [
 
 # An idle lease weighs this fraction of the average lease.
 _IDLE_WEIGHT = 0.05
+# No worker holds more than this many times its share of the leases by count.
+_COUNT_CEILING = 2.0
 
 
 class Kind(Enum):
@@ -75,9 +77,18 @@ def lease_weights(leases: Sequence[Lease], balance: str) -> dict[str, float]:
 class _Loads:
     """Each live worker's load, lease count, capacity and limit as the plan goes on."""
 
-    def __init__(self, workers: Mapping[str, WorkerReport]) -> None:
+    def __init__(self, workers: Mapping[str, WorkerReport], leases: int) -> None:
         self.capacity = {w: max(r.capacity, 1e-9) for w, r in workers.items()}
-        self.limit = {w: r.max_leases or math.inf for w, r in workers.items()}
+        mean = sum(self.capacity.values()) / len(workers)
+        # Never more than twice a worker's share of the count: many idle leases still
+        # cost their polling and renewals.
+        self.limit = {
+            w: min(
+                r.max_leases or math.inf,
+                max(1, math.ceil(_COUNT_CEILING * leases / len(workers) * self.capacity[w] / mean)),
+            )
+            for w, r in workers.items()
+        }
         self.load = dict.fromkeys(workers, 0.0)
         self.count = dict.fromkeys(workers, 0)
 
@@ -114,7 +125,7 @@ def plan_assignment(
         return []
     workable = workable_leases(leases)
     weight = lease_weights(workable, config.balance)
-    loads = _Loads(workers)
+    loads = _Loads(workers, len(workable))
     plan: list[Assignment] = []
     unplaced: list[Lease] = []
     for lease in workable:
@@ -161,29 +172,54 @@ def _rebalance(
     budget: int,
 ) -> list[Assignment]:
     ratios = loads.ratios()
-    if len(ratios) < 2 or all(abs(r - 1) <= threshold for r in ratios.values()):
+    excess = any(loads.count[w] > loads.limit[w] for w in ratios)
+    if len(ratios) < 2 or (not excess and all(abs(r - 1) <= threshold for r in ratios.values())):
         return []
     band = threshold / 2
     by_owner: dict[str, list[Lease]] = {}
     for lease in movable:
         by_owner.setdefault(str(lease.owner), []).append(lease)
-    moves: list[Assignment] = []
+    moves = _shed_excess(by_owner, weight, loads, budget)
     while len(moves) < budget:
         ratios = loads.ratios()
         room = [w for w in ratios if loads.count[w] < loads.limit[w]]
         if not room:
             break
-        over = max(ratios, key=lambda w: (ratios[w], w))
         under = min(room, key=lambda w: (ratios[w], w))
-        if ratios[over] - 1 <= band and 1 - ratios[under] <= band:
-            break
-        best = _best_move(by_owner.get(over, []), weight, loads, over, under)
+        best, over = None, ""
+        # The most loaded first; one with nothing that helps to move leaves it to the next.
+        for over in sorted(ratios, key=lambda w: (-ratios[w], w)):
+            if over == under or (ratios[over] - 1 <= band and 1 - ratios[under] <= band):
+                break
+            best = _best_move(by_owner.get(over, []), weight, loads, over, under)
+            if best is not None:
+                break
         if best is None:
             break
         by_owner[over].remove(best)
         loads.add(over, weight[best.shard_id], -1)
         loads.add(under, weight[best.shard_id])
         moves.append(Assignment(best.shard_id, Kind.MOVE, over, under))
+    return moves
+
+
+def _shed_excess(
+    by_owner: dict[str, list[Lease]], weight: Mapping[str, float], loads: _Loads, budget: int
+) -> list[Assignment]:
+    """Move the lightest leases off workers above their count limit, to the least loaded."""
+    moves: list[Assignment] = []
+    for over, leases in by_owner.items():
+        leases.sort(key=lambda lease: (weight[lease.shard_id], lease.shard_id))
+        while loads.count[over] > loads.limit[over] and leases and len(moves) < budget:
+            ratios = loads.ratios()
+            room = [w for w in ratios if w != over and loads.count[w] < loads.limit[w]]
+            if not room:
+                return moves
+            under = min(room, key=lambda w: (ratios[w], w))
+            lease = leases.pop(0)
+            loads.add(over, weight[lease.shard_id], -1)
+            loads.add(under, weight[lease.shard_id])
+            moves.append(Assignment(lease.shard_id, Kind.MOVE, over, under))
     return moves
 
 

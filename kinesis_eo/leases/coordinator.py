@@ -58,9 +58,9 @@ class Coordinator:
         self._workers = Observations()
         # The previous coordinator, silent since (our clock), when we took over from it.
         self._predecessor: tuple[str, float] | None = None
-        # Our clock when we were elected: the first round only watches (see elect).
-        self._elected_at = 0.0
-        self._watch_first = False
+        # Each report's counter when this coordinator first saw it: a report counts as a
+        # live worker only once it moved since (a dead worker's report stays a while).
+        self._first_seen: dict[str, int] = {}
         # Shard -> the round it was last moved in (dampening).
         self._moved: dict[str, int] = {}
         self.last_plan: list[Assignment] = []
@@ -83,7 +83,8 @@ class Coordinator:
                 log.warning("no longer the coordinator")
                 self.token = None
             return self.token is not None
-        item = yield from store.get(COORDINATOR_KEY)
+        # Watching for movement needs no strong read: taking over is conditional anyway.
+        item = yield from store.get(COORDINATOR_KEY, consistent=False)
         created = False
         if item is None:
             created = yield from store.create(Lease(COORDINATOR_KEY))
@@ -103,13 +104,10 @@ class Coordinator:
             )
         except LeaseConflict:
             return False
-        self.token, self._elected_at, self.rounds, self._moved = token, now, 0, {}
+        self.token, self.rounds, self._moved, self._first_seen = token, 0, {}, {}
         self._leases, self._workers = Observations(), Observations()
         predecessor = item.owner if item.owner not in (None, me) else None
         self._predecessor = None if predecessor is None else (predecessor, now - silent)
-        # A table with no coordinator before (a cold start, or one that stopped cleanly):
-        # watch one round, so that every worker starting now has reported.
-        self._watch_first = predecessor is None
         log.info("elected coordinator%s", f" after {predecessor}" if predecessor else "")
         return True
 
@@ -124,20 +122,30 @@ class Coordinator:
         self.token = None
 
     def assign_round(self) -> Generator[Any, Any, list[Assignment]]:
-        """Scan, decide, write; the assignments written (none in a round that only watches)."""
+        """Scan, decide, write; the assignments written.
+
+        The first round after an election only watches: no report has been
+        seen to move yet, so no worker is known to be alive. At a cold start (no
+        lease held) it waits until a round brings no new report.
+        """
         if self.token is None:
             return []
-        snapshot = yield from self.manager.store.snapshot()
+        snapshot = yield from self.manager.store.snapshot(consistent=False)
         now = self.manager.clock()
         self.rounds += 1
+        new = [r for r in snapshot.workers if r.worker_id not in self._first_seen]
         self._observe(snapshot, now)
-        if self._watch_first and self.rounds == 1:
-            return []
         failover = self.manager.config.failover_s
+        if new and not any(lease.token for lease in snapshot.leases):
+            # A cold start, with workers still coming up: wait until no new one reported in
+            # a round, or the first few would get every lease and hand most of them on.
+            self._first_seen.update((r.worker_id, r.counter) for r in new)
+            return []
         live = {
             report.worker_id: report
             for report in snapshot.workers
-            if not self._silent(WORKER_PREFIX + report.worker_id, now, failover)
+            if self._first_seen.setdefault(report.worker_id, report.counter) != report.counter
+            and not self._silent(WORKER_PREFIX + report.worker_id, now, failover)
         }
         expired = {
             lease.shard_id

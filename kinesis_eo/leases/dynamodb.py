@@ -207,8 +207,8 @@ class DynamoDBLeaseStore(LeaseStore):
         snapshot = yield from self.snapshot()
         return snapshot.leases
 
-    def snapshot(self) -> Generator[Any, Any, TableSnapshot]:
-        items = yield from self._scan({"ConsistentRead": True})
+    def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
+        items = yield from self._scan({"ConsistentRead": consistent})
         leases, workers, coordinator = [], [], None
         for item in items:
             key = str(item[LEASE_KEY]["S"])
@@ -269,9 +269,9 @@ class DynamoDBLeaseStore(LeaseStore):
                 return sorted(keys)
             params = {**params, "ExclusiveStartKey": response["LastEvaluatedKey"]}
 
-    def get(self, key: str) -> Generator[Any, Any, Lease | None]:
+    def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
         response = yield self._call(
-            "get_item", {"Key": {LEASE_KEY: {"S": key}}, "ConsistentRead": True}, "GetItem"
+            "get_item", {"Key": {LEASE_KEY: {"S": key}}, "ConsistentRead": consistent}, "GetItem"
         )
         item = response.get("Item")
         return None if item is None else lease_from_item(item)

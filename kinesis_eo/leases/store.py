@@ -120,8 +120,12 @@ class LeaseStore(ABC):
     def list_leases(self) -> Generator[Any, Any, list[Lease]]:
         """Every lease (strongly consistent)."""
 
-    def snapshot(self) -> Generator[Any, Any, TableSnapshot]:
-        """Every item of the table: what the coordinator decides on."""
+    def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
+        """Every item of the table: what the coordinator decides on.
+
+        ``consistent=False`` reads at half the cost; the coordinator can, as
+        every write it makes is conditional on what it read.
+        """
         leases = yield from self.list_leases()
         return TableSnapshot(leases, [], None)
 
@@ -130,7 +134,7 @@ class LeaseStore(ABC):
         leases = yield from self.list_leases()
         return [lease.shard_id for lease in leases if lease.owner == owner]
 
-    def get(self, key: str) -> Generator[Any, Any, Lease | None]:
+    def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
         """One lease (or the coordinator's item) as it is now, or None."""
         leases = yield from self.list_leases()
         return next((lease for lease in leases if lease.shard_id == key), None)
@@ -201,7 +205,7 @@ class MemoryLeaseStore(LeaseStore):
             return sorted(self.leases.values(), key=lambda lease: lease.shard_id)
         yield  # a flow that makes no calls
 
-    def snapshot(self) -> Generator[Any, Any, TableSnapshot]:
+    def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
         leases = yield from self.list_leases()
         with self._lock:
             workers = sorted(self.workers.values(), key=lambda report: report.worker_id)
@@ -213,7 +217,7 @@ class MemoryLeaseStore(LeaseStore):
             return sorted(lease.shard_id for lease in items if lease.owner == owner)
         yield  # a flow that makes no calls
 
-    def get(self, key: str) -> Generator[Any, Any, Lease | None]:
+    def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
         with self._lock:
             return self._items(key).get(key)
         yield  # a flow that makes no calls
