@@ -153,8 +153,19 @@ class LeaseManager:
         yield from self.store.report(report)
 
     def leave(self) -> Generator[Any, Any, None]:
-        """Remove this worker's report: it takes nothing more."""
+        """Remove this worker's report, then free what was assigned to it and not taken."""
         yield from self.store.remove_report(self.worker_id)
+        for key in (yield from self.store.owned_keys(self.worker_id)):
+            if key in self.held or is_entity_key(key):
+                continue
+            lease = yield from self.store.get(key)
+            if lease is not None and lease.owner == self.worker_id and lease.token is None:
+                with contextlib.suppress(LeaseConflict):
+                    yield from self.store.update(
+                        key,
+                        Change(remove=(OWNER, HANDOFF), bump_counter=True),
+                        Unchanged(lease.counter, lease.owner),
+                    )
 
     def discover(self) -> Generator[Any, Any, list[Lease]]:
         """Take the leases the table names this worker owner of but it does not hold; those taken.
@@ -274,12 +285,11 @@ class LeaseManager:
     def release(self, shard_id: str) -> Generator[Any, Any, None]:
         """Give the lease up at once, so another worker takes it without waiting for expiry."""
         # If someone else has it already, there is nothing to give up.
+        # Free, even with a handoff asked for: the target may be stopping too, and the
+        # coordinator places a free lease within a round.
         with contextlib.suppress(LeaseLostError):
-            if self.handing_over(shard_id) is not None:
-                yield from self.hand_over(shard_id)
-            else:
-                change = Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True)
-                yield from self._write(shard_id, change)
+            change = Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True)
+            yield from self._write(shard_id, change)
         self._forget(shard_id)
 
     def give_up(self, shard_id: str) -> Generator[Any, Any, None]:
