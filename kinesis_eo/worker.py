@@ -35,6 +35,7 @@ from typing import Any
 
 from kinesis_eo.coordination import Acquired, coordinator_flow
 from kinesis_eo.coordination import wait_while_paused as _wait_while_paused
+from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.health import HealthBook, HealthLimits, prepare_health_file
 from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
@@ -50,6 +51,7 @@ from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
 __all__ = [
+    "THREADED_MAX_SHARDS",
     "Acquired",
     "AfterCommit",
     "AsyncWorker",
@@ -63,6 +65,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The threaded Worker runs a thread per shard it holds; past a few hundred, threads' stacks
+# and switching cost more than the shards' work. AsyncWorker holds any number on one loop.
+THREADED_MAX_SHARDS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,9 @@ class WorkerConfig:
     # in a row, or that made no progress for stall_timeout_s while records waited.
     unhealthy_after_failures: int = 3
     stall_timeout_s: float = 300.0
+    # The most shards this process holds (None: no limit of its own); the coordinator
+    # assigns it no more. The threaded Worker holds at most THREADED_MAX_SHARDS.
+    max_shards: int | None = None
 
     @property
     def outage_backoff(self) -> OutageBackoff:
@@ -109,6 +118,8 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.outage_max_backoff_s < self.outage_initial_backoff_s:
             raise ValueError("outage_max_backoff_s must be at least outage_initial_backoff_s")
+        if self.max_shards is not None and self.max_shards < 1:
+            raise ValueError(f"max_shards must be at least 1, got {self.max_shards}")
         if self.unhealthy_after_failures < 1:
             raise ValueError(
                 f"unhealthy_after_failures must be at least 1, got {self.unhealthy_after_failures}"
@@ -293,6 +304,9 @@ class _WorkerBase:
         self.sink = sink
         self.manager = manager
         self.config = config
+        if config.max_shards is not None:
+            limit = manager.max_leases or config.max_shards
+            manager.max_leases = min(limit, config.max_shards)
         self.state = WorkerState(backend=metrics if metrics is not None else NullMetrics())
         if self.state.record.enabled:
             for client in self.clients.values():
@@ -352,6 +366,15 @@ class Worker(_WorkerBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        asked = self.config.max_shards or self.manager.config.max_leases_per_worker
+        if asked is not None and asked > THREADED_MAX_SHARDS:
+            raise ConfigurationError(
+                f"the threaded Worker runs a thread per shard and holds at most "
+                f"{THREADED_MAX_SHARDS} shards, not {asked}: use AsyncWorker for more"
+            )
+        self.manager.max_leases = min(
+            self.manager.max_leases or asked or THREADED_MAX_SHARDS, THREADED_MAX_SHARDS
+        )
         self._threads: list[threading.Thread] = []
         # Every wait of the worker's flows ends early when stop() is called.
         self._wake = threading.Event()
