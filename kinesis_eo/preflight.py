@@ -23,7 +23,7 @@ from typing import Any
 
 from kinesis_eo.errors import AccessDeniedError, ConfigurationError, ResourceNotFoundError
 from kinesis_eo.flow import Call, run_async, run_sync
-from kinesis_eo.leases.model import LEASE_KEY
+from kinesis_eo.leases.model import LEASE_KEY, OWNER, OWNER_INDEX
 from kinesis_eo.ledger.model import EXPIRES_AT, KEY, LedgerConfig, LedgerMode
 from kinesis_eo.retrieval.shards import StreamRef
 from kinesis_eo.retry import RetryConfig
@@ -87,6 +87,8 @@ class TableSchema:
     kind: str
     keys: tuple[KeyAttribute, ...]
     ttl_attribute: str | None = None
+    # Global secondary indexes (name, hash key) whose absence is a warning: slower, not wrong.
+    indexes: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         return describe_keys(self.keys)
@@ -104,7 +106,7 @@ def describe_keys(keys: Sequence[KeyAttribute]) -> str:
 
 LEDGER_TABLE = TableSchema("ledger", (KeyAttribute(KEY),), ttl_attribute=EXPIRES_AT)
 # The Java KCL's schema: a table can move between kinesis_eo and the KCL.
-LEASE_TABLE = TableSchema("lease", (KeyAttribute(LEASE_KEY),))
+LEASE_TABLE = TableSchema("lease", (KeyAttribute(LEASE_KEY),), indexes=((OWNER_INDEX, OWNER),))
 # As create_dead_letter_table makes it: letters of a shard under one partition key,
 # sorted by position; no TTL (a person reads them, then deletes them).
 DEAD_LETTER_TABLE = TableSchema("dead-letter", (KeyAttribute("pk"), KeyAttribute("sk", "RANGE")))
@@ -154,10 +156,27 @@ def check_table_flow(
             f"the {resource} is keyed by {describe_keys(found)}; kinesis_eo needs "
             f"{schema.describe()}"
         )
+    warnings = _index_warnings(schema, response.get("Table", {}), resource)
     if schema.ttl_attribute is None:
-        return []
+        return warnings
     warning = yield from _ttl_warning(schema, table_name, resource)
-    return [warning] if warning else []
+    return warnings + ([warning] if warning else [])
+
+
+def _index_warnings(schema: TableSchema, table: dict[str, Any], resource: str) -> list[str]:
+    """A missing owner index: the workers fall back to scanning the table, which works but
+    costs read units in proportion to shards times workers."""
+    found = {
+        index.get("IndexName"): [k["AttributeName"] for k in index.get("KeySchema", [])]
+        for index in table.get("GlobalSecondaryIndexes", [])
+    }
+    return [
+        f"the {resource} has no index {name} on {hash_key}: every worker will scan the whole "
+        "table to find its leases (read units grow with shards times workers); add the index "
+        "(infra/worker.yaml and --create-tables make it)"
+        for name, hash_key in schema.indexes
+        if found.get(name, [None])[0] != hash_key
+    ]
 
 
 def _key_order(key: KeyAttribute) -> tuple[int, str]:

@@ -7,6 +7,7 @@ helper states only its key schema; run it with ``run_sync`` or ``run_async``.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kinesis_eo.errors import AwsCallError
@@ -14,9 +15,25 @@ from kinesis_eo.flow import Call, Sleep, run_sync
 from kinesis_eo.retry import RetryConfig
 
 __all__ = [
+    "KeysOnlyIndex",
     "create_table",
     "create_table_flow",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class KeysOnlyIndex:
+    """A global secondary index hashed on one string attribute, projecting only the keys."""
+
+    name: str
+    hash_key: str
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "IndexName": self.name,
+            "KeySchema": [{"AttributeName": self.hash_key, "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }
 
 
 def create_table_flow(
@@ -24,17 +41,26 @@ def create_table_flow(
     keys: Sequence[tuple[str, str]],
     *,
     ttl_attribute: str | None = None,
+    indexes: Sequence[KeysOnlyIndex] = (),
     wait_s: float = 300.0,
     poll_s: float = 1.0,
 ) -> Generator[Any, Any, None]:
-    """Create a table keyed by ``keys`` (attribute name, HASH or RANGE; all strings)."""
+    """Create a table keyed by ``keys`` (attribute name, HASH or RANGE; all strings).
+
+    ``indexes`` are created with the table; an existing table is left as it is.
+    """
     resource = f"table '{table_name}'"
-    params = {
+    attributes = dict.fromkeys([name for name, _ in keys] + [i.hash_key for i in indexes])
+    params: dict[str, Any] = {
         "TableName": table_name,
         "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in keys],
-        "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name, _ in keys],
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": "S"} for name in attributes
+        ],
         "BillingMode": "PAY_PER_REQUEST",
     }
+    if indexes:
+        params["GlobalSecondaryIndexes"] = [index.definition() for index in indexes]
     try:
         yield Call("create_table", params, resource, "CreateTable", "dynamodb")
     except AwsCallError as exc:

@@ -33,8 +33,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kinesis_eo.flow import Sleep, drive_async, drive_sync, run_async, run_sync
-from kinesis_eo.health import HealthBook, HealthLimits, prepare_health_file, write_health_file
+from kinesis_eo.coordination import Acquired, coordinator_flow
+from kinesis_eo.coordination import wait_while_paused as _wait_while_paused
+from kinesis_eo.errors import ConfigurationError
+from kinesis_eo.flow import drive_async, drive_sync, run_async, run_sync
+from kinesis_eo.health import HealthBook, HealthLimits, prepare_health_file
 from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
 from kinesis_eo.ledger import FencedError
 from kinesis_eo.metrics.hooks import attach_call_metrics
@@ -44,11 +47,11 @@ from kinesis_eo.metrics.totals import RunTotals
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import step_flow
-from kinesis_eo.retrieval.shards import list_shards_flow
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
 __all__ = [
+    "THREADED_MAX_SHARDS",
     "Acquired",
     "AfterCommit",
     "AsyncWorker",
@@ -62,6 +65,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The threaded Worker runs a thread per shard it holds; past a few hundred, threads' stacks
+# and switching cost more than the shards' work. AsyncWorker holds any number on one loop.
+THREADED_MAX_SHARDS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,9 @@ class WorkerConfig:
     # in a row, or that made no progress for stall_timeout_s while records waited.
     unhealthy_after_failures: int = 3
     stall_timeout_s: float = 300.0
+    # The most shards this process holds (None: no limit of its own); the coordinator
+    # assigns it no more. The threaded Worker holds at most THREADED_MAX_SHARDS.
+    max_shards: int | None = None
 
     @property
     def outage_backoff(self) -> OutageBackoff:
@@ -110,6 +120,8 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.outage_max_backoff_s < self.outage_initial_backoff_s:
             raise ValueError("outage_max_backoff_s must be at least outage_initial_backoff_s")
+        if self.max_shards is not None and self.max_shards < 1:
+            raise ValueError(f"max_shards must be at least 1, got {self.max_shards}")
         if self.unhealthy_after_failures < 1:
             raise ValueError(
                 f"unhealthy_after_failures must be at least 1, got {self.unhealthy_after_failures}"
@@ -141,13 +153,6 @@ AfterCommit = Callable[[Batch, BatchReport], None]
 """Called after a batch's effects are committed and before its checkpoint (fault injection)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Acquired:
-    """Output of the coordinator: start a shard loop for this lease."""
-
-    lease: Lease
-
-
 def starting_position(lease: Lease) -> StartingPosition:
     """Where a shard loop starts reading: after the lease's checkpoint, or at its sentinel."""
     position = lease.position
@@ -156,61 +161,6 @@ def starting_position(lease: Lease) -> StartingPosition:
     if lease.checkpoint == Sentinel.LATEST.value:
         return StartingPosition.latest()
     return StartingPosition.trim_horizon()
-
-
-def _wait_while_paused(state: WorkerState) -> Generator[Any, Any, None]:
-    while state.paused and not state.stopping:
-        yield Sleep(0.01)
-
-
-def coordinator_flow(
-    manager: LeaseManager,
-    stream: StreamRef,
-    config: WorkerConfig,
-    state: WorkerState,
-    clock: Callable[[], float] = time.monotonic,
-) -> Generator[Any, Any, None]:
-    """Keep the lease table and yield :class:`Acquired` for every lease taken."""
-    lease_config = manager.config
-    next_renew = next_take = next_sync = clock()
-    while not state.stopping:
-        yield from _wait_while_paused(state)
-        now = clock()
-        if now >= next_sync:
-            graph = yield from list_shards_flow(stream, config.reader.list_shards_page_size)
-            yield from manager.sync_shards(graph, config.initial_position)
-            # Finished shards' leases, once their children are under way (rate-limited inside).
-            yield from manager.clean_up(graph)
-            next_sync = now + config.shard_sync_interval_s
-        if now >= next_renew:
-            lost = yield from manager.renew_all()
-            state.record.leases_lost(len(lost))
-            next_renew = now + lease_config.renew_interval
-        if now >= next_take and not state.stopping:
-            for lease in (yield from manager.take_round()):
-                state.record.leases_taken(1)
-                yield Acquired(lease)
-            state.record.leases_stolen(manager.stolen_last_round)
-            next_take = now + lease_config.take_interval
-        state.record.leases_held(len(manager.held))
-        if config.health_file:
-            _write_health(config.health_file, manager, config, state)
-        # Once per round, not per batch: shard threads would write many small documents.
-        state.record.flush()
-        yield Sleep(max(0.0, min(next_renew, next_take, next_sync) - clock()))
-
-
-def _write_health(
-    path: str, manager: LeaseManager, config: WorkerConfig, state: WorkerState
-) -> None:
-    problems = state.health.problems(config.health_limits)
-    report = {
-        "worker": manager.worker_id,
-        "leases": sorted(manager.held),
-        "metrics": state.metrics.as_dict(),
-        "unhealthy": [{"shard": shard, "reason": why} for shard, why in problems.items()],
-    }
-    write_health_file(path, report)
 
 
 def shard_flow(
@@ -357,6 +307,9 @@ class _WorkerBase:
         self.sink = sink
         self.manager = manager
         self.config = config
+        if config.max_shards is not None:
+            limit = manager.max_leases or config.max_shards
+            manager.max_leases = min(limit, config.max_shards)
         self.state = WorkerState(backend=metrics if metrics is not None else NullMetrics())
         if self.state.record.enabled:
             for client in self.clients.values():
@@ -416,6 +369,15 @@ class Worker(_WorkerBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        asked = self.config.max_shards or self.manager.config.max_leases_per_worker
+        if asked is not None and asked > THREADED_MAX_SHARDS:
+            raise ConfigurationError(
+                f"the threaded Worker runs a thread per shard and holds at most "
+                f"{THREADED_MAX_SHARDS} shards, not {asked}: use AsyncWorker for more"
+            )
+        self.manager.max_leases = min(
+            self.manager.max_leases or asked or THREADED_MAX_SHARDS, THREADED_MAX_SHARDS
+        )
         self._threads: list[threading.Thread] = []
         # Every wait of the worker's flows ends early when stop() is called.
         self._wake = threading.Event()

@@ -35,6 +35,7 @@ from kinesis_eo.leases import (
     LeaseManager,
     create_lease_table,
 )
+from kinesis_eo.leases.model import is_entity_key
 from kinesis_eo.ledger import DynamoDBLedgerStore, Ledger, LedgerConfig, create_ledger_table
 from kinesis_eo.logs import JsonFormatter, configure_logging
 from kinesis_eo.records import Position, Record
@@ -78,7 +79,11 @@ def create_tables(dynamodb: Any, names: Names) -> None:
 
 
 def lease_owners(dynamodb: Any, table: str) -> Counter[str | None]:
-    return Counter(i.get("leaseOwner", {}).get("S") for i in scan_table(dynamodb, table))
+    return Counter(
+        i.get("leaseOwner", {}).get("S")
+        for i in scan_table(dynamodb, table)
+        if not is_entity_key(i["leaseKey"]["S"])
+    )
 
 
 def subprocess_env(names: Names) -> dict[str, str]:

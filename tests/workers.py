@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseConfig, LeaseManager, create_lease_table
+from kinesis_eo.leases.model import is_entity_key
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
     Ledger,
@@ -84,7 +85,7 @@ def lease_owners(dynamodb: Any) -> Counter[str | None]:
     return Counter(
         i.get("leaseOwner", {}).get("S")
         for i in scan_table(dynamodb, "leases")
-        if i["checkpoint"]["S"] != "SHARD_END"
+        if not is_entity_key(i["leaseKey"]["S"]) and i["checkpoint"]["S"] != "SHARD_END"
     )
 
 

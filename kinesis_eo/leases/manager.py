@@ -1,10 +1,15 @@
-"""Taking, renewing, stealing, releasing and checkpointing leases: the protocol, once.
+"""Taking, renewing, handing over, releasing and checkpointing leases: the protocol, once.
 
 Decisions are plain functions over what a worker has observed
-(:func:`plan_takes`, :meth:`Observations.expired`); the I/O is a few flows over a
-:class:`~kinesis_eo.leases.store.LeaseStore`. Every write is conditional:
-takes and steals on the counter and owner last seen, renewals, checkpoints
-and releases on this acquisition's owner and token.
+(:func:`~kinesis_eo.leases.assignment.plan_assignment`, :meth:`Observations.expired`);
+the I/O is a few flows over a :class:`~kinesis_eo.leases.store.LeaseStore`.
+Every write is conditional: takes on the counter and owner last seen,
+renewals, checkpoints, handoffs and releases on this acquisition's owner and token.
+
+A worker reads only its own leases (:meth:`LeaseManager.discover`, through the
+owner index) and takes what the coordinator assigned it; renewals carry the
+throughput it measured and bring back the coordinator's requests to hand a
+lease over, which the next checkpoint carries out in the same write.
 """
 
 from __future__ import annotations
@@ -15,25 +20,29 @@ import math
 import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Collection, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+from kinesis_eo.leases.balancing import Observations, plan_takes
 from kinesis_eo.leases.cleanup import plan_cleanup, retired_shards
+from kinesis_eo.leases.load import RateMeter
 from kinesis_eo.leases.model import (
     CHECKPOINT,
     CHILDREN,
+    HANDOFF,
     MILLIS_BEHIND,
     OWNER,
     OWNER_SWITCHES,
     RECORDS_PROCESSED,
     SUB_SEQUENCE,
+    THROUGHPUT,
     TOKEN,
     Lease,
     LeaseConfig,
     LeaseLostError,
     Sentinel,
+    WorkerReport,
+    is_entity_key,
 )
 from kinesis_eo.leases.store import Change, Held, LeaseConflict, LeaseStore, Unchanged
 from kinesis_eo.records import Position
@@ -46,107 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    counter: int
-    since: float
-
-
-class Observations:
-    """When each lease's counter last moved, on this worker's monotonic clock.
-
-    Expiry is judged from these alone: no clock of another host is read.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, _Seen] = {}
-
-    def update(self, leases: Iterable[Lease], now: float) -> None:
-        current: dict[str, _Seen] = {}
-        for lease in leases:
-            seen = self._seen.get(lease.shard_id)
-            moved = seen is None or seen.counter != lease.counter
-            current[lease.shard_id] = _Seen(lease.counter, now) if moved else seen  # type: ignore[assignment]
-        self._seen = current
-
-    def expired(self, lease: Lease, now: float, failover_s: float) -> bool:
-        """Free, or its counter has not moved for the failover time."""
-        if lease.owner is None:
-            return True
-        seen = self._seen.get(lease.shard_id)
-        return seen is not None and now - seen.since >= failover_s
-
-
-def plan_takes(
-    leases: Sequence[Lease],
-    me: str,
-    observations: Observations,
-    now: float,
-    config: LeaseConfig,
-    rng: random.Random | None = None,
-    held: Collection[str] | None = None,
-    avoid: Collection[str] = (),
-) -> list[Lease]:
-    """Which leases to take this round: expired ones first, then a few stolen.
-
-    Work is spread by lease count. A lease whose parents have not reached
-    SHARD_END is not available: a child is read only after its parents.
-    ``held`` are the leases this worker works on; one that names it as owner
-    but is not held (a restart under the same id) counts as expired.
-    ``avoid`` are shards this worker must not take now (it just failed on them).
-    """
-    by_shard = {lease.shard_id: lease for lease in leases}
-
-    def ready(lease: Lease) -> bool:
-        return all(by_shard[p].finished for p in lease.parents if p in by_shard)
-
-    def orphaned(lease: Lease) -> bool:
-        return lease.owner == me and held is not None and lease.shard_id not in held
-
-    workable = [
-        lease
-        for lease in leases
-        if not lease.finished and ready(lease) and lease.shard_id not in avoid
-    ]
-    if not workable:
-        return []
-    expired = [
-        lease
-        for lease in workable
-        if orphaned(lease)
-        or (lease.owner != me and observations.expired(lease, now, config.failover_s))
-    ]
-    expired_ids = {lease.shard_id for lease in expired}
-    live_owners = Counter(
-        lease.owner
-        for lease in workable
-        if lease.owner not in (None, me) and lease.shard_id not in expired_ids
-    )
-    mine = sum(1 for lease in workable if lease.owner == me and not orphaned(lease))
-    workers = len(live_owners) + 1
-    target = math.ceil(len(workable) / workers)
-    if config.max_leases_per_worker is not None:
-        target = min(target, config.max_leases_per_worker)
-    wanted = target - mine
-    if wanted <= 0:
-        return []
-    if expired:
-        # Free leases first, then expired ones; shuffled so that workers that
-        # start together do not all reach for the same lease.
-        shuffled = list(expired)
-        (rng or random).shuffle(shuffled)
-        shuffled.sort(key=lambda lease: lease.owner is not None)
-        return shuffled[:wanted]
-    victim, victim_holds = live_owners.most_common(1)[0] if live_owners else (None, 0)
-    if victim is None or victim_holds <= target or config.max_steals_per_round == 0:
-        return []
-    # Steal only from a worker above the target, and only as much as keeps it there.
-    count = min(wanted, config.max_steals_per_round, victim_holds - target)
-    candidates = [lease for lease in workable if lease.owner == victim]
-    (rng or random).shuffle(candidates)
-    return candidates[:count]
 
 
 class LeaseManager:
@@ -173,6 +81,11 @@ class LeaseManager:
         # Of the leases the last take_round acquired, how many were stolen (for metrics).
         self.stolen_last_round = 0
         self._next_cleanup = -math.inf
+        # The most leases this worker holds (the threaded worker lowers it to its thread limit).
+        self.max_leases = config.max_leases_per_worker
+        self._meters: dict[str, RateMeter] = {}
+        # When this worker first saw a request to hand a held lease over.
+        self._handoff_seen: dict[str, float] = {}
 
     # --- observing and taking ---------------------------------------------------------------
 
@@ -214,6 +127,7 @@ class LeaseManager:
         switches = lease.owner_switches + (0 if lease.owner == self.worker_id else 1)
         change = Change(
             set={OWNER: self.worker_id, TOKEN: uuid.uuid4().hex, OWNER_SWITCHES: switches},
+            remove=(HANDOFF,),
             bump_counter=True,
         )
         try:
@@ -225,7 +139,97 @@ class LeaseManager:
         if lease.owner not in (None, self.worker_id):
             log.info("stole %s from %s", lease.shard_id, lease.owner)
         self.held[lease.shard_id] = taken
+        meter = self._meters[lease.shard_id] = RateMeter(self.config.load_window_s)
+        meter.add(self.clock(), taken.records_processed or 0)
         return taken
+
+    # --- the coordinated protocol: report, discover, hand over ----------------------------------
+
+    def report(self) -> Generator[Any, Any, None]:
+        """Tell the coordinator this worker is alive, and how much it may take."""
+        report = WorkerReport(
+            self.worker_id, capacity=self.config.capacity, max_leases=self.max_leases
+        )
+        yield from self.store.report(report)
+
+    def leave(self) -> Generator[Any, Any, None]:
+        """Remove this worker's report, then free what was assigned to it and not taken."""
+        yield from self.store.remove_report(self.worker_id)
+        for key in (yield from self.store.owned_keys(self.worker_id)):
+            if key in self.held or is_entity_key(key):
+                continue
+            lease = yield from self.store.get(key)
+            if lease is not None and lease.owner == self.worker_id and lease.token is None:
+                with contextlib.suppress(LeaseConflict):
+                    yield from self.store.update(
+                        key,
+                        Change(remove=(OWNER, HANDOFF), bump_counter=True),
+                        Unchanged(lease.counter, lease.owner),
+                    )
+
+    def discover(self) -> Generator[Any, Any, list[Lease]]:
+        """Take the leases the table names this worker owner of but it does not hold; those taken.
+
+        The owner index is read (eventually consistent), each new lease then
+        read on its own (strongly) before it is taken on its counter.
+        """
+        keys = yield from self.store.owned_keys(self.worker_id)
+        now = self.clock()
+        self.cooling = {shard: until for shard, until in self.cooling.items() if until > now}
+        acquired: list[Lease] = []
+        for key in keys:
+            if key in self.held or is_entity_key(key):
+                continue
+            lease = yield from self.store.get(key)
+            if lease is None or lease.owner != self.worker_id or lease.finished:
+                continue
+            full = self.max_leases is not None and len(self.held) >= self.max_leases
+            if key in self.cooling or full:
+                # Given back for the coordinator to place elsewhere.
+                with contextlib.suppress(LeaseConflict):
+                    yield from self.store.update(
+                        key,
+                        Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True),
+                        Unchanged(lease.counter, lease.owner),
+                    )
+                continue
+            taken = yield from self.take(lease)
+            if taken is not None:
+                acquired.append(taken)
+        return acquired
+
+    def handing_over(self, shard_id: str) -> str | None:
+        """The worker the coordinator asked this one to hand ``shard_id`` to, if any."""
+        lease = self.held.get(shard_id)
+        return None if lease is None else lease.handoff_to
+
+    def hand_over(
+        self, shard_id: str, values: dict[str, Any] | None = None
+    ) -> Generator[Any, Any, Lease]:
+        """Give a held lease to the worker the coordinator named, with ``values`` in the same write.
+
+        The owner changes and the token goes: this acquisition's fence fails
+        from now on, and the target takes the lease at its next round.
+        """
+        lease = self.held[shard_id]
+        change = Change(
+            set={
+                **(values or {}),
+                OWNER: str(lease.handoff_to),
+                OWNER_SWITCHES: lease.owner_switches + 1,
+            },
+            remove=(TOKEN, HANDOFF),
+            bump_counter=True,
+        )
+        given = yield from self._write(shard_id, change)
+        self._forget(shard_id)
+        log.info("handed %s over to %s", shard_id, lease.handoff_to)
+        return given
+
+    def _forget(self, shard_id: str) -> None:
+        self.held.pop(shard_id, None)
+        self._meters.pop(shard_id, None)
+        self._handoff_seen.pop(shard_id, None)
 
     # --- holding ----------------------------------------------------------------------------
 
@@ -240,7 +244,7 @@ class LeaseManager:
         try:
             lease = yield from self.store.update(shard_id, change, condition)
         except LeaseConflict as conflict:
-            self.held.pop(shard_id, None)
+            self._forget(shard_id)
             holder = conflict.current.owner if conflict.current else None
             raise LeaseLostError(
                 f"the lease of {shard_id} is no longer this worker's (now: {holder or 'nobody'})"
@@ -249,9 +253,22 @@ class LeaseManager:
         return lease
 
     def renew(self, shard_id: str) -> Generator[Any, Any, bool]:
-        """Bump the counter so others see the lease alive; False if it was lost."""
+        """Bump the counter so others see the lease alive, with the throughput measured.
+
+        False if the lease was lost. A handoff the coordinator asked for and
+        no checkpoint carried out within the handoff timeout (an idle shard:
+        nothing is left to checkpoint) is carried out here.
+        """
+        now = self.clock()
+        meter = self._meters.get(shard_id)
+        rate = None if meter is None else meter.rate(now)
+        values: dict[str, Any] = {} if rate is None else {THROUGHPUT: round(rate, 3)}
         try:
-            yield from self._write(shard_id, Change(bump_counter=True))
+            lease = yield from self._write(shard_id, Change(set=values, bump_counter=True))
+            if lease.handoff_to is not None:
+                seen = self._handoff_seen.setdefault(shard_id, now)
+                if now - seen >= self.config.handoff_timeout:
+                    yield from self.hand_over(shard_id)
         except LeaseLostError:
             log.warning("lost the lease of %s", shard_id)
             return False
@@ -268,9 +285,12 @@ class LeaseManager:
     def release(self, shard_id: str) -> Generator[Any, Any, None]:
         """Give the lease up at once, so another worker takes it without waiting for expiry."""
         # If someone else has it already, there is nothing to give up.
+        # Free, even with a handoff asked for: the target may be stopping too, and the
+        # coordinator places a free lease within a round.
         with contextlib.suppress(LeaseLostError):
-            yield from self._write(shard_id, Change(remove=(OWNER, TOKEN), bump_counter=True))
-        self.held.pop(shard_id, None)
+            change = Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True)
+            yield from self._write(shard_id, change)
+        self._forget(shard_id)
 
     def give_up(self, shard_id: str) -> Generator[Any, Any, None]:
         """Release a shard this worker failed on, and leave it be for a failover time.
@@ -292,8 +312,14 @@ class LeaseManager:
         """Record progress in the lease, only while this acquisition holds it.
 
         ``records_processed`` is the shard's running count of records read and
-        processed by every holder (each new holder continues from the lease's).
+        processed by every holder (each new holder continues from the lease's);
+        this worker measures the lease's throughput from it. If the coordinator
+        asked for the lease to be handed over, this write hands it over too: the
+        batch is done and saved, and the shard loop ends as the lease is no
+        longer held.
         """
+        if records_processed is not None and shard_id in self._meters:
+            self._meters[shard_id].add(self.clock(), records_processed)
         values: dict[str, Any] = {
             CHECKPOINT: position.sequence_number,
             SUB_SEQUENCE: position.sub_sequence_number,
@@ -303,6 +329,8 @@ class LeaseManager:
             values[MILLIS_BEHIND] = millis_behind_latest
         if records_processed is not None:
             values[RECORDS_PROCESSED] = records_processed
+        if self.handing_over(shard_id) is not None:
+            return (yield from self.hand_over(shard_id, values))
         return (yield from self._write(shard_id, Change(set=values)))
 
     def fence(self, shard_id: str) -> Any:

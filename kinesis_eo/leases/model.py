@@ -14,6 +14,13 @@
 | ``eoOwnerToken`` | S | kinesis_eo: a fresh token per acquisition, the fencing token |
 | ``eoMillisBehindLatest`` | N | kinesis_eo: the owner's last lag, for ``kinesis-eo status`` |
 | ``eoRecordsProcessed`` | N | kinesis_eo: records its holders processed, for ``status --watch`` |
+| ``eoRecordsPerSecond`` | N | kinesis_eo: the holder's measured throughput, for assignment |
+| ``eoHandoffTo`` | S | kinesis_eo: the worker the coordinator asks the holder to hand it to |
+
+The owner index ``LeaseOwnerToLeaseKeyIndex`` (hash key ``leaseOwner``, keys
+only; the KCL 3.x's) lets a worker read its own leases without a scan. Items
+whose key starts with ``eo#`` are not leases: the coordinator's (``eo#coordinator``,
+fenced like a lease) and each worker's report (``eo#worker#<id>``).
 
 The KCL ignores attributes it does not know, so a table moves between the two.
 The fencing token is separate from the counter on purpose: a renewal bumps the
@@ -29,23 +36,33 @@ from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.records import HashKeyRange, Position
 
 __all__ = [
+    "CAPACITY",
     "CHECKPOINT",
     "CHILDREN",
+    "COORDINATOR_KEY",
     "COUNTER",
     "ENDING_HASH_KEY",
+    "ENTITY_PREFIX",
+    "HANDOFF",
     "LEASE_KEY",
+    "MAX_LEASES",
     "MILLIS_BEHIND",
     "OWNER",
+    "OWNER_INDEX",
     "OWNER_SWITCHES",
     "PARENTS",
     "RECORDS_PROCESSED",
     "STARTING_HASH_KEY",
     "SUB_SEQUENCE",
+    "THROUGHPUT",
     "TOKEN",
+    "WORKER_PREFIX",
     "Lease",
     "LeaseConfig",
     "LeaseLostError",
     "Sentinel",
+    "WorkerReport",
+    "is_entity_key",
 ]
 
 LEASE_KEY = "leaseKey"
@@ -62,6 +79,22 @@ TOKEN = "eoOwnerToken"
 MILLIS_BEHIND = "eoMillisBehindLatest"
 # Records its holders have processed, written with each checkpoint: `status --watch` rates.
 RECORDS_PROCESSED = "eoRecordsProcessed"
+# Records per second the holder processed lately: the coordinator balances on it.
+THROUGHPUT = "eoRecordsPerSecond"
+# Set by the coordinator on a held lease: hand it to this worker at the next checkpoint.
+HANDOFF = "eoHandoffTo"
+OWNER_INDEX = "LeaseOwnerToLeaseKeyIndex"
+# Keys of items that are not leases; no shard id (nor a KCL multi-stream key) starts so.
+ENTITY_PREFIX = "eo#"
+COORDINATOR_KEY = "eo#coordinator"
+WORKER_PREFIX = "eo#worker#"
+CAPACITY = "eoCapacity"
+MAX_LEASES = "eoMaxLeases"
+
+
+def is_entity_key(key: str) -> bool:
+    """Whether an item of the lease table is the coordinator's or a worker's, not a lease."""
+    return key.startswith(ENTITY_PREFIX)
 
 
 class Sentinel(Enum):
@@ -94,6 +127,8 @@ class Lease:
     hash_range: HashKeyRange | None = None
     millis_behind_latest: int | None = None
     records_processed: int | None = None
+    throughput: float | None = None
+    handoff_to: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -108,6 +143,20 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """A worker's item in the lease table: alive while ``counter`` moves.
+
+    ``capacity`` weighs the worker's share of the load (1.0: an ordinary one);
+    ``max_leases`` is the most it holds (None: no limit).
+    """
+
+    worker_id: str
+    counter: int = 0
+    capacity: float = 1.0
+    max_leases: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseConfig:
     """Timing of lease ownership, near the KCL's defaults.
 
@@ -117,6 +166,17 @@ class LeaseConfig:
     time leaves two renewals of slack); takers look every ``take_interval_s``.
     The leases of finished shards whose children are under way are removed at
     most every ``cleanup_interval_s`` (the KCL's lease cleanup interval).
+
+    Assignment: one elected coordinator decides who holds what, by measured
+    throughput (``balance="throughput"``) or by lease count (``"count"``). It
+    moves leases only when a worker's load is off its share by more than
+    ``rebalance_threshold`` (the KCL's reBalanceThresholdPercentage, as a
+    fraction), at most ``max_moves_per_round`` a round (None: a tenth of the
+    leases), and not a lease it moved in the last ``move_cooldown_rounds``
+    rounds. A holder asked to hand a lease over does so at its next checkpoint,
+    or after ``handoff_timeout_s`` (None: the failover time) if none comes.
+    ``capacity`` is this worker's weight (2.0 takes twice an ordinary share);
+    ``load_window_s`` the span throughput is measured over.
     """
 
     table_name: str
@@ -126,6 +186,13 @@ class LeaseConfig:
     max_steals_per_round: int = 1
     max_leases_per_worker: int | None = None
     cleanup_interval_s: float = 60.0
+    balance: str = "throughput"
+    rebalance_threshold: float = 0.10
+    max_moves_per_round: int | None = None
+    move_cooldown_rounds: int = 10
+    handoff_timeout_s: float | None = None
+    capacity: float = 1.0
+    load_window_s: float = 30.0
 
     def __post_init__(self) -> None:
         # A renewal is a conditional write per lease, a DynamoDB round trip of tens of
@@ -161,6 +228,24 @@ class LeaseConfig:
             raise ValueError(
                 f"max_leases_per_worker must be at least 1, got {self.max_leases_per_worker}"
             )
+        self._check_assignment()
+
+    def _check_assignment(self) -> None:
+        if self.balance not in ("throughput", "count"):
+            raise ValueError(f"balance must be 'throughput' or 'count', got {self.balance!r}")
+        if not 0 <= self.rebalance_threshold < 1:
+            raise ValueError(
+                f"rebalance_threshold must be a fraction from 0 to 1, "
+                f"got {self.rebalance_threshold!r}"
+            )
+        if self.max_moves_per_round is not None and self.max_moves_per_round < 0:
+            raise ValueError("max_moves_per_round cannot be negative")
+        if self.move_cooldown_rounds < 0:
+            raise ValueError("move_cooldown_rounds cannot be negative")
+        for name in ("handoff_timeout_s", "capacity", "load_window_s"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
 
     @property
     def renew_interval(self) -> float:
@@ -169,3 +254,7 @@ class LeaseConfig:
     @property
     def take_interval(self) -> float:
         return self.take_interval_s or self.renew_interval
+
+    @property
+    def handoff_timeout(self) -> float:
+        return self.handoff_timeout_s or self.failover_s

@@ -1,4 +1,4 @@
-"""Lease stores: list, create, and conditionally update leases, in DynamoDB or in memory.
+"""Lease stores: list, create, and conditionally update leases, in memory (DynamoDB: dynamodb.py).
 
 As with the ledger, the protocol (taking, renewing, stealing, checkpointing)
 lives once in :mod:`kinesis_eo.leases.manager`; a store fills in these
@@ -15,31 +15,27 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kinesis_eo.errors import ConditionFailedError, KinesisEOError
-from kinesis_eo.flow import Call
+from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.leases.model import (
     CHECKPOINT,
     CHILDREN,
-    COUNTER,
-    ENDING_HASH_KEY,
-    LEASE_KEY,
+    HANDOFF,
     MILLIS_BEHIND,
     OWNER,
     OWNER_SWITCHES,
     PARENTS,
     RECORDS_PROCESSED,
-    STARTING_HASH_KEY,
     SUB_SEQUENCE,
+    THROUGHPUT,
     TOKEN,
     Lease,
+    WorkerReport,
+    is_entity_key,
 )
 from kinesis_eo.ledger.store import MemoryWrite
-from kinesis_eo.records import HashKeyRange
-from kinesis_eo.tables import create_table, create_table_flow
 
 __all__ = [
     "Change",
-    "DynamoDBLeaseStore",
     "Held",
     "LeaseCondition",
     "LeaseConflict",
@@ -47,14 +43,11 @@ __all__ = [
     "LeaseStore",
     "LeaseValue",
     "MemoryLeaseStore",
+    "TableSnapshot",
     "Unchanged",
-    "create_lease_table",
-    "item_from_lease",
-    "lease_from_item",
-    "lease_table_flow",
 ]
 
-LeaseValue = str | int | frozenset[str]
+LeaseValue = str | int | float | frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +106,15 @@ class LeaseConflictError(KinesisEOError):
 LeaseConflict = LeaseConflictError
 
 
+@dataclass(frozen=True, slots=True)
+class TableSnapshot:
+    """The whole lease table as one scan saw it: leases, workers' reports, the coordinator."""
+
+    leases: list[Lease]
+    workers: list[WorkerReport]
+    coordinator: Lease | None
+
+
 class LeaseStore(ABC):
     """Where leases live; every write is conditional, and ``fence`` gives the commit guard for a
     held lease.
@@ -121,6 +123,35 @@ class LeaseStore(ABC):
     @abstractmethod
     def list_leases(self) -> Generator[Any, Any, list[Lease]]:
         """Every lease (strongly consistent)."""
+
+    def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
+        """Every item of the table: what the coordinator decides on.
+
+        ``consistent=False`` reads at half the cost; the coordinator can, as
+        every write it makes is conditional on what it read.
+        """
+        leases = yield from self.list_leases()
+        return TableSnapshot(leases, [], None)
+
+    def owned_keys(self, owner: str) -> Generator[Any, Any, list[str]]:
+        """The keys of the items naming ``owner`` (eventually consistent; the coordinator's too)."""
+        leases = yield from self.list_leases()
+        return [lease.shard_id for lease in leases if lease.owner == owner]
+
+    def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
+        """One lease (or the coordinator's item) as it is now, or None."""
+        leases = yield from self.list_leases()
+        return next((lease for lease in leases if lease.shard_id == key), None)
+
+    def report(self, report: WorkerReport) -> Generator[Any, Any, None]:
+        """Write this worker's report and move its counter: it is alive."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no workers' reports")
+        yield  # a flow
+
+    def remove_report(self, worker_id: str) -> Generator[Any, Any, None]:
+        """Delete a worker's report (it left, or died long ago)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no workers' reports")
+        yield  # a flow
 
     @abstractmethod
     def create(self, lease: Lease) -> Generator[Any, Any, bool]:
@@ -153,26 +184,68 @@ _FIELDS = {
     CHILDREN: "children",
     MILLIS_BEHIND: "millis_behind_latest",
     RECORDS_PROCESSED: "records_processed",
+    THROUGHPUT: "throughput",
+    HANDOFF: "handoff_to",
 }
 
 
 class MemoryLeaseStore(LeaseStore):
-    """Leases in a dict; fences are :class:`~kinesis_eo.ledger.MemoryWrite` checks."""
+    """Leases in a dict; fences are :class:`~kinesis_eo.ledger.MemoryWrite` checks.
+
+    The coordinator's item is kept apart in ``entities``, workers' reports in ``workers``.
+    """
 
     def __init__(self) -> None:
         self.leases: dict[str, Lease] = {}
+        self.entities: dict[str, Lease] = {}
+        self.workers: dict[str, WorkerReport] = {}
         self._lock = threading.Lock()
+
+    def _items(self, key: str) -> dict[str, Lease]:
+        return self.entities if is_entity_key(key) else self.leases
 
     def list_leases(self) -> Generator[Any, Any, list[Lease]]:
         with self._lock:
             return sorted(self.leases.values(), key=lambda lease: lease.shard_id)
         yield  # a flow that makes no calls
 
+    def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
+        leases = yield from self.list_leases()
+        with self._lock:
+            workers = sorted(self.workers.values(), key=lambda report: report.worker_id)
+            return TableSnapshot(leases, workers, next(iter(self.entities.values()), None))
+
+    def owned_keys(self, owner: str) -> Generator[Any, Any, list[str]]:
+        with self._lock:
+            items = [*self.leases.values(), *self.entities.values()]
+            return sorted(lease.shard_id for lease in items if lease.owner == owner)
+        yield  # a flow that makes no calls
+
+    def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
+        with self._lock:
+            return self._items(key).get(key)
+        yield  # a flow that makes no calls
+
+    def report(self, report: WorkerReport) -> Generator[Any, Any, None]:
+        with self._lock:
+            before = self.workers.get(report.worker_id)
+            counter = (before.counter if before else 0) + 1
+            self.workers[report.worker_id] = replace(report, counter=counter)
+        return
+        yield  # a flow that makes no calls
+
+    def remove_report(self, worker_id: str) -> Generator[Any, Any, None]:
+        with self._lock:
+            self.workers.pop(worker_id, None)
+        return
+        yield  # a flow that makes no calls
+
     def create(self, lease: Lease) -> Generator[Any, Any, bool]:
         with self._lock:
-            if lease.shard_id in self.leases:
+            items = self._items(lease.shard_id)
+            if lease.shard_id in items:
                 return False
-            self.leases[lease.shard_id] = lease
+            items[lease.shard_id] = lease
             return True
         yield  # a flow that makes no calls
 
@@ -180,7 +253,8 @@ class MemoryLeaseStore(LeaseStore):
         self, shard_id: str, change: Change, condition: LeaseCondition
     ) -> Generator[Any, Any, Lease]:
         with self._lock:
-            current = self.leases.get(shard_id)
+            items = self._items(shard_id)
+            current = items.get(shard_id)
             if current is None or not condition.holds(current):
                 raise LeaseConflict(shard_id, current)
             values: dict[str, Any] = {_FIELDS[k]: v for k, v in change.set.items()}
@@ -188,16 +262,17 @@ class MemoryLeaseStore(LeaseStore):
             if change.bump_counter:
                 values["counter"] = current.counter + 1
             updated = replace(current, **values)
-            self.leases[shard_id] = updated
+            items[shard_id] = updated
             return updated
         yield  # a flow that makes no calls
 
     def delete(self, shard_id: str, condition: LeaseCondition) -> Generator[Any, Any, None]:
         with self._lock:
-            current = self.leases.get(shard_id)
+            items = self._items(shard_id)
+            current = items.get(shard_id)
             if current is None or not condition.holds(current):
                 raise LeaseConflict(shard_id, current)
-            del self.leases[shard_id]
+            del items[shard_id]
             return
         yield  # a flow that makes no calls
 
@@ -209,209 +284,3 @@ class MemoryLeaseStore(LeaseStore):
                 return held.holds(self.leases.get(shard_id))
 
         return MemoryWrite(lambda: None, check=check)
-
-
-# --- DynamoDB -----------------------------------------------------------------------------------
-
-
-def _attribute(value: LeaseValue) -> dict[str, Any]:
-    if isinstance(value, frozenset):
-        return {"SS": sorted(value)}
-    if isinstance(value, int):
-        return {"N": str(value)}
-    return {"S": value}
-
-
-def lease_from_item(item: Mapping[str, Mapping[str, Any]]) -> Lease:
-    """The `Lease` a lease table item holds."""
-
-    def text(name: str) -> str | None:
-        value = item.get(name)
-        return None if value is None else str(value["S"])
-
-    def number(name: str) -> int | None:
-        value = item.get(name)
-        return None if value is None else int(value["N"])
-
-    start, end = text(STARTING_HASH_KEY), text(ENDING_HASH_KEY)
-    return Lease(
-        shard_id=str(item[LEASE_KEY]["S"]),
-        counter=number(COUNTER) or 0,
-        owner=text(OWNER),
-        token=text(TOKEN),
-        checkpoint=text(CHECKPOINT) or "TRIM_HORIZON",
-        checkpoint_sub_sequence=number(SUB_SEQUENCE) or 0,
-        owner_switches=number(OWNER_SWITCHES) or 0,
-        parents=frozenset(item.get(PARENTS, {}).get("SS", ())),
-        children=frozenset(item.get(CHILDREN, {}).get("SS", ())),
-        hash_range=HashKeyRange(int(start), int(end)) if start and end else None,
-        millis_behind_latest=number(MILLIS_BEHIND),
-        records_processed=number(RECORDS_PROCESSED),
-    )
-
-
-def item_from_lease(lease: Lease) -> dict[str, Any]:
-    """The DynamoDB item (the KCL's attribute names) that stores ``lease``."""
-    item: dict[str, Any] = {
-        LEASE_KEY: {"S": lease.shard_id},
-        COUNTER: {"N": str(lease.counter)},
-        CHECKPOINT: {"S": lease.checkpoint},
-        SUB_SEQUENCE: {"N": str(lease.checkpoint_sub_sequence)},
-        OWNER_SWITCHES: {"N": str(lease.owner_switches)},
-    }
-    if lease.owner:
-        item[OWNER] = {"S": lease.owner}
-    if lease.token:
-        item[TOKEN] = {"S": lease.token}
-    # DynamoDB refuses empty string sets: leave the attribute out instead.
-    if lease.parents:
-        item[PARENTS] = {"SS": sorted(lease.parents)}
-    if lease.children:
-        item[CHILDREN] = {"SS": sorted(lease.children)}
-    if lease.hash_range is not None:
-        item[STARTING_HASH_KEY] = {"S": str(lease.hash_range.start)}
-        item[ENDING_HASH_KEY] = {"S": str(lease.hash_range.end)}
-    return item
-
-
-class _Expression:
-    """Placeholders for one request's attribute names and values, and its lease condition."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.values: dict[str, Any] = {}
-
-    def name(self, attribute: str) -> str:
-        self.names[f"#{attribute}"] = attribute
-        return f"#{attribute}"
-
-    def value(self, v: LeaseValue) -> str:
-        placeholder = f":v{len(self.values)}"
-        self.values[placeholder] = _attribute(v)
-        return placeholder
-
-    def condition(self, condition: LeaseCondition) -> str:
-        name, value = self.name, self.value
-        if isinstance(condition, Held):
-            owned = f"{name(OWNER)} = {value(condition.owner)}"
-            test = f"{owned} AND {name(TOKEN)} = {value(condition.token)}"
-        else:
-            owner = (
-                f"attribute_not_exists({name(OWNER)})"
-                if condition.owner is None
-                else f"{name(OWNER)} = {value(condition.owner)}"
-            )
-            test = f"{name(COUNTER)} = {value(condition.counter)} AND {owner}"
-            if condition.checkpoint is not None:
-                test += f" AND {name(CHECKPOINT)} = {value(condition.checkpoint)}"
-        return f"attribute_exists({name(LEASE_KEY)}) AND {test}"
-
-    def attributes(self) -> dict[str, Any]:
-        return {"ExpressionAttributeNames": self.names, "ExpressionAttributeValues": self.values}
-
-
-class DynamoDBLeaseStore(LeaseStore):
-    """The lease table in DynamoDB: conditional writes on the counter for takes, on owner and token
-    for the holder.
-    """
-
-    def __init__(self, table_name: str) -> None:
-        self.table_name = table_name
-        self._resource = f"lease table '{table_name}'"
-
-    def _call(self, method: str, params: dict[str, Any], action: str) -> Call:
-        return Call(
-            method, {"TableName": self.table_name, **params}, self._resource, action, "dynamodb"
-        )
-
-    def list_leases(self) -> Generator[Any, Any, list[Lease]]:
-        leases: list[Lease] = []
-        params: dict[str, Any] = {"ConsistentRead": True}
-        while True:
-            response = yield self._call("scan", params, "Scan")
-            leases += [lease_from_item(item) for item in response.get("Items", [])]
-            if "LastEvaluatedKey" not in response:
-                return sorted(leases, key=lambda lease: lease.shard_id)
-            params = {**params, "ExclusiveStartKey": response["LastEvaluatedKey"]}
-
-    def create(self, lease: Lease) -> Generator[Any, Any, bool]:
-        try:
-            yield self._call(
-                "put_item",
-                {
-                    "Item": item_from_lease(lease),
-                    "ConditionExpression": "attribute_not_exists(#key)",
-                    "ExpressionAttributeNames": {"#key": LEASE_KEY},
-                },
-                "PutItem",
-            )
-        except ConditionFailedError:
-            return False
-        return True
-
-    def update(
-        self, shard_id: str, change: Change, condition: LeaseCondition
-    ) -> Generator[Any, Any, Lease]:
-        expression = _Expression()
-        name, value = expression.name, expression.value
-        assignments = [f"{name(k)} = {value(v)}" for k, v in change.set.items()]
-        if change.bump_counter:
-            assignments.append(f"{name(COUNTER)} = {name(COUNTER)} + {value(1)}")
-        update = "SET " + ", ".join(assignments) if assignments else ""
-        if change.remove:
-            update += " REMOVE " + ", ".join(name(k) for k in change.remove)
-        try:
-            response = yield self._call(
-                "update_item",
-                {
-                    "Key": {LEASE_KEY: {"S": shard_id}},
-                    "UpdateExpression": update.strip(),
-                    "ConditionExpression": expression.condition(condition),
-                    **expression.attributes(),
-                    "ReturnValues": "ALL_NEW",
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                },
-                "UpdateItem",
-            )
-        except ConditionFailedError as failed:
-            current = lease_from_item(failed.item) if failed.item else None
-            raise LeaseConflict(shard_id, current) from failed
-        return lease_from_item(response["Attributes"])
-
-    def delete(self, shard_id: str, condition: LeaseCondition) -> Generator[Any, Any, None]:
-        expression = _Expression()
-        try:
-            yield self._call(
-                "delete_item",
-                {
-                    "Key": {LEASE_KEY: {"S": shard_id}},
-                    "ConditionExpression": expression.condition(condition),
-                    **expression.attributes(),
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                },
-                "DeleteItem",
-            )
-        except ConditionFailedError as failed:
-            current = lease_from_item(failed.item) if failed.item else None
-            raise LeaseConflict(shard_id, current) from failed
-
-    def fence(self, shard_id: str, owner: str, token: str) -> Any:
-        return {
-            "ConditionCheck": {
-                "TableName": self.table_name,
-                "Key": {LEASE_KEY: {"S": shard_id}},
-                "ConditionExpression": "#owner = :owner AND #token = :token",
-                "ExpressionAttributeNames": {"#owner": OWNER, "#token": TOKEN},
-                "ExpressionAttributeValues": {":owner": {"S": owner}, ":token": {"S": token}},
-            }
-        }
-
-
-def lease_table_flow(table_name: str) -> Generator[Any, Any, None]:
-    """A flow that creates a lease table (key ``leaseKey``) and waits until it is active."""
-    return create_table_flow(table_name, [(LEASE_KEY, "HASH")])
-
-
-def create_lease_table(client: Any, table_name: str) -> None:
-    """Create a lease table (the KCL's key schema, on-demand); harmless if it exists."""
-    create_table(client, lease_table_flow(table_name))

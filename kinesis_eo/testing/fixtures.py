@@ -104,7 +104,7 @@ def ledger_table(kinesis_eo_aws: MotoAws) -> Table:
 @pytest.fixture
 def lease_table(kinesis_eo_aws: MotoAws) -> Table:
     """The lease table ``leases`` (the KCL's schema), for a worker."""
-    from kinesis_eo.leases.store import create_lease_table
+    from kinesis_eo.leases import create_lease_table
 
     create_lease_table(kinesis_eo_aws.dynamodb, "leases")
     return Table("leases", kinesis_eo_aws.dynamodb)
