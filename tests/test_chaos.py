@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from kinesis_eo.cli import main
 from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
-from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
+from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, ReadMode, run_chaos
 from kinesis_eo.harness.chaos_faults import (
     OUTAGE_TAG,
     InvalidWrite,
@@ -121,6 +121,10 @@ def test_the_chaos_command_writes_the_report_and_exits_zero_when_all_is_once(
     } <= report.keys()  # fmt: skip
     assert report["produced"] == 400
     assert report["missing"] == report["duplicated"] == 0
+    # Polling by default: the workers' own calls say so.
+    assert report["read"] == "polling"
+    assert report["get_records_calls"] > 0
+    assert report["subscribe_calls"] == 0
     assert "exactly once" in capsys.readouterr().out
 
 
@@ -265,3 +269,29 @@ def test_the_chaos_command_refuses_an_impossible_fault_setting_in_one_line(
 
     assert exited.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--read", "efo", "--kinesis", "moto"], "--kinesis kinesis-mock"),
+        (["--read", "efo", "--adapter", "lambda"], "--adapter lambda"),
+    ],
+)
+def test_the_chaos_command_refuses_to_read_by_subscription_where_nothing_can_subscribe(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["chaos", *flags])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "--read efo" in err
+    assert named in err
+
+
+def test_reading_by_subscription_needs_kinesis_mock_and_worker_processes() -> None:
+    with pytest.raises(ValueError, match="kinesis-mock"):
+        ChaosConfig(read=ReadMode.EFO)
+    with pytest.raises(ValueError, match="workers"):
+        ChaosConfig(read=ReadMode.EFO, kinesis=KinesisBackend.KINESIS_MOCK, adapter=Adapter.LAMBDA)

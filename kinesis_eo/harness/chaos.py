@@ -40,7 +40,13 @@ from kinesis_eo.harness.chaos_faults import (
     outage_letters,
 )
 from kinesis_eo.harness.chaos_fleet import Fleet, Resharder
-from kinesis_eo.harness.chaos_model import Adapter, ChaosConfig, ChaosReport, KinesisBackend
+from kinesis_eo.harness.chaos_model import (
+    Adapter,
+    ChaosConfig,
+    ChaosReport,
+    KinesisBackend,
+    ReadMode,
+)
 from kinesis_eo.harness.chaos_worker import WorkerSpec
 from kinesis_eo.harness.scenario import (
     EventPlan,
@@ -58,7 +64,15 @@ from kinesis_eo.retry import RetryConfig
 from kinesis_eo.testing.backends import KinesisMock, MotoServer
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 
-__all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend", "run_chaos"]
+__all__ = [
+    "EFO_CONSUMER",
+    "Adapter",
+    "ChaosConfig",
+    "ChaosReport",
+    "KinesisBackend",
+    "ReadMode",
+    "run_chaos",
+]
 
 # A quarter of the producer's sends are flipped to "failed": enough tries that none gives up.
 PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
@@ -66,6 +80,9 @@ PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backof
 Progress = Callable[[str], None]
 # The file whose text tells every worker process that the sink is down (chaos_faults).
 OUTAGE_MARKER = "sink-outage"
+# The enhanced fan-out consumer every worker of a run reading by subscription registers (or
+# finds registered by another) and subscribes through.
+EFO_CONSUMER = "chaos-efo"
 
 
 @dataclass
@@ -124,7 +141,15 @@ def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoSer
     if config.kinesis is KinesisBackend.KINESIS_MOCK:
         kinesis_mock = stack.enter_context(KinesisMock())
         kinesis_endpoint = kinesis_mock.endpoint_url
-        emulator = f"kinesis-mock (Kinesis) + {emulator} (DynamoDB)"
+        kinesis = "kinesis-mock"
+        if config.read is ReadMode.EFO:
+            from kinesis_eo.testing.backends.efo_bridge import EfoBridge
+
+            # Every Kinesis call goes through the bridge, which adds to each subscription
+            # the initial-response event kinesis-mock leaves out and changes nothing else.
+            kinesis_endpoint = stack.enter_context(EfoBridge(kinesis_mock.plain_port)).endpoint_url
+            kinesis = "kinesis-mock behind the initial-response bridge"
+        emulator = f"{kinesis} (Kinesis) + {emulator} (DynamoDB)"
     else:
         emulator = f"{emulator} (Kinesis and DynamoDB)"
     return moto, kinesis_endpoint, emulator
@@ -164,6 +189,7 @@ def _start_fleet(
         invalid_write_rate=config.invalid_write_rate,
         invalid_write_seed=config.seed,
         outage_marker=str(directory / OUTAGE_MARKER) if config.sink_outage_s else "",
+        efo_consumer=EFO_CONSUMER if config.read is ReadMode.EFO else "",
     )
     return Fleet(base, config.workers, directory, rng)
 
@@ -356,13 +382,15 @@ def _count_fleet(report: ChaosReport, fleet: Fleet, resharder: Resharder | None)
     report.connection_faults_injected = totals.get(
         FaultKind.CONNECTION_REFUSED.value, 0
     ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
+    report.get_records_calls = totals.get("GetRecords", 0)
+    report.subscribe_calls = totals.get("SubscribeToShard", 0)
 
 
 def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosReport:
     """Run one seeded chaos scenario and verify the sink; see the module docstring."""
     say = progress or (lambda _: None)
     started = time.monotonic()
-    report = ChaosReport(seed=config.seed, workers=config.workers)
+    report = ChaosReport(seed=config.seed, workers=config.workers, read=config.read.value)
     names = Names.fresh("chaos", "chaos")
     with contextlib.ExitStack() as stack:
         moto, kinesis_endpoint, report.emulator = _backends(config, stack)

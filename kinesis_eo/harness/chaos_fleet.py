@@ -131,8 +131,8 @@ class Fleet:
                 stats = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # killed before its first report
-            for section in ("metrics", "injected"):
-                for name, value in stats[section].items():
+            for section in ("metrics", "injected", "calls"):
+                for name, value in stats.get(section, {}).items():
                     totals[name] = totals.get(name, 0) + int(value)
         return totals
 

@@ -35,6 +35,8 @@ from kinesis_eo.worker import Worker
 
 __all__ = [
     "QUICK_RETRY",
+    "READ_CALLS",
+    "ReadCalls",
     "WorkerSpec",
     "build_worker",
     "effect_handler",
@@ -75,6 +77,9 @@ class WorkerSpec:
     invalid_write_seed: int = 0
     # World faults: while this file says so, the sink is down (see chaos_faults).
     outage_marker: str = ""
+    # Read by subscription through this enhanced fan-out consumer (`kinesis-eo run --efo`);
+    # empty: poll with GetRecords.
+    efo_consumer: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -144,8 +149,20 @@ def run_options(spec: WorkerSpec) -> RunOptions:
             # every retry through it is one more chance to dead-letter what must not be.
             "outage_initial_backoff_s": 0.05,
             "outage_max_backoff_s": 0.25,
+            # Subscribing: the consumer `kinesis-eo run --efo` would be given.
+            **({"efo_consumer": spec.efo_consumer} if spec.efo_consumer else {}),
         },
     )
+
+
+def _throttled(spec: WorkerSpec, kinesis: bool) -> tuple[str, str]:
+    """The call a worker's throttling hits, and the error code AWS throttles it with."""
+    if not kinesis:
+        return "TransactWriteItems", "ProvisionedThroughputExceededException"
+    if spec.efo_consumer:
+        # Over 1 SubscribeToShard per second per consumer and shard.
+        return "SubscribeToShard", "LimitExceededException"
+    return "GetRecords", "ProvisionedThroughputExceededException"
 
 
 def _faulty_clients(spec: WorkerSpec) -> tuple[Any, Any, list[FaultInjector]]:
@@ -157,8 +174,8 @@ def _faulty_clients(spec: WorkerSpec) -> tuple[Any, Any, list[FaultInjector]]:
     for index, target in enumerate((kinesis, dynamodb)):
         faults = FaultInjector(seed=spec.seed * 2 + index)
         if spec.throttle_probability:
-            operation = "GetRecords" if target is kinesis else "TransactWriteItems"
-            faults.throttle(operation, schedule=Probability(spec.throttle_probability))
+            operation, code = _throttled(spec, target is kinesis)
+            faults.throttle(operation, code=code, schedule=Probability(spec.throttle_probability))
         if spec.disconnect_probability:
             faults.disconnect("*", schedule=Probability(spec.disconnect_probability))
         injectors.append(faults.attach(target))
@@ -203,12 +220,34 @@ def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
     return worker, injectors
 
 
-def write_stats(path: str, worker: Worker, injectors: list[FaultInjector]) -> None:
+# The Kinesis reads a worker makes, counted so that a run shows how it read.
+READ_CALLS = ("GetRecords", "SubscribeToShard")
+
+
+class ReadCalls:
+    """Counts a client's GetRecords and SubscribeToShard calls (a botocore ``before-call`` hook)."""
+
+    def __init__(self, kinesis: Any) -> None:
+        self.counts = dict.fromkeys(READ_CALLS, 0)
+        kinesis.meta.events.register("before-call.kinesis", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        if model.name in self.counts:
+            self.counts[model.name] += 1
+
+
+def write_stats(
+    path: str,
+    worker: Worker,
+    injectors: list[FaultInjector],
+    calls: ReadCalls | None = None,
+) -> None:
     injected = {kind.value: sum(i.injected[kind] for i in injectors) for kind in FaultKind}
     payload = {
         "worker": worker.worker_id,
         "metrics": worker.metrics.as_dict(),
         "injected": injected,
+        "calls": dict(calls.counts) if calls else {},
     }
     temporary = f"{path}.tmp"
     Path(temporary).write_text(json.dumps(payload), encoding="utf-8")
@@ -219,18 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec(**json.loads(args[0]))
     worker, injectors = build_worker(spec)
+    calls = ReadCalls(worker.clients["kinesis"])
     stopped = threading.Event()
 
     def report_stats() -> None:
         while not stopped.wait(0.5):
-            write_stats(spec.stats_file, worker, injectors)
+            write_stats(spec.stats_file, worker, injectors, calls)
 
     threading.Thread(target=report_stats, daemon=True).start()
     try:
         worker.run(handle_signals=True)
     finally:
         stopped.set()
-        write_stats(spec.stats_file, worker, injectors)
+        write_stats(spec.stats_file, worker, injectors, calls)
     return 0
 
 
