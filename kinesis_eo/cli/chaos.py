@@ -52,27 +52,7 @@ def add(subcommands: Subcommands) -> None:
     parser.add_argument("--workers", type=_positive, default=3, metavar="W")
     parser.add_argument("--shards", type=_positive, default=4, metavar="N")
     parser.add_argument("--seed", type=int, default=1, metavar="S")
-    parser.add_argument(
-        "--kinesis",
-        choices=["moto", "kinesis-mock"],
-        default=None,
-        help="Kinesis emulator; kinesis-mock (needs `npm ci`) also splits and merges the stream "
-        "(default: moto, or kinesis-mock with --read efo)",
-    )
-    parser.add_argument(
-        "--read",
-        choices=["polling", "efo"],
-        default="polling",
-        help="how the workers read: GetRecords, or a subscription through an enhanced fan-out "
-        "consumer they register as `kinesis-eo run --efo` does (needs kinesis-mock)",
-    )
-    parser.add_argument(
-        "--adapter",
-        choices=["worker", "lambda"],
-        default="worker",
-        help="worker processes sharing leases, or the Lambda handler under a simulated "
-        "event source mapping (crashed invocations, retries, bisection, zombie replays)",
-    )
+    _add_backend_flags(parser)
     parser.add_argument(
         "--produce-seconds",
         type=_positive_seconds,
@@ -115,6 +95,31 @@ def add(subcommands: Subcommands) -> None:
         "--report", dest="report_path", metavar="PATH", help="write the report as JSON"
     )
     parser.set_defaults(command=_cmd_chaos)
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    """What runs under the chaos: the Kinesis emulator, how it is read, and by what."""
+    parser.add_argument(
+        "--kinesis",
+        choices=["moto", "kinesis-mock"],
+        default=None,
+        help="Kinesis emulator; kinesis-mock (needs `npm ci`) also splits and merges the stream "
+        "(default: moto, or kinesis-mock with --read efo)",
+    )
+    parser.add_argument(
+        "--read",
+        choices=["polling", "efo"],
+        default="polling",
+        help="how the workers read: GetRecords, or a subscription through an enhanced fan-out "
+        "consumer they register as `kinesis-eo run --efo` does (needs kinesis-mock)",
+    )
+    parser.add_argument(
+        "--adapter",
+        choices=["worker", "lambda"],
+        default="worker",
+        help="worker processes sharing leases, or the Lambda handler under a simulated "
+        "event source mapping (crashed invocations, retries, bisection, zombie replays)",
+    )
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
