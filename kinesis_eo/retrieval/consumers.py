@@ -36,6 +36,7 @@ __all__ = [
     "REGISTER_RETRY",
     "ConsumerInfo",
     "aensure_consumer",
+    "consumer_arn_flow",
     "deregister_consumer",
     "deregister_consumer_flow",
     "ensure_consumer",
@@ -172,6 +173,13 @@ def ensure_consumer_flow(
             raise ConfigurationError(f"{resource} was deregistered while it was being created")
         info = described
     return info.arn
+
+
+def consumer_arn_flow(stream: StreamRef, consumer: str) -> Generator[Any, Any, str]:
+    """The ARN of ``consumer``: an ARN as given, a name ensured (registered, ACTIVE)."""
+    if is_consumer_arn(consumer):
+        return consumer
+    return (yield from ensure_consumer_flow(stream, consumer))
 
 
 def deregister_consumer_flow(stream: StreamRef, name: str) -> Generator[Any, Any, bool]:
