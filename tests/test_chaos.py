@@ -9,6 +9,8 @@ small scale, on both Kinesis back-ends.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,39 @@ def test_a_short_chaos_run_with_a_split_and_a_merge_on_kinesis_mock() -> None:
     assert report.reshards == 2
     assert report.kills > 0
     assert report.effects == 1200 - report.poison
+
+
+@pytest.mark.kinesis_mock
+def test_a_short_chaos_run_reading_by_subscription_loses_nothing_and_applies_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # As a user runs it, in a process of its own: --read efo alone picks kinesis-mock and the
+    # bridge, and the bridge's sockets end with that process.
+    report_path = tmp_path / "chaos.json"
+    command = [
+        sys.executable, "-m", "kinesis_eo.cli", "chaos", "--read", "efo",
+        "--events", "800", "--workers", "3", "--shards", "3", "--seed", "14",
+        "--produce-seconds", "8", "--kill-every", "3", "--zombie-every", "6",
+        "--timeout", "150", "--report", str(report_path),
+    ]  # fmt: skip
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["ok"]
+    assert report["missing"] == report["duplicated"] == 0
+    assert report["effects"] == 800 - report["poison"]
+    assert report["dead_lettered"] == report["poison"] > 0
+    assert report["reshards"] == 2
+    assert report["kills"] > 0
+    assert report["zombies"] > 0
+    assert report["producer_duplicates"] > 0
+    # The workers read by subscription, through the bridge; GetRecords only checks the end of
+    # a quiet shard (kinesis-mock sends no closing event with the children).
+    assert report["read"] == "efo"
+    assert "initial-response bridge" in report["emulator"]
+    assert report["subscribe_calls"] >= 3
 
 
 def test_the_chaos_command_writes_the_report_and_exits_zero_when_all_is_once(

@@ -27,6 +27,7 @@ from kinesis_eo.harness.chaos_faults import SinkOutage, invalid_write, invalid_w
 from kinesis_eo.harness.scenario import POISON_PREFIX, client
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import Batch, ReaderConfig
+from kinesis_eo.retrieval.subscription import SubscriptionConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.runner import RunOptions
 from kinesis_eo.sinks import BatchReport, EffectContext, FailurePolicy, update
@@ -47,6 +48,8 @@ __all__ = [
 
 # The AWS-call retries of the reader, the ledger and the worker: quick, on emulators.
 QUICK_RETRY = RetryConfig(max_attempts=10, initial_backoff_s=0.02, max_backoff_s=0.5)
+# A dropped subscription is followed by a new one after this back-off.
+EFO_RECONNECT = RetryConfig(initial_backoff_s=0.1, max_backoff_s=1.0)
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,24 @@ def run_options(spec: WorkerSpec) -> RunOptions:
             # every retry through it is one more chance to dead-letter what must not be.
             "outage_initial_backoff_s": 0.05,
             "outage_max_backoff_s": 0.25,
-            # Subscribing: the consumer `kinesis-eo run --efo` would be given.
-            **({"efo_consumer": spec.efo_consumer} if spec.efo_consumer else {}),
+            **_subscribing(spec),
         },
     )
+
+
+def _subscribing(spec: WorkerSpec) -> dict[str, Any]:
+    """The worker settings that make it read by subscription, if ``spec`` says so."""
+    if not spec.efo_consumer:
+        return {}
+    return {
+        # The consumer `kinesis-eo run --efo` would be given.
+        "efo_consumer": spec.efo_consumer,
+        # kinesis-mock sends no closing event with ChildShards: a parent's end is found by
+        # the end check, and a reshard here must not wait the default minute for it.
+        "subscription": SubscriptionConfig(
+            end_check_interval_s=2.0, reconnect_backoff=EFO_RECONNECT
+        ),
+    }
 
 
 def _throttled(spec: WorkerSpec, kinesis: bool) -> tuple[str, str]:
