@@ -110,6 +110,7 @@ class EfoBridge:
         self.upstream_port = upstream_port
         self.port = 0
         self.subscriptions_bridged = 0
+        self._open_streams: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -166,6 +167,20 @@ class EfoBridge:
         if self._thread is not None:
             self._thread.join(10)
         loop.close()
+
+    def sever(self) -> int:
+        """Cut every open subscription's connection, as a network fault would; how many (tests)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the EFO bridge is not started")
+
+        async def cut() -> int:
+            writers = list(self._open_streams)
+            for writer in writers:
+                writer.transport.abort()
+            return len(writers)
+
+        return asyncio.run_coroutine_threadsafe(cut(), loop).result(10)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -234,7 +249,11 @@ class EfoBridge:
         relay = asyncio.ensure_future(_relay_body(head, upstream_in, client_out))
         # The client sends nothing while its subscription is open: a read returns only at EOF.
         hang_up = asyncio.ensure_future(client_in.read(1))
-        done, _ = await asyncio.wait({relay, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+        self._open_streams.add(client_out)
+        try:
+            done, _ = await asyncio.wait({relay, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._open_streams.discard(client_out)
         if relay in done:
             hang_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -243,4 +262,6 @@ class EfoBridge:
         relay.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await relay
+        with contextlib.suppress(ConnectionError):
+            hang_up.result()  # a reset (sever) rather than a clean close
         return False
