@@ -89,9 +89,7 @@ def emulators() -> Iterator[Endpoints]:
 
 def read_options(read: str) -> dict[str, Any]:
     """What ``kinesis-eo run`` is given for ``read`` beyond its other flags."""
-    if read == "polling":
-        return {}
-    return {"worker": {"efo_consumer": CONSUMER}}
+    return {"efo": CONSUMER} if read == "efo" else {}
 
 
 # --- one way of reading ------------------------------------------------------------------------

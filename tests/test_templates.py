@@ -942,6 +942,11 @@ def test_an_efo_consumer_name_registers_a_consumer_the_tasks_subscribe_through()
     command = worker_command(efo)
     at = command.index("--efo")
     assert command[at + 1] == {"Ref": "EfoConsumerName"}
+    # The task's command, as `kinesis-eo run` parses it, reads through the stack's consumer.
+    values = {name: str(spec.get("Default", "x")) for name, spec in efo["Parameters"].items()}
+    values.update(EfoConsumerName="orders-efo", Handler="tests.handlers:count_effect")
+    argv = [values.get(a["Ref"], "x") if isinstance(a, dict) else a for a in command]
+    assert cli.build_parser().parse_args(argv).efo == "orders-efo"
     # Lag by subscription is the consumer's, not GetRecords' (which nobody calls then).
     alarm = efo["Resources"]["IteratorAgeAlarm"]["Properties"]
     assert alarm["MetricName"] == "SubscribeToShardEvent.MillisBehindLatest"

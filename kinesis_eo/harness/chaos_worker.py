@@ -154,16 +154,16 @@ def run_options(spec: WorkerSpec) -> RunOptions:
             "outage_max_backoff_s": 0.25,
             **_subscribing(spec),
         },
+        # `kinesis-eo run --efo NAME`; None: polling.
+        efo=spec.efo_consumer or None,
     )
 
 
 def _subscribing(spec: WorkerSpec) -> dict[str, Any]:
-    """The worker settings that make it read by subscription, if ``spec`` says so."""
+    """The harness's quick subscription timings, if ``spec`` reads by subscription."""
     if not spec.efo_consumer:
         return {}
     return {
-        # The consumer `kinesis-eo run --efo` would be given.
-        "efo_consumer": spec.efo_consumer,
         # kinesis-mock sends no closing event with ChildShards: a parent's end is found by
         # the end check, and a reshard here must not wait the default minute for it.
         "subscription": SubscriptionConfig(
