@@ -106,7 +106,7 @@ def test_a_short_chaos_run_reading_by_subscription_loses_nothing_and_applies_not
         sys.executable, "-m", "kinesis_eo.cli", "chaos", "--read", "efo",
         "--events", "800", "--workers", "3", "--shards", "3", "--seed", "14",
         "--produce-seconds", "8", "--kill-every", "3", "--zombie-every", "6",
-        "--timeout", "150", "--report", str(report_path),
+        "--sever-every", "1", "--timeout", "150", "--report", str(report_path),
     ]  # fmt: skip
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
@@ -126,6 +126,8 @@ def test_a_short_chaos_run_reading_by_subscription_loses_nothing_and_applies_not
     assert report["read"] == "efo"
     assert "initial-response bridge" in report["emulator"]
     assert report["subscribe_calls"] >= 3
+    # Their connections were cut mid-stream too, and each worker subscribed again.
+    assert report["subscriptions_severed"] > 0
 
 
 def test_the_chaos_command_writes_the_report_and_exits_zero_when_all_is_once(

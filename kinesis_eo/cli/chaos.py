@@ -114,6 +114,14 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
         "consumer they register as `kinesis-eo run --efo` does (needs kinesis-mock)",
     )
     parser.add_argument(
+        "--sever-every",
+        type=_seconds_or_none,
+        default=4.0,
+        metavar="SECONDS",
+        help="with --read efo, mean time between cuts of every open subscription's connection "
+        "(0: none)",
+    )
+    parser.add_argument(
         "--adapter",
         choices=["worker", "lambda"],
         default="worker",
@@ -143,6 +151,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         kinesis=KinesisBackend(kinesis),
         adapter=Adapter(args.adapter),
         read=read,
+        sever_every_s=args.sever_every,
         produce_s=args.produce_seconds,
         kill_every_s=args.kill_every,
         zombie_every_s=args.zombie_every,
@@ -171,6 +180,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         ("connection faults injected", report.connection_faults_injected),
         ("GetRecords calls", report.get_records_calls),
         ("SubscribeToShard calls", report.subscribe_calls),
+        ("subscriptions severed", report.subscriptions_severed),
         ("producer duplicates", report.producer_duplicates),
         ("invalid writes injected", report.invalid_writes_injected),
         ("invalid writes dead-lettered", report.invalid_writes_dead_lettered),

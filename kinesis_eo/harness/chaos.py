@@ -39,7 +39,7 @@ from kinesis_eo.harness.chaos_faults import (
     invalid_write_kind,
     outage_letters,
 )
-from kinesis_eo.harness.chaos_fleet import Fleet, Resharder
+from kinesis_eo.harness.chaos_fleet import Fleet, Resharder, SubscriptionCutter
 from kinesis_eo.harness.chaos_model import (
     Adapter,
     ChaosConfig,
@@ -62,6 +62,7 @@ from kinesis_eo.ledger import create_ledger_table
 from kinesis_eo.producer import Event, Producer, ProducerConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.testing.backends import KinesisMock, MotoServer
+from kinesis_eo.testing.backends.efo_bridge import EfoBridge
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 
 __all__ = [
@@ -128,7 +129,9 @@ class _Planned:
         return self.to_apply <= applied and self.poison <= dead and self.invalid.keys() <= invalid
 
 
-def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoServer, str, str]:
+def _backends(
+    config: ChaosConfig, stack: contextlib.ExitStack
+) -> tuple[MotoServer, str, str, EfoBridge | None]:
     from kinesis_eo.harness import moto_transactions
 
     emulator = "moto (stock transactions)"
@@ -138,21 +141,21 @@ def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoSer
         emulator = "moto with undo-log transactions"
     moto = stack.enter_context(MotoServer())
     kinesis_endpoint = moto.endpoint_url
+    bridge = None
     if config.kinesis is KinesisBackend.KINESIS_MOCK:
         kinesis_mock = stack.enter_context(KinesisMock())
         kinesis_endpoint = kinesis_mock.endpoint_url
         kinesis = "kinesis-mock"
         if config.read is ReadMode.EFO:
-            from kinesis_eo.testing.backends.efo_bridge import EfoBridge
-
             # Every Kinesis call goes through the bridge, which adds to each subscription
             # the initial-response event kinesis-mock leaves out and changes nothing else.
-            kinesis_endpoint = stack.enter_context(EfoBridge(kinesis_mock.plain_port)).endpoint_url
+            bridge = stack.enter_context(EfoBridge(kinesis_mock.plain_port))
+            kinesis_endpoint = bridge.endpoint_url
             kinesis = "kinesis-mock behind the initial-response bridge"
         emulator = f"{kinesis} (Kinesis) + {emulator} (DynamoDB)"
     else:
         emulator = f"{emulator} (Kinesis and DynamoDB)"
-    return moto, kinesis_endpoint, emulator
+    return moto, kinesis_endpoint, emulator, bridge
 
 
 @contextlib.contextmanager
@@ -290,6 +293,8 @@ class _Run:
     rng: random.Random
     say: Progress
     started: float
+    # In front of kinesis-mock when reading by subscription: it can cut every subscription.
+    bridge: EfoBridge | None = None
 
     def verified(self) -> ChaosReport:
         return _verified(
@@ -327,6 +332,8 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
     next_zombie = (
         started + rng.expovariate(1 / config.zombie_every_s) if config.zombie_every_s else None
     )
+    # From now, when the workers are up: a cut before their first subscription cuts nothing.
+    cutter = SubscriptionCutter(run.bridge, config.sever_every_s, config.seed, time.monotonic())
     last_check = 0.0
     check_every_s = min(5.0, max(0.5, len(run.planned.events) / 20_000))
     while True:
@@ -345,6 +352,9 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
             if fleet.stop_one(now, config.failover_s * 1.6):
                 report.zombies += 1
             next_zombie = now + rng.expovariate(1 / config.zombie_every_s)
+        if faults_open:
+            cutter.step(now)
+            report.subscriptions_severed = cutter.cut
         if resharder is not None and reshard_at and now >= reshard_at[0]:
             reshard_at.pop(0)
             resharder.step()
@@ -393,7 +403,7 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
     report = ChaosReport(seed=config.seed, workers=config.workers, read=config.read.value)
     names = Names.fresh("chaos", "chaos")
     with contextlib.ExitStack() as stack:
-        moto, kinesis_endpoint, report.emulator = _backends(config, stack)
+        moto, kinesis_endpoint, report.emulator, bridge = _backends(config, stack)
         kinesis = client("kinesis", kinesis_endpoint)
         dynamodb = client("dynamodb", moto.endpoint_url)
         _create_resources(config, kinesis, dynamodb, names)
@@ -413,6 +423,7 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
             random.Random(config.seed),
             say,
             started,
+            bridge,
         )
         run.production.start(run.planned.events)
         if config.adapter is Adapter.LAMBDA:

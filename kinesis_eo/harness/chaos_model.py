@@ -39,6 +39,9 @@ class ChaosConfig:
     # EFO: every worker subscribes through the consumer EFO_CONSUMER (kinesis-mock only:
     # moto has no SubscribeToShard), registered the way `kinesis-eo run --efo` registers it.
     read: ReadMode = ReadMode.POLLING
+    # Reading by subscription: mean seconds between cuts of every open subscription's
+    # connection (the bridge aborts them, as a network fault would); 0: none.
+    sever_every_s: float = 4.0
     failover_s: float = 3.0
     # Production is spread over this long, so that faults land while it runs.
     produce_s: float = 20.0
@@ -72,6 +75,8 @@ class ChaosConfig:
             raise ValueError("invalid_write_rate is a share of the events, from 0 to below 1")
         if not 0.0 <= self.sink_outage_s < float("inf"):
             raise ValueError("sink_outage_s is 0 or more seconds")
+        if not 0.0 <= self.sever_every_s < float("inf"):
+            raise ValueError("sever_every_s is 0 or more seconds")
         if self.read is ReadMode.EFO and self.kinesis is not KinesisBackend.KINESIS_MOCK:
             raise ValueError(
                 "reading by subscription needs kinesis-mock: moto has no SubscribeToShard"
@@ -112,6 +117,8 @@ class ChaosReport:
     read: str = ReadMode.POLLING.value
     get_records_calls: int = 0
     subscribe_calls: int = 0
+    # Subscriptions whose connection the harness cut (reading by subscription only).
+    subscriptions_severed: int = 0
     seed: int = 0
     workers: int = 0
     missing_ids: list[str] = field(default_factory=list)
