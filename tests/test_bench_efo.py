@@ -43,6 +43,7 @@ def test_the_efo_bench_reads_by_polling_then_by_subscription_and_applies_each_ev
     assert polling["calls"]["GetRecords"] > 0
     assert polling["calls"]["SubscribeToShard"] == 0
     assert efo["calls"]["SubscribeToShard"] >= 2
+    assert efo["calls"]["GetRecords"] == 0
     paced = RATE * SECONDS
     for result in (polling, efo):
         assert result["ok"]
