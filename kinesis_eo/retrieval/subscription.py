@@ -166,6 +166,7 @@ class ShardSubscription:
         return {"Type": self.floor.kind.value}
 
     def subscribe_call(self) -> Call:
+        """The SubscribeToShard call for the current position (never retried by the driver)."""
         return Call(
             "subscribe_to_shard",
             {
@@ -181,11 +182,13 @@ class ShardSubscription:
         )
 
     def subscribed(self, response: Mapping[str, Any], now: float) -> None:
+        """Take SubscribeToShard's response: its event stream is now the one to pull from."""
         self.events = response["EventStream"]
         self.opened_at = now
         self.subscriptions += 1
 
     def expired(self, now: float) -> bool:
+        """Whether the open subscription is due for renewal (``lifetime_s``)."""
         return self.events is not None and now - self.opened_at >= self.config.lifetime_s
 
     def ended(self, now: float, *, resubscribe: bool = True) -> None:
@@ -218,6 +221,7 @@ class ShardSubscription:
         )
 
     def wants_end_check(self, now: float) -> bool:
+        """Whether the subscription has been quiet long enough to check the shard's end."""
         interval = self.config.end_check_interval_s
         return (
             interval is not None
@@ -273,6 +277,7 @@ class ShardSubscription:
         )
 
     def start_end_check(self) -> None:
+        """Poll from the floor until the shard's end or its tip (see the module's notes)."""
         self.probe = ShardCursor(
             self.stream, self.shard_id, self.floor, self.reader, self.hash_range
         )
