@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
+from kinesis_eo.checkpoint import MemoryCheckpointStore
+from kinesis_eo.consumer import Consumer, ConsumerConfig
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
 from kinesis_eo.retrieval import list_shards
 from kinesis_eo.retrieval.consumers import list_consumers
@@ -120,3 +122,30 @@ async def test_async_efo_workers_follow_a_split_with_every_effect_once(
 
     assert applied(dynamodb) == dict.fromkeys(ids, 1)
     assert sum(w.metrics.shards_ended for w in workers) == 1
+
+
+def test_a_consumer_reading_by_subscription_applies_every_effect_once_and_resumes_after_a_stop(
+    efo_bridge: Any, moto_server_reset: Any
+) -> None:
+    kinesis = efo_bridge.client("kinesis")
+    dynamodb = moto_server_reset.client("dynamodb")
+    stream = new_stream(kinesis, 2)
+    create_tables(dynamodb)
+    checkpoints = MemoryCheckpointStore()
+    config = ConsumerConfig(
+        reader=CONFIG.reader,
+        retry=CONFIG.retry,
+        stop_when_caught_up=True,
+        checkpoint_interval_s=0.0,
+        efo_consumer="payments",
+        subscription=SubscriptionConfig(in_use_wait_s=0.2, end_check_interval_s=None),
+    )
+    subscribed_before = efo_bridge.subscriptions_bridged
+    ids = produce(kinesis, stream, 60)
+    first = Consumer(kinesis, dynamodb, stream, sink(), checkpoints, config).run()
+    ids += produce(kinesis, stream, 40, start=60)
+    second = Consumer(kinesis, dynamodb, stream, sink(), checkpoints, config).run()
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+    # The second run started from the first one's checkpoints: nothing read twice.
+    assert (first.delivered, second.delivered) == (60, 40)
+    assert efo_bridge.subscriptions_bridged - subscribed_before >= 4

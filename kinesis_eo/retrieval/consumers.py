@@ -65,6 +65,7 @@ class ConsumerInfo:
 
     @classmethod
     def from_aws(cls, item: dict[str, Any]) -> ConsumerInfo:
+        """A consumer as DescribeStreamConsumer or ListStreamConsumers describes it."""
         return cls(
             name=item["ConsumerName"],
             arn=item["ConsumerARN"],

@@ -127,6 +127,9 @@ class ShardSubscription:
         self.continuation: str | None = None
         self.events: Any = None
         self.opened_at = 0.0
+        # When SubscribeToShard may next be called (1/s), and when this shard next wants a
+        # turn among others read by one flow (after every step, behind the rest).
+        self.subscribe_at = 0.0
         self.ready_at = 0.0
         self.finished = False
         self.millis_behind_latest: int | None = None
@@ -163,6 +166,7 @@ class ShardSubscription:
         return {"Type": self.floor.kind.value}
 
     def subscribe_call(self) -> Call:
+        """The SubscribeToShard call for the current position (never retried by the driver)."""
         return Call(
             "subscribe_to_shard",
             {
@@ -178,11 +182,13 @@ class ShardSubscription:
         )
 
     def subscribed(self, response: Mapping[str, Any], now: float) -> None:
+        """Take SubscribeToShard's response: its event stream is now the one to pull from."""
         self.events = response["EventStream"]
         self.opened_at = now
         self.subscriptions += 1
 
     def expired(self, now: float) -> bool:
+        """Whether the open subscription is due for renewal (``lifetime_s``)."""
         return self.events is not None and now - self.opened_at >= self.config.lifetime_s
 
     def ended(self, now: float, *, resubscribe: bool = True) -> None:
@@ -197,7 +203,7 @@ class ShardSubscription:
         self.events = None
         if isinstance(error, AwsCallError) and error.code == "ResourceInUseException":
             self.in_use_waits += 1
-            self.ready_at = max(self.ready_at, now + self.config.in_use_wait_s)
+            self.subscribe_at = max(self.subscribe_at, now + self.config.in_use_wait_s)
             log.debug("%s: another subscription holds the shard; waiting", self._resource)
             return
         if not error.retryable:
@@ -205,7 +211,7 @@ class ShardSubscription:
         self.drops += 1
         self._failures += 1
         delay = backoff_delay(self._failures, self.config.reconnect_backoff)
-        self.ready_at = max(self.ready_at, now + delay)
+        self.subscribe_at = max(self.subscribe_at, now + delay)
         log.info(
             "%s: subscription dropped (%s); subscribing again in %.2f s from %s",
             self._resource,
@@ -215,6 +221,7 @@ class ShardSubscription:
         )
 
     def wants_end_check(self, now: float) -> bool:
+        """Whether the subscription has been quiet long enough to check the shard's end."""
         interval = self.config.end_check_interval_s
         return (
             interval is not None
@@ -270,6 +277,7 @@ class ShardSubscription:
         )
 
     def start_end_check(self) -> None:
+        """Poll from the floor until the shard's end or its tip (see the module's notes)."""
         self.probe = ShardCursor(
             self.stream, self.shard_id, self.floor, self.reader, self.hash_range
         )
@@ -294,6 +302,11 @@ class ShardSubscription:
         self, clock: Callable[[], float] = time.monotonic
     ) -> Generator[Any, Any, Batch | None]:
         """One move: a subscribe, one event, or one poll of the end check; the batch if any."""
+        batch = yield from self._move(clock)
+        self.ready_at = self.subscribe_at if self.events is None else clock()
+        return batch
+
+    def _move(self, clock: Callable[[], float]) -> Generator[Any, Any, Batch | None]:
         if self.pending:
             return self.decode(self.pending, clock())
         if self.probe is not None:
@@ -324,11 +337,11 @@ class ShardSubscription:
         return batch
 
     def _subscribe(self, clock: Callable[[], float]) -> Generator[Any, Any, None]:
-        wait = self.ready_at - clock()
+        wait = self.subscribe_at - clock()
         if wait > 0:
             yield Sleep(wait)
         call = self.subscribe_call()
-        self.ready_at = clock() + self.config.min_subscribe_interval_s
+        self.subscribe_at = clock() + self.config.min_subscribe_interval_s
         try:
             response = yield call
         except KinesisEOError as exc:

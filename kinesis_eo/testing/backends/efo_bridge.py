@@ -118,6 +118,7 @@ class EfoBridge:
 
     @property
     def endpoint_url(self) -> str:
+        """Where clients reach kinesis-mock through the bridge."""
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, service: str = "kinesis", **kwargs: Any) -> Any:
@@ -131,6 +132,7 @@ class EfoBridge:
     # --- life cycle ----------------------------------------------------------------
 
     def start(self) -> Self:
+        """Listen on a free 127.0.0.1 port, serving from a thread of its own."""
         started = threading.Event()
         self._loop = asyncio.new_event_loop()
 
@@ -151,6 +153,7 @@ class EfoBridge:
         return self
 
     def stop(self) -> None:
+        """Close the listener and every connection through it."""
         loop, self._loop = self._loop, None
         if loop is None:
             return
