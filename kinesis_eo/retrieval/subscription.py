@@ -336,6 +336,7 @@ class ShardSubscription:
             self.failed(exc, clock())
             return None
         if event is None:
+            self.close()  # the server ended it (its lifetime): free the connection too
             self.ended(clock())
             return None
         batch = self.handle_event(event, clock())
