@@ -263,6 +263,7 @@ def _shard_loop(
     while keep_going():
         yield from _wait_while_paused(state)
         batch = yield from cursor.step(clock)
+        state.record.resubscribed(shard_id, cursor.take_counts())
         if batch is None:
             continue
         state.record.read(shard_id, batch.records, batch.millis_behind_latest)

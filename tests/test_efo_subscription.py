@@ -17,6 +17,9 @@ import pytest
 
 from kinesis_eo.aggregation import UserRecord, aggregate
 from kinesis_eo.flow import drive_sync
+from kinesis_eo.metrics.catalogue import RESUBSCRIPTIONS
+from kinesis_eo.metrics.model import Recorder
+from kinesis_eo.metrics.run import RunMetrics
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import (
     Batch,
@@ -120,6 +123,12 @@ def test_after_a_dropped_connection_reading_goes_on_from_the_continuation_withou
     assert data(first + rest) == numbered(0, 20)
     assert sub.drops >= 1
     assert sub.subscriptions >= 2
+    # What a worker records per step: the drop reaches the resubscriptions metric.
+    recorder = Recorder()
+    RunMetrics(recorder).resubscribed(sub.shard_id, sub.take_counts())
+    dropped = recorder.drain().total(RESUBSCRIPTIONS, shard=sub.shard_id, reason="dropped")
+    assert dropped == sub.drops
+    assert sub.take_counts()["dropped"] == 0  # counted once
     positions = [r.position for r in first + rest]
     assert positions == sorted(set(positions))
 

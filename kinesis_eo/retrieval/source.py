@@ -42,6 +42,8 @@ class ShardSource(Protocol):
 
     def close(self) -> None: ...
 
+    def take_counts(self) -> dict[str, int]: ...
+
 
 class ReadingConfig(Protocol):
     """What decides how shards are read: WorkerConfig and ConsumerConfig both have it."""

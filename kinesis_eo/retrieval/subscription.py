@@ -144,6 +144,7 @@ class ShardSubscription:
         self.drops = 0
         self.in_use_waits = 0
         self._failures = 0
+        self._reported = (0, 0, 0)
         self._resource = f"shard '{shard_id}' of {stream} (consumer {consumer_arn})"
 
     @property
@@ -186,6 +187,13 @@ class ShardSubscription:
         self.events = response["EventStream"]
         self.opened_at = now
         self.subscriptions += 1
+
+    def take_counts(self) -> dict[str, int]:
+        """Renewals, drops and in-use waits since the last call, by reason (for metrics)."""
+        now = (self.resubscriptions, self.drops, self.in_use_waits)
+        deltas = [a - b for a, b in zip(now, self._reported, strict=True)]
+        self._reported = now
+        return dict(zip(("renewed", "dropped", "in_use"), deltas, strict=True))
 
     def expired(self, now: float) -> bool:
         """Whether the open subscription is due for renewal (``lifetime_s``)."""
@@ -328,6 +336,7 @@ class ShardSubscription:
             self.failed(exc, clock())
             return None
         if event is None:
+            self.close()  # the server ended it (its lifetime): free the connection too
             self.ended(clock())
             return None
         batch = self.handle_event(event, clock())
