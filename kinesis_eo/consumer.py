@@ -29,6 +29,8 @@ from kinesis_eo.metrics.run import RunMetrics
 from kinesis_eo.metrics.totals import RunTotals
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardGraph, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
+from kinesis_eo.retrieval.source import with_consumer_arn
+from kinesis_eo.retrieval.subscription import SubscriptionConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
@@ -62,6 +64,9 @@ class ConsumerConfig:
     checkpoint_interval_s: float = 5.0
     # An outage pauses a shard's batch and retries it with this back-off (see OutageBackoff).
     outage_backoff: OutageBackoff = field(default_factory=OutageBackoff)
+    # Read by enhanced fan-out through this consumer (name or ARN; registered if absent).
+    efo_consumer: str | None = None
+    subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
 
 
 ConsumerStats = RunTotals
@@ -148,8 +153,10 @@ def consume_flow(
     config = state.config
     positions, finished = state.starting_points((yield from checkpoints.load()))
     progress.finished.update(finished)
+    ref = StreamRef.of(stream)
+    efo = yield from with_consumer_arn(ref, config)
     reading = read_stream_flow(
-        StreamRef.of(stream), config.reader, config.initial_position, positions, progress
+        ref, config.reader, config.initial_position, positions, progress, reading=efo
     )
 
     def on_batch(batch: Batch) -> Generator[Any, Any, bool]:

@@ -4,8 +4,9 @@ A *flow* is a generator that decides what to do and never does I/O itself. It
 yields :class:`Call` (make this AWS call and send me the response, or throw
 the translated error into me), :class:`Sleep` (wait, then send me None),
 :class:`Invoke` (call this user function, awaiting it under asyncio, and send
-me its result or throw its exception into me), or any other object, which is
-an output for the flow's consumer. A flow may
+me its result or throw its exception into me), :class:`Receive` (send me the
+next event of this event stream, or None at its end), or any other object,
+which is an output for the flow's consumer. A flow may
 ``return`` a value. The same flow runs under :func:`drive_sync` with a boto3
 client and under :func:`drive_async` with an aiobotocore (or aioboto3) client,
 so that readers, producers and lease logic are written once.
@@ -25,13 +26,14 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kinesis_eo.errors import KinesisEOError, translate_aws_error
+from kinesis_eo.errors import ConnectionFailedError, KinesisEOError, translate_aws_error
 from kinesis_eo.retry import RetryConfig, async_retrying, sync_retrying
 
 __all__ = [
     "Call",
     "Flow",
     "Invoke",
+    "Receive",
     "Response",
     "Sleep",
     "T",
@@ -41,6 +43,8 @@ __all__ = [
     "drive_async",
     "drive_sync",
     "pump",
+    "receive_async",
+    "receive_sync",
     "run_async",
     "run_sync",
 ]
@@ -96,8 +100,68 @@ class Invoke:
     args: tuple[Any, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """The next event of an AWS event stream (SubscribeToShard's), or None once it ended.
+
+    ``stream`` is boto3's ``EventStream`` (pulled with ``next``) or aiobotocore's
+    ``AioEventStream`` (pulled with ``await anext``). A broken connection is
+    thrown into the flow as :class:`~kinesis_eo.errors.ConnectionFailedError`,
+    an exception event as the translated AWS error. (Closing a stream needs no
+    instruction: ``close()`` is synchronous in both libraries.)
+    """
+
+    stream: Any
+    resource: str
+    action: str
+
+
 Flow = Generator[Any, Any, Any]
 T = TypeVar("T")
+
+
+def _receive_error(exc: Exception, step: Receive) -> Exception:
+    """What a failed pull from an event stream means, in the toolkit's terms."""
+    if isinstance(exc, ClientError | BotoCoreError):
+        return translate_aws_error(exc, resource=step.resource, action=step.action)
+    # The HTTP layer underneath (urllib3 for boto3, aiohttp for aiobotocore) raises its
+    # own errors while a stream is read: a reset, a read timeout, a truncated frame.
+    module = type(exc).__module__.split(".")[0]
+    if isinstance(exc, OSError | TimeoutError) or module in ("urllib3", "aiohttp"):
+        return ConnectionFailedError(
+            f"{step.action} on {step.resource}: the event stream broke ({exc!r})"
+        )
+    return exc
+
+
+def receive_sync(step: Receive) -> Any:
+    """Satisfy a :class:`Receive` with a boto3 event stream."""
+    # EventStream's iterators all draw on one parser: a fresh one per pull goes on where
+    # the last stopped, and closing it leaves the stream open.
+    events = iter(step.stream)
+    try:
+        return next(events, None)
+    except Exception as exc:
+        raise _receive_error(exc, step) from exc
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None and events is not step.stream:
+            close()
+
+
+async def receive_async(step: Receive) -> Any:
+    """Satisfy a :class:`Receive` with an aiobotocore event stream."""
+    events = step.stream.__aiter__()
+    try:
+        return await events.__anext__()
+    except StopAsyncIteration:
+        return None
+    except Exception as exc:
+        raise _receive_error(exc, step) from exc
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None and events is not step.stream:
+            await aclose()
 
 
 def call_sync(client: Any, call: Call, retry: RetryConfig) -> Response:
@@ -168,6 +232,11 @@ def drive_sync(
         elif isinstance(step, Sleep):
             if step.seconds > 0:
                 sleep(step.seconds)
+        elif isinstance(step, Receive):
+            try:
+                send = receive_sync(step)
+            except Exception as exc:
+                error = exc
         elif isinstance(step, Invoke):
             try:
                 send = step.function(*step.args)
@@ -217,7 +286,7 @@ def pump(
         except _Done as done:
             return done.value
         send, error = None, None
-        if isinstance(step, Call | Sleep | Invoke):
+        if isinstance(step, Call | Sleep | Invoke | Receive):
             try:
                 send = yield step
             except Exception as exc:
@@ -242,6 +311,11 @@ async def _next_output_async(flow: Flow, client: Any, retry: RetryConfig) -> Any
                 error = exc
         elif isinstance(step, Sleep):
             await asyncio.sleep(max(step.seconds, 0.0))
+        elif isinstance(step, Receive):
+            try:
+                send = await receive_async(step)
+            except Exception as exc:
+                error = exc
         elif isinstance(step, Invoke):
             try:
                 send = step.function(*step.args)

@@ -125,6 +125,9 @@ class RunOptions:
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
     metrics_namespace: str = "KinesisEO"
+    # Read by enhanced fan-out through this consumer (name or ARN; "": the app's name),
+    # registered at start if absent; None: read by polling.
+    efo: str | None = None
 
     @property
     def lease_table_name(self) -> str:
@@ -205,6 +208,8 @@ def worker_config(options: RunOptions, leases: LeaseConfig) -> WorkerConfig:
     named: dict[str, Any] = {}
     if options.outage_max_backoff_s is not None:
         named["outage_max_backoff_s"] = options.outage_max_backoff_s
+    if options.efo is not None:
+        named["efo_consumer"] = options.efo or options.app
     try:
         return WorkerConfig(
             leases=leases,

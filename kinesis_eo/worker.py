@@ -45,8 +45,9 @@ from kinesis_eo.metrics.model import Metrics, NullMetrics
 from kinesis_eo.metrics.run import RunMetrics
 from kinesis_eo.metrics.totals import RunTotals
 from kinesis_eo.records import Position
-from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosition, StreamRef
-from kinesis_eo.retrieval.reader import step_flow
+from kinesis_eo.retrieval import Batch, ReaderConfig, StartingPosition, StreamRef
+from kinesis_eo.retrieval.source import ShardSource, open_shard, with_consumer_arn
+from kinesis_eo.retrieval.subscription import SubscriptionConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
 
@@ -96,6 +97,9 @@ class WorkerConfig:
     # The most shards this process holds (None: no limit of its own); the coordinator
     # assigns it no more. The threaded Worker holds at most THREADED_MAX_SHARDS.
     max_shards: int | None = None
+    # Read every leased shard by enhanced fan-out through this consumer (name or ARN).
+    efo_consumer: str | None = None
+    subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
 
     @property
     def outage_backoff(self) -> OutageBackoff:
@@ -179,14 +183,19 @@ def shard_flow(
     health; one that fails leaves its failure counted there.
     """
     state.health.started(lease.shard_id)
-    yield from _shard_loop(manager, lease, stream, sink, config, state, clock, after_commit)
+    start = starting_position(lease)
+    source = open_shard(stream, lease.shard_id, start, config.reader, lease.hash_range, config)
+    try:
+        yield from _shard_loop(manager, lease, source, sink, config, state, clock, after_commit)
+    finally:
+        source.close()
     state.health.left(lease.shard_id)
 
 
 def _shard_loop(
     manager: LeaseManager,
     lease: Lease,
-    stream: StreamRef,
+    cursor: ShardSource,
     sink: Sink,
     config: WorkerConfig,
     state: WorkerState,
@@ -194,9 +203,6 @@ def _shard_loop(
     after_commit: AfterCommit | None,
 ) -> Generator[Any, Any, None]:
     shard_id, token = lease.shard_id, lease.token
-    cursor = ShardCursor(
-        stream, shard_id, starting_position(lease), config.reader, lease.hash_range
-    )
     unsaved: Position | None = None
     saved_at = clock()
     # The shard's running count across holders, for `status --watch`: this holder goes on
@@ -209,7 +215,8 @@ def _shard_loop(
 
     while keep_going():
         yield from _wait_while_paused(state)
-        batch = yield from step_flow(cursor, clock)
+        batch = yield from cursor.step(clock)
+        state.record.resubscribed(shard_id, cursor.take_counts())
         if batch is None:
             continue
         state.record.read(shard_id, batch.records, batch.millis_behind_latest)
@@ -404,6 +411,7 @@ class Worker(_WorkerBase):
     def run(self, handle_signals: bool = False) -> RunTotals:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``)."""
         self._prepare()
+        self.config = self._run(with_consumer_arn(self.stream, self.config))
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
@@ -449,6 +457,9 @@ class AsyncWorker(_WorkerBase):
     async def run(self, handle_signals: bool = False) -> RunTotals:
         """Run until :meth:`stop` (or SIGTERM/SIGINT, with ``handle_signals``); the run's totals."""
         self._prepare()
+        self.config = await run_async(
+            with_consumer_arn(self.stream, self.config), self.clients, self.config.retry
+        )
         if handle_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -58,7 +58,7 @@ def dynamodb(moto_aws: None) -> Any:
 # make, because session fixtures start before the function-scoped
 # environment fixture above has run.
 
-from kinesis_eo.testing.backends import KinesisMock, MotoServer  # noqa: E402
+from kinesis_eo.testing.backends import EfoBridge, KinesisMock, MotoServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +135,14 @@ def kinesis_mock() -> Iterator[KinesisMock]:
     """
     with KinesisMock() as mock:
         yield mock
+
+
+@pytest.fixture(scope="session")
+def efo_bridge(kinesis_mock: KinesisMock) -> Iterator[EfoBridge]:
+    """kinesis-mock through the proxy that adds the initial-response event botocore needs
+    to read a SubscribeToShard stream (kinesis-mock omits it; nothing else is changed)."""
+    with EfoBridge(kinesis_mock.plain_port) as bridge:
+        yield bridge
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,6 +9,8 @@ small scale, on both Kinesis back-ends.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from kinesis_eo.cli import main
 from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
-from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
+from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, ReadMode, run_chaos
 from kinesis_eo.harness.chaos_faults import (
     OUTAGE_TAG,
     InvalidWrite,
@@ -93,6 +95,41 @@ def test_a_short_chaos_run_with_a_split_and_a_merge_on_kinesis_mock() -> None:
     assert report.effects == 1200 - report.poison
 
 
+@pytest.mark.kinesis_mock
+def test_a_short_chaos_run_reading_by_subscription_loses_nothing_and_applies_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # As a user runs it, in a process of its own: --read efo alone picks kinesis-mock and the
+    # bridge, and the bridge's sockets end with that process.
+    report_path = tmp_path / "chaos.json"
+    command = [
+        sys.executable, "-m", "kinesis_eo.cli", "chaos", "--read", "efo",
+        "--events", "800", "--workers", "3", "--shards", "3", "--seed", "14",
+        "--produce-seconds", "8", "--kill-every", "3", "--zombie-every", "6",
+        "--sever-every", "1", "--timeout", "150", "--report", str(report_path),
+    ]  # fmt: skip
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["ok"]
+    assert report["missing"] == report["duplicated"] == 0
+    assert report["effects"] == 800 - report["poison"]
+    assert report["dead_lettered"] == report["poison"] > 0
+    assert report["reshards"] == 2
+    assert report["kills"] > 0
+    assert report["zombies"] > 0
+    assert report["producer_duplicates"] > 0
+    # The workers read by subscription, through the bridge; GetRecords only checks the end of
+    # a quiet shard (kinesis-mock sends no closing event with the children).
+    assert report["read"] == "efo"
+    assert "initial-response bridge" in report["emulator"]
+    assert report["subscribe_calls"] >= 3
+    # Their connections were cut mid-stream too, and each worker subscribed again.
+    assert report["subscriptions_severed"] > 0
+
+
 def test_the_chaos_command_writes_the_report_and_exits_zero_when_all_is_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -121,6 +158,10 @@ def test_the_chaos_command_writes_the_report_and_exits_zero_when_all_is_once(
     } <= report.keys()  # fmt: skip
     assert report["produced"] == 400
     assert report["missing"] == report["duplicated"] == 0
+    # Polling by default: the workers' own calls say so.
+    assert report["read"] == "polling"
+    assert report["get_records_calls"] > 0
+    assert report["subscribe_calls"] == 0
     assert "exactly once" in capsys.readouterr().out
 
 
@@ -265,3 +306,29 @@ def test_the_chaos_command_refuses_an_impossible_fault_setting_in_one_line(
 
     assert exited.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--read", "efo", "--kinesis", "moto"], "--kinesis kinesis-mock"),
+        (["--read", "efo", "--adapter", "lambda"], "--adapter lambda"),
+    ],
+)
+def test_the_chaos_command_refuses_to_read_by_subscription_where_nothing_can_subscribe(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["chaos", *flags])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "--read efo" in err
+    assert named in err
+
+
+def test_reading_by_subscription_needs_kinesis_mock_and_worker_processes() -> None:
+    with pytest.raises(ValueError, match="kinesis-mock"):
+        ChaosConfig(read=ReadMode.EFO)
+    with pytest.raises(ValueError, match="workers"):
+        ChaosConfig(read=ReadMode.EFO, kinesis=KinesisBackend.KINESIS_MOCK, adapter=Adapter.LAMBDA)

@@ -217,7 +217,7 @@ def test_the_catalogue_names_every_metric_once_with_a_cloudwatch_unit() -> None:
     }
     dimension_names = {names.APP, names.SHARD, names.REASON, names.SERVICE}
     assert constants - dimension_names == set(CATALOGUE)
-    assert len(CATALOGUE) == 21
+    assert len(CATALOGUE) == 22
     units = set(SCHEMA["$defs"]["MetricDefinition"]["properties"]["Unit"]["enum"])
     for spec in CATALOGUE.values():
         assert spec.unit in units, spec.name

@@ -37,7 +37,7 @@ import sys
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -412,6 +412,66 @@ def load_template(path: Path) -> dict[str, Any]:
     return document
 
 
+_NO_VALUE = object()
+
+
+def with_conditions(
+    template: dict[str, Any], only: Collection[str] | None = None, **values: str
+) -> dict[str, Any]:
+    """``template`` as CloudFormation builds it for the parameter ``values`` (defaults elsewhere).
+
+    Resources whose ``Condition`` is false are left out, ``!If`` on the conditions in ``only``
+    (all when None) takes its branch, and ``AWS::NoValue`` drops what it stands in. Other
+    ``!If``s, ``!Ref``s and ``!GetAtt``s stay as written, for the tests to compare.
+    """
+    parameters = {
+        name: values.get(name, str(spec.get("Default", "")))
+        for name, spec in template["Parameters"].items()
+    }
+    truths: dict[str, bool] = {}
+
+    def operand(node: Any) -> str:
+        return parameters[node["Ref"]] if isinstance(node, dict) else str(node)
+
+    def holds(expression: dict[str, Any]) -> bool:
+        ((function, arguments),) = expression.items()
+        if function == "Condition":
+            return truth(arguments)
+        if function == "Equals":
+            left, right = (operand(a) for a in arguments)
+            return left == right
+        results = [holds(a) for a in arguments]
+        return {"Not": lambda: not results[0], "And": lambda: all(results)}.get(
+            function, lambda: any(results)
+        )()
+
+    def truth(name: str) -> bool:
+        if name not in truths:
+            truths[name] = holds(template["Conditions"][name])
+        return truths[name]
+
+    def built(node: Any) -> Any:
+        if isinstance(node, list):
+            return [b for b in map(built, node) if b is not _NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if node == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
+        if set(node) == {"If"}:
+            condition, when_true, when_false = node["If"]
+            if only is not None and condition not in only:
+                return node
+            return built(when_true if truth(condition) else when_false)
+        return {k: b for k, b in ((k, built(v)) for k, v in node.items()) if b is not _NO_VALUE}
+
+    resources = {
+        name: resource
+        for name, resource in template["Resources"].items()
+        if "Condition" not in resource or truth(resource["Condition"])
+    }
+    return {**template, "Resources": built(resources)}
+
+
 def alarms(template: dict[str, Any]) -> dict[tuple[str, str], Any]:
     """(metric, the resource its dimension names) -> the properties of single-metric alarms."""
     found = {}
@@ -452,7 +512,8 @@ def alarms(template: dict[str, Any]) -> dict[tuple[str, str], Any]:
 def test_alarms_watch_iterator_age_and_every_queue_and_notify_the_optional_topic(
     template: str, expected: set[tuple[str, str]]
 ) -> None:
-    document = load_template(INFRA / template)
+    # Polling (the default): the stream's GetRecords iterator age.
+    document = with_conditions(load_template(INFRA / template), only={"UseEfo"})
     found = alarms(document)
     assert set(found) == expected
     namespaces = {
@@ -807,3 +868,112 @@ def test_the_worker_stack_deploys_its_dashboard_with_the_stacks_names_rendered(
         if line[:3] == ["AWS/Kinesis", "IncomingRecords", "StreamName"]
     }
     assert streams == {outputs["StreamName"]}
+
+
+# --- reading by enhanced fan-out (EfoConsumerName) ----------------------------------------------
+# moto's CloudFormation has no AWS::Kinesis::StreamConsumer (it skips the resource, then fails
+# the stack on the !GetAtt that names it), so the conditions are checked on the template as
+# CloudFormation builds it for each value of the parameter.
+
+EFO_ACTIONS = {"kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"}
+
+
+def consumers(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Kinesis::StreamConsumer"
+    }
+
+
+def role_statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    (policy,) = template["Resources"][role]["Properties"]["Policies"]
+    statements: list[dict[str, Any]] = policy["PolicyDocument"]["Statement"]
+    return statements
+
+
+def kinesis_actions(statements: list[dict[str, Any]]) -> set[str]:
+    actions = set()
+    for statement in statements:
+        listed = statement["Action"]
+        actions |= {a for a in ([listed] if isinstance(listed, str) else listed) if "kinesis:" in a}
+    return actions
+
+
+def worker_command(template: dict[str, Any]) -> list[Any]:
+    (container,) = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    command: list[Any] = container["Command"]
+    return command
+
+
+def test_without_an_efo_consumer_name_the_worker_stack_polls_and_may_not_subscribe() -> None:
+    polling = with_conditions(load_template(INFRA / "worker.yaml"))
+
+    assert consumers(polling) == {}
+    statements = role_statements(polling, "TaskRole")
+    assert not kinesis_actions(statements) & (EFO_ACTIONS | {"kinesis:RegisterStreamConsumer"})
+    assert "--efo" not in worker_command(polling)
+    alarm = polling["Resources"]["IteratorAgeAlarm"]["Properties"]
+    assert alarm["MetricName"] == "GetRecords.IteratorAgeMilliseconds"
+    assert alarm["Dimensions"] == [{"Name": "StreamName", "Value": {"Ref": "Stream"}}]
+
+
+def test_an_efo_consumer_name_registers_a_consumer_the_tasks_subscribe_through() -> None:
+    efo = with_conditions(load_template(INFRA / "worker.yaml"), EfoConsumerName="orders-efo")
+
+    # The stack registers the consumer on its own stream...
+    assert consumers(efo) == {
+        "StreamConsumer": {
+            "StreamARN": {"GetAtt": "Stream.Arn"},
+            "ConsumerName": {"Ref": "EfoConsumerName"},
+        }
+    }
+    # ...so the task may subscribe through that consumer only, and register none itself.
+    statements = role_statements(efo, "TaskRole")
+    (subscribe,) = [s for s in statements if set(s["Action"]) & EFO_ACTIONS]
+    assert set(subscribe["Action"]) == EFO_ACTIONS
+    assert subscribe["Resource"] == {"GetAtt": "StreamConsumer.ConsumerARN"}
+    assert not {a for a in kinesis_actions(statements) if "Register" in a}
+    # ListShards and the stream's summary still go to the stream.
+    (read,) = [s for s in statements if s.get("Sid") == "ReadTheStream"]
+    assert {"kinesis:ListShards", "kinesis:DescribeStreamSummary"} <= set(read["Action"])
+    assert read["Resource"] == {"GetAtt": "Stream.Arn"}
+
+    command = worker_command(efo)
+    at = command.index("--efo")
+    assert command[at + 1] == {"Ref": "EfoConsumerName"}
+    # The task's command, as `kinesis-eo run` parses it, reads through the stack's consumer.
+    values = {name: str(spec.get("Default", "x")) for name, spec in efo["Parameters"].items()}
+    values.update(EfoConsumerName="orders-efo", Handler="tests.handlers:count_effect")
+    argv = [values.get(a["Ref"], "x") if isinstance(a, dict) else a for a in command]
+    assert cli.build_parser().parse_args(argv).efo == "orders-efo"
+    # Lag by subscription is the consumer's, not GetRecords' (which nobody calls then).
+    alarm = efo["Resources"]["IteratorAgeAlarm"]["Properties"]
+    assert alarm["MetricName"] == "SubscribeToShardEvent.MillisBehindLatest"
+    assert alarm["Dimensions"] == [
+        {"Name": "StreamName", "Value": {"Ref": "Stream"}},
+        {"Name": "ConsumerName", "Value": {"Ref": "EfoConsumerName"}},
+    ]
+
+
+def test_an_efo_consumer_name_points_the_functions_mapping_at_a_consumer_of_its_stream() -> None:
+    template = load_template(INFRA / "lambda.yaml")
+    polling = with_conditions(template)
+    efo = with_conditions(template, EfoConsumerName="billing-efo")
+
+    stream_arn = polling["Resources"]["EventSourceMapping"]["Properties"]["EventSourceArn"]
+    assert stream_arn["Sub"].endswith(":stream/${StreamName}")
+    assert consumers(polling) == {}
+    assert not kinesis_actions(role_statements(polling, "FunctionRole")) & EFO_ACTIONS
+
+    assert consumers(efo) == {
+        "StreamConsumer": {"StreamARN": stream_arn, "ConsumerName": {"Ref": "EfoConsumerName"}}
+    }
+    mapping = efo["Resources"]["EventSourceMapping"]["Properties"]
+    assert mapping["EventSourceArn"] == {"GetAtt": "StreamConsumer.ConsumerARN"}
+    # The mapping subscribes with the function's role: on the consumer, and nothing else new.
+    statements = role_statements(efo, "FunctionRole")
+    (subscribe,) = [s for s in statements if set(s["Action"]) & EFO_ACTIONS]
+    assert set(subscribe["Action"]) == EFO_ACTIONS
+    assert subscribe["Resource"] == {"GetAtt": "StreamConsumer.ConsumerARN"}
+    assert not {a for a in kinesis_actions(statements) if "Register" in a}

@@ -1,7 +1,7 @@
 """The ``kinesis-eo`` command.
 
 One module per subcommand (``demo``, ``run``, ``status``, ``health``,
-``chaos``, ``redrive``), each with ``add(subcommands)``, which registers it,
+``chaos``, ``redrive``, ``efo``), each with ``add(subcommands)``, which registers it,
 and ``_cmd_<name>``, which runs it; this module holds what they share (exit
 codes, argument types, the AWS client options), :func:`build_parser` and
 :func:`main`. Subcommands import what they need when they run:
@@ -99,7 +99,7 @@ def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
 
 
 # The subcommands import the helpers above, so they come after them.
-from kinesis_eo.cli import chaos, demo, health, redrive, run, status  # noqa: E402
+from kinesis_eo.cli import chaos, demo, efo, health, redrive, run, status  # noqa: E402
 from kinesis_eo.cli.health import DEFAULT_HEALTH_MAX_AGE_S as DEFAULT_HEALTH_MAX_AGE_S  # noqa: E402
 from kinesis_eo.cli.health import _cmd_health as _cmd_health  # noqa: E402
 from kinesis_eo.cli.run import DEFAULT_HANDLER_ATTEMPTS as DEFAULT_HANDLER_ATTEMPTS  # noqa: E402
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for subcommand in (demo, run, status, health, chaos, redrive):
+    for subcommand in (demo, run, status, health, chaos, redrive, efo):
         subcommand.add(subcommands)
     return parser
 

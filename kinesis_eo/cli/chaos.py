@@ -6,6 +6,7 @@ import argparse
 import time
 
 from kinesis_eo.cli import EXIT_FAILED, EXIT_OK, Subcommands, _positive, _positive_seconds
+from kinesis_eo.errors import ConfigurationError
 
 __all__ = [
     "add",
@@ -51,19 +52,7 @@ def add(subcommands: Subcommands) -> None:
     parser.add_argument("--workers", type=_positive, default=3, metavar="W")
     parser.add_argument("--shards", type=_positive, default=4, metavar="N")
     parser.add_argument("--seed", type=int, default=1, metavar="S")
-    parser.add_argument(
-        "--kinesis",
-        choices=["moto", "kinesis-mock"],
-        default="moto",
-        help="Kinesis emulator; kinesis-mock (needs `npm ci`) also splits and merges the stream",
-    )
-    parser.add_argument(
-        "--adapter",
-        choices=["worker", "lambda"],
-        default="worker",
-        help="worker processes sharing leases, or the Lambda handler under a simulated "
-        "event source mapping (crashed invocations, retries, bisection, zombie replays)",
-    )
+    _add_backend_flags(parser)
     parser.add_argument(
         "--produce-seconds",
         type=_positive_seconds,
@@ -108,16 +97,61 @@ def add(subcommands: Subcommands) -> None:
     parser.set_defaults(command=_cmd_chaos)
 
 
-def _cmd_chaos(args: argparse.Namespace) -> int:
-    from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, run_chaos
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    """What runs under the chaos: the Kinesis emulator, how it is read, and by what."""
+    parser.add_argument(
+        "--kinesis",
+        choices=["moto", "kinesis-mock"],
+        default=None,
+        help="Kinesis emulator; kinesis-mock (needs `npm ci`) also splits and merges the stream "
+        "(default: moto, or kinesis-mock with --read efo)",
+    )
+    parser.add_argument(
+        "--read",
+        choices=["polling", "efo"],
+        default="polling",
+        help="how the workers read: GetRecords, or a subscription through an enhanced fan-out "
+        "consumer they register as `kinesis-eo run --efo` does (needs kinesis-mock)",
+    )
+    parser.add_argument(
+        "--sever-every",
+        type=_seconds_or_none,
+        default=4.0,
+        metavar="SECONDS",
+        help="with --read efo, mean time between cuts of every open subscription's connection "
+        "(0: none)",
+    )
+    parser.add_argument(
+        "--adapter",
+        choices=["worker", "lambda"],
+        default="worker",
+        help="worker processes sharing leases, or the Lambda handler under a simulated "
+        "event source mapping (crashed invocations, retries, bisection, zombie replays)",
+    )
 
+
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from kinesis_eo.harness.chaos import Adapter, ChaosConfig, KinesisBackend, ReadMode, run_chaos
+
+    read = ReadMode(args.read)
+    kinesis = args.kinesis or ("kinesis-mock" if read is ReadMode.EFO else "moto")
+    if read is ReadMode.EFO and kinesis != "kinesis-mock":
+        raise ConfigurationError(
+            "--read efo needs --kinesis kinesis-mock: moto has no SubscribeToShard"
+        )
+    if read is ReadMode.EFO and args.adapter != "worker":
+        raise ConfigurationError(
+            "--read efo reads with worker processes: the --adapter lambda mapping polls"
+        )
     config = ChaosConfig(
         events=args.events,
         workers=args.workers,
         shards=args.shards,
         seed=args.seed,
-        kinesis=KinesisBackend(args.kinesis),
+        kinesis=KinesisBackend(kinesis),
         adapter=Adapter(args.adapter),
+        read=read,
+        sever_every_s=args.sever_every,
         produce_s=args.produce_seconds,
         kill_every_s=args.kill_every,
         zombie_every_s=args.zombie_every,
@@ -144,6 +178,9 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         ("reshards", report.reshards),
         ("throttles injected", report.throttles_injected),
         ("connection faults injected", report.connection_faults_injected),
+        ("GetRecords calls", report.get_records_calls),
+        ("SubscribeToShard calls", report.subscribe_calls),
+        ("subscriptions severed", report.subscriptions_severed),
         ("producer duplicates", report.producer_duplicates),
         ("invalid writes injected", report.invalid_writes_injected),
         ("invalid writes dead-lettered", report.invalid_writes_dead_lettered),
@@ -156,6 +193,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     print(f"  {'sink outage':<28}{report.outage_s:>8.1f} s")
     print(f"  {'wall time':<28}{report.wall_s:>8.1f} s")
     print(f"  emulator: {report.emulator}")
+    print(f"  read by: {report.read}")
     if args.report_path:
         with open(args.report_path, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())

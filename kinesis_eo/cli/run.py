@@ -91,6 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         metrics_namespace=args.metrics_namespace,
+        efo=args.efo,
     )
     # Bad settings and a handler that cannot be loaded are reported before any
     # AWS client is made.
@@ -198,6 +199,15 @@ def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
         help="during an outage (throttling, a table or endpoint down) a shard pauses and "
         "retries its batch, dead-lettering nothing, with waits growing from 0.5 s up to "
         f"SECONDS (default: {DEFAULT_OUTAGE_MAX_BACKOFF_S:g})",
+    )
+    parser.add_argument(
+        "--efo",
+        nargs="?",
+        const="",
+        metavar="CONSUMER_NAME",
+        help="read every leased shard by enhanced fan-out (SubscribeToShard) through the "
+        "consumer CONSUMER_NAME (default: the --app name), registered at start if absent; "
+        "billed per consumer-shard-hour and per GB (default: polling with GetRecords)",
     )
     parser.add_argument(
         "--initial-position",

@@ -39,8 +39,14 @@ from kinesis_eo.harness.chaos_faults import (
     invalid_write_kind,
     outage_letters,
 )
-from kinesis_eo.harness.chaos_fleet import Fleet, Resharder
-from kinesis_eo.harness.chaos_model import Adapter, ChaosConfig, ChaosReport, KinesisBackend
+from kinesis_eo.harness.chaos_fleet import Fleet, Resharder, SubscriptionCutter
+from kinesis_eo.harness.chaos_model import (
+    Adapter,
+    ChaosConfig,
+    ChaosReport,
+    KinesisBackend,
+    ReadMode,
+)
 from kinesis_eo.harness.chaos_worker import WorkerSpec
 from kinesis_eo.harness.scenario import (
     EventPlan,
@@ -56,9 +62,18 @@ from kinesis_eo.ledger import create_ledger_table
 from kinesis_eo.producer import Event, Producer, ProducerConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.testing.backends import KinesisMock, MotoServer
+from kinesis_eo.testing.backends.efo_bridge import EfoBridge
 from kinesis_eo.testing.faults import FaultInjector, FaultKind, Probability
 
-__all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend", "run_chaos"]
+__all__ = [
+    "EFO_CONSUMER",
+    "Adapter",
+    "ChaosConfig",
+    "ChaosReport",
+    "KinesisBackend",
+    "ReadMode",
+    "run_chaos",
+]
 
 # A quarter of the producer's sends are flipped to "failed": enough tries that none gives up.
 PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backoff_s=0.2)
@@ -66,6 +81,9 @@ PRODUCER_RETRY = RetryConfig(max_attempts=20, initial_backoff_s=0.01, max_backof
 Progress = Callable[[str], None]
 # The file whose text tells every worker process that the sink is down (chaos_faults).
 OUTAGE_MARKER = "sink-outage"
+# The enhanced fan-out consumer every worker of a run reading by subscription registers (or
+# finds registered by another) and subscribes through.
+EFO_CONSUMER = "chaos-efo"
 
 
 @dataclass
@@ -111,7 +129,9 @@ class _Planned:
         return self.to_apply <= applied and self.poison <= dead and self.invalid.keys() <= invalid
 
 
-def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoServer, str, str]:
+def _backends(
+    config: ChaosConfig, stack: contextlib.ExitStack
+) -> tuple[MotoServer, str, str, EfoBridge | None]:
     from kinesis_eo.harness import moto_transactions
 
     emulator = "moto (stock transactions)"
@@ -121,13 +141,21 @@ def _backends(config: ChaosConfig, stack: contextlib.ExitStack) -> tuple[MotoSer
         emulator = "moto with undo-log transactions"
     moto = stack.enter_context(MotoServer())
     kinesis_endpoint = moto.endpoint_url
+    bridge = None
     if config.kinesis is KinesisBackend.KINESIS_MOCK:
         kinesis_mock = stack.enter_context(KinesisMock())
         kinesis_endpoint = kinesis_mock.endpoint_url
-        emulator = f"kinesis-mock (Kinesis) + {emulator} (DynamoDB)"
+        kinesis = "kinesis-mock"
+        if config.read is ReadMode.EFO:
+            # Every Kinesis call goes through the bridge, which adds to each subscription
+            # the initial-response event kinesis-mock leaves out and changes nothing else.
+            bridge = stack.enter_context(EfoBridge(kinesis_mock.plain_port))
+            kinesis_endpoint = bridge.endpoint_url
+            kinesis = "kinesis-mock behind the initial-response bridge"
+        emulator = f"{kinesis} (Kinesis) + {emulator} (DynamoDB)"
     else:
         emulator = f"{emulator} (Kinesis and DynamoDB)"
-    return moto, kinesis_endpoint, emulator
+    return moto, kinesis_endpoint, emulator, bridge
 
 
 @contextlib.contextmanager
@@ -164,6 +192,7 @@ def _start_fleet(
         invalid_write_rate=config.invalid_write_rate,
         invalid_write_seed=config.seed,
         outage_marker=str(directory / OUTAGE_MARKER) if config.sink_outage_s else "",
+        efo_consumer=EFO_CONSUMER if config.read is ReadMode.EFO else "",
     )
     return Fleet(base, config.workers, directory, rng)
 
@@ -264,6 +293,8 @@ class _Run:
     rng: random.Random
     say: Progress
     started: float
+    # In front of kinesis-mock when reading by subscription: it can cut every subscription.
+    bridge: EfoBridge | None = None
 
     def verified(self) -> ChaosReport:
         return _verified(
@@ -301,6 +332,8 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
     next_zombie = (
         started + rng.expovariate(1 / config.zombie_every_s) if config.zombie_every_s else None
     )
+    # From now, when the workers are up: a cut before their first subscription cuts nothing.
+    cutter = SubscriptionCutter(run.bridge, config.sever_every_s, config.seed, time.monotonic())
     last_check = 0.0
     check_every_s = min(5.0, max(0.5, len(run.planned.events) / 20_000))
     while True:
@@ -319,6 +352,9 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
             if fleet.stop_one(now, config.failover_s * 1.6):
                 report.zombies += 1
             next_zombie = now + rng.expovariate(1 / config.zombie_every_s)
+        if faults_open:
+            cutter.step(now)
+            report.subscriptions_severed = cutter.cut
         if resharder is not None and reshard_at and now >= reshard_at[0]:
             reshard_at.pop(0)
             resharder.step()
@@ -356,16 +392,18 @@ def _count_fleet(report: ChaosReport, fleet: Fleet, resharder: Resharder | None)
     report.connection_faults_injected = totals.get(
         FaultKind.CONNECTION_REFUSED.value, 0
     ) + totals.get(FaultKind.CONNECTION_LOST.value, 0)
+    report.get_records_calls = totals.get("GetRecords", 0)
+    report.subscribe_calls = totals.get("SubscribeToShard", 0)
 
 
 def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosReport:
     """Run one seeded chaos scenario and verify the sink; see the module docstring."""
     say = progress or (lambda _: None)
     started = time.monotonic()
-    report = ChaosReport(seed=config.seed, workers=config.workers)
+    report = ChaosReport(seed=config.seed, workers=config.workers, read=config.read.value)
     names = Names.fresh("chaos", "chaos")
     with contextlib.ExitStack() as stack:
-        moto, kinesis_endpoint, report.emulator = _backends(config, stack)
+        moto, kinesis_endpoint, report.emulator, bridge = _backends(config, stack)
         kinesis = client("kinesis", kinesis_endpoint)
         dynamodb = client("dynamodb", moto.endpoint_url)
         _create_resources(config, kinesis, dynamodb, names)
@@ -385,6 +423,7 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
             random.Random(config.seed),
             say,
             started,
+            bridge,
         )
         run.production.start(run.planned.events)
         if config.adapter is Adapter.LAMBDA:

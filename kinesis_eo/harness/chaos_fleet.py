@@ -1,7 +1,8 @@
 """The chaos run's worker processes and the stream under them: kill, stop, wake, restart, reshard.
 
 :class:`Fleet` runs :mod:`kinesis_eo.harness.chaos_worker` processes and reads
-their stats files; :class:`Resharder` splits, then merges, the stream.
+their stats files; :class:`Resharder` splits, then merges, the stream; and
+:class:`SubscriptionCutter` cuts the workers' subscriptions, as a network would.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from kinesis_eo.harness.chaos_worker import WorkerSpec
 from kinesis_eo.retrieval import list_shards
 
-__all__ = ["Fleet", "Resharder"]
+__all__ = ["Fleet", "Resharder", "SubscriptionCutter"]
 
 
 class Fleet:
@@ -131,8 +132,8 @@ class Fleet:
                 stats = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # killed before its first report
-            for section in ("metrics", "injected"):
-                for name, value in stats[section].items():
+            for section in ("metrics", "injected", "calls"):
+                for name, value in stats.get(section, {}).items():
                     totals[name] = totals.get(name, 0) + int(value)
         return totals
 
@@ -178,3 +179,27 @@ class Resharder:
             )
         self._wait_active()
         self.done += 1
+
+
+class SubscriptionCutter:
+    """Cuts every open subscription through the bridge now and then, on a seeded schedule.
+
+    Its generator is its own, so that the kill, zombie and outage schedules of a seed stay
+    as they are with or without it.
+    """
+
+    def __init__(self, bridge: Any, every_s: float, seed: int, started: float) -> None:
+        self.bridge = bridge
+        self.every_s = every_s
+        self.rng = random.Random(f"cut-{seed}")
+        self.next_at = started + self._gap() if bridge is not None and every_s else None
+        self.cut = 0
+
+    def _gap(self) -> float:
+        return self.rng.expovariate(1 / self.every_s)
+
+    def step(self, now: float) -> None:
+        if self.next_at is None or now < self.next_at:
+            return
+        self.cut += self.bridge.sever()
+        self.next_at = now + self._gap()

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-__all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend"]
+__all__ = ["Adapter", "ChaosConfig", "ChaosReport", "KinesisBackend", "ReadMode"]
 
 
 class KinesisBackend(Enum):
@@ -14,6 +14,13 @@ class KinesisBackend(Enum):
 
     MOTO = "moto"
     KINESIS_MOCK = "kinesis-mock"
+
+
+class ReadMode(Enum):
+    """How the workers read: GetRecords, or a subscription through an enhanced fan-out consumer."""
+
+    POLLING = "polling"
+    EFO = "efo"
 
 
 class Adapter(Enum):
@@ -35,6 +42,12 @@ class ChaosConfig:
     seed: int = 1
     kinesis: KinesisBackend = KinesisBackend.MOTO
     adapter: Adapter = Adapter.WORKER
+    # EFO: every worker subscribes through the consumer EFO_CONSUMER (kinesis-mock only:
+    # moto has no SubscribeToShard), registered the way `kinesis-eo run --efo` registers it.
+    read: ReadMode = ReadMode.POLLING
+    # Reading by subscription: mean seconds between cuts of every open subscription's
+    # connection (the bridge aborts them, as a network fault would); 0: none.
+    sever_every_s: float = 4.0
     failover_s: float = 3.0
     # Production is spread over this long, so that faults land while it runs.
     produce_s: float = 20.0
@@ -68,6 +81,14 @@ class ChaosConfig:
             raise ValueError("invalid_write_rate is a share of the events, from 0 to below 1")
         if not 0.0 <= self.sink_outage_s < float("inf"):
             raise ValueError("sink_outage_s is 0 or more seconds")
+        if not 0.0 <= self.sever_every_s < float("inf"):
+            raise ValueError("sever_every_s is 0 or more seconds")
+        if self.read is ReadMode.EFO and self.kinesis is not KinesisBackend.KINESIS_MOCK:
+            raise ValueError(
+                "reading by subscription needs kinesis-mock: moto has no SubscribeToShard"
+            )
+        if self.read is ReadMode.EFO and self.adapter is not Adapter.WORKER:
+            raise ValueError("reading by subscription is the workers': the simulated mapping polls")
 
 
 @dataclass
@@ -101,6 +122,13 @@ class ChaosReport:
     outage_dead_lettered: int = 0
     wall_s: float = 0.0
     emulator: str = ""
+    # How the workers read, and the calls that show it: GetRecords when polling,
+    # SubscribeToShard (and no GetRecords) when reading by subscription.
+    read: str = ReadMode.POLLING.value
+    get_records_calls: int = 0
+    subscribe_calls: int = 0
+    # Subscriptions whose connection the harness cut (reading by subscription only).
+    subscriptions_severed: int = 0
     seed: int = 0
     workers: int = 0
     missing_ids: list[str] = field(default_factory=list)

@@ -27,6 +27,7 @@ from kinesis_eo.harness.chaos_faults import SinkOutage, invalid_write, invalid_w
 from kinesis_eo.harness.scenario import POISON_PREFIX, client
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import Batch, ReaderConfig
+from kinesis_eo.retrieval.subscription import SubscriptionConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.runner import RunOptions
 from kinesis_eo.sinks import BatchReport, EffectContext, FailurePolicy, update
@@ -35,6 +36,8 @@ from kinesis_eo.worker import Worker
 
 __all__ = [
     "QUICK_RETRY",
+    "READ_CALLS",
+    "ReadCalls",
     "WorkerSpec",
     "build_worker",
     "effect_handler",
@@ -45,6 +48,8 @@ __all__ = [
 
 # The AWS-call retries of the reader, the ledger and the worker: quick, on emulators.
 QUICK_RETRY = RetryConfig(max_attempts=10, initial_backoff_s=0.02, max_backoff_s=0.5)
+# A dropped subscription is followed by a new one after this back-off.
+EFO_RECONNECT = RetryConfig(initial_backoff_s=0.1, max_backoff_s=1.0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class WorkerSpec:
     invalid_write_seed: int = 0
     # World faults: while this file says so, the sink is down (see chaos_faults).
     outage_marker: str = ""
+    # Read by subscription through this enhanced fan-out consumer (`kinesis-eo run --efo`);
+    # empty: poll with GetRecords.
+    efo_consumer: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -144,8 +152,34 @@ def run_options(spec: WorkerSpec) -> RunOptions:
             # every retry through it is one more chance to dead-letter what must not be.
             "outage_initial_backoff_s": 0.05,
             "outage_max_backoff_s": 0.25,
+            **_subscribing(spec),
         },
+        # `kinesis-eo run --efo NAME`; None: polling.
+        efo=spec.efo_consumer or None,
     )
+
+
+def _subscribing(spec: WorkerSpec) -> dict[str, Any]:
+    """The harness's quick subscription timings, if ``spec`` reads by subscription."""
+    if not spec.efo_consumer:
+        return {}
+    return {
+        # kinesis-mock sends no closing event with ChildShards: a parent's end is found by
+        # the end check, and a reshard here must not wait the default minute for it.
+        "subscription": SubscriptionConfig(
+            end_check_interval_s=2.0, reconnect_backoff=EFO_RECONNECT
+        ),
+    }
+
+
+def _throttled(spec: WorkerSpec, kinesis: bool) -> tuple[str, str]:
+    """The call a worker's throttling hits, and the error code AWS throttles it with."""
+    if not kinesis:
+        return "TransactWriteItems", "ProvisionedThroughputExceededException"
+    if spec.efo_consumer:
+        # Over 1 SubscribeToShard per second per consumer and shard.
+        return "SubscribeToShard", "LimitExceededException"
+    return "GetRecords", "ProvisionedThroughputExceededException"
 
 
 def _faulty_clients(spec: WorkerSpec) -> tuple[Any, Any, list[FaultInjector]]:
@@ -157,8 +191,8 @@ def _faulty_clients(spec: WorkerSpec) -> tuple[Any, Any, list[FaultInjector]]:
     for index, target in enumerate((kinesis, dynamodb)):
         faults = FaultInjector(seed=spec.seed * 2 + index)
         if spec.throttle_probability:
-            operation = "GetRecords" if target is kinesis else "TransactWriteItems"
-            faults.throttle(operation, schedule=Probability(spec.throttle_probability))
+            operation, code = _throttled(spec, target is kinesis)
+            faults.throttle(operation, code=code, schedule=Probability(spec.throttle_probability))
         if spec.disconnect_probability:
             faults.disconnect("*", schedule=Probability(spec.disconnect_probability))
         injectors.append(faults.attach(target))
@@ -203,15 +237,37 @@ def build_worker(spec: WorkerSpec) -> tuple[Worker, list[FaultInjector]]:
     return worker, injectors
 
 
-def write_stats(path: str, worker: Worker, injectors: list[FaultInjector]) -> None:
-    """Write the worker's totals and the faults its injectors fired to ``path`` (whole, then
-    renamed).
+# The Kinesis reads a worker makes, counted so that a run shows how it read.
+READ_CALLS = ("GetRecords", "SubscribeToShard")
+
+
+class ReadCalls:
+    """Counts a client's GetRecords and SubscribeToShard calls (a botocore ``before-call`` hook)."""
+
+    def __init__(self, kinesis: Any) -> None:
+        self.counts = dict.fromkeys(READ_CALLS, 0)
+        kinesis.meta.events.register("before-call.kinesis", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        if model.name in self.counts:
+            self.counts[model.name] += 1
+
+
+def write_stats(
+    path: str,
+    worker: Worker,
+    injectors: list[FaultInjector],
+    calls: ReadCalls | None = None,
+) -> None:
+    """Write the worker's totals, the faults its injectors fired and its read calls to ``path``
+    (whole, then renamed).
     """
     injected = {kind.value: sum(i.injected[kind] for i in injectors) for kind in FaultKind}
     payload = {
         "worker": worker.worker_id,
         "metrics": worker.metrics.as_dict(),
         "injected": injected,
+        "calls": dict(calls.counts) if calls else {},
     }
     temporary = f"{path}.tmp"
     Path(temporary).write_text(json.dumps(payload), encoding="utf-8")
@@ -225,18 +281,19 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec(**json.loads(args[0]))
     worker, injectors = build_worker(spec)
+    calls = ReadCalls(worker.clients["kinesis"])
     stopped = threading.Event()
 
     def report_stats() -> None:
         while not stopped.wait(0.5):
-            write_stats(spec.stats_file, worker, injectors)
+            write_stats(spec.stats_file, worker, injectors, calls)
 
     threading.Thread(target=report_stats, daemon=True).start()
     try:
         worker.run(handle_signals=True)
     finally:
         stopped.set()
-        write_stats(spec.stats_file, worker, injectors)
+        write_stats(spec.stats_file, worker, injectors, calls)
     return 0
 
 

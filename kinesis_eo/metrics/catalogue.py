@@ -40,6 +40,7 @@ __all__ = [
     "REASON",
     "RECORDS_APPLIED",
     "RECORDS_READ",
+    "RESUBSCRIPTIONS",
     "RETRIES",
     "SERVICE",
     "SHARD",
@@ -97,6 +98,7 @@ LEASES_TAKEN = "leases_taken"
 LEASES_STOLEN = "leases_stolen"
 LEASES_RELEASED = "leases_released"
 SHARDS_ENDED = "shards_ended"
+RESUBSCRIPTIONS = "resubscriptions"
 
 _C, _G, _T = MetricKind.COUNTER, MetricKind.GAUGE, MetricKind.TIMING
 _PER_SHARD = (SHARD,)
@@ -195,6 +197,15 @@ _SPECS = (
     ),
     MetricSpec(LEASES_RELEASED, _C, "Count", "leases given up (shutdown, rebalancing)"),
     MetricSpec(SHARDS_ENDED, _C, "Count", "shards read to their end after a reshard"),
+    MetricSpec(
+        RESUBSCRIPTIONS,
+        _C,
+        "Count",
+        "enhanced fan-out: new subscriptions to a shard, by reason (renewed: the 5-minute "
+        "lifetime or the server's end; dropped: a broken connection; in_use: another "
+        "subscription held the shard)",
+        (SHARD, REASON),
+    ),
 )
 
 CATALOGUE: Mapping[str, MetricSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})

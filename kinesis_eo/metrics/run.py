@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kinesis_eo.metrics import catalogue as names
@@ -85,6 +85,12 @@ class RunMetrics:
             metrics.timing(names.HANDLER_LATENCY, seconds, shard=shard)
         for seconds in report.commit_seconds:
             metrics.timing(names.COMMIT_LATENCY, seconds, shard=shard)
+
+    def resubscribed(self, shard: str, counts: Mapping[str, int]) -> None:
+        """Subscriptions a shard had to make again, by reason (enhanced fan-out only)."""
+        for reason, count in counts.items():
+            if count:
+                self.metrics.count(names.RESUBSCRIPTIONS, count, shard=shard, reason=reason)
 
     def outage_pause(self, shard: str) -> None:
         """A batch paused by an outage, to be tried again (nothing dead-lettered)."""

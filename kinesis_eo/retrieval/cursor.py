@@ -159,6 +159,19 @@ class ShardCursor:
             outside_hash_range=dropped,
         )
 
+    def step(
+        self, clock: Callable[[], float] = time.monotonic
+    ) -> Generator[Any, Any, Batch | None]:
+        """One call after waiting for its turn; the batch if it read one (:func:`step_flow`)."""
+        return (yield from step_flow(self, clock))
+
+    def close(self) -> None:
+        """Nothing to release: an iterator needs no closing (the shard-source interface)."""
+
+    def take_counts(self) -> dict[str, int]:
+        """Nothing to count: polling never subscribes (the shard-source interface)."""
+        return {}
+
 
 def step_flow(cursor: ShardCursor, clock: Callable[[], float]) -> Generator[Any, Any, Batch | None]:
     """One call for ``cursor``, waiting for its turn first; the batch if it read one."""

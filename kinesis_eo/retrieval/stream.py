@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kinesis_eo.retrieval.config import ReaderConfig
-from kinesis_eo.retrieval.cursor import Batch, ShardCursor, step_flow
+from kinesis_eo.retrieval.cursor import Batch
 from kinesis_eo.retrieval.position import StartingPosition
 from kinesis_eo.retrieval.shards import Shard, ShardGraph, StreamRef, list_shards_flow
+from kinesis_eo.retrieval.source import ReadingConfig, ShardSource, open_shard
 
 __all__ = ["StreamProgress", "read_stream_flow"]
 
@@ -21,7 +22,7 @@ class StreamProgress:
 
     graph: ShardGraph
     finished: set[str]
-    cursors: dict[str, ShardCursor]
+    cursors: dict[str, ShardSource]
 
 
 def read_stream_flow(
@@ -31,6 +32,7 @@ def read_stream_flow(
     positions: Mapping[str, StartingPosition],
     progress: StreamProgress,
     clock: Callable[[], float] = time.monotonic,
+    reading: ReadingConfig | None = None,
 ) -> Generator[Any, Any, None]:
     """Batches from every shard of a stream, parents read to their end before children.
 
@@ -38,8 +40,26 @@ def read_stream_flow(
     without one starts at ``initial`` if it was there at start-up, at
     TRIM_HORIZON if it appeared later (a child: every record of it is new).
     Ends when every shard is finished, which only happens once a stream's
-    shards are all closed.
+    shards are all closed. With ``reading`` naming an EFO consumer (by ARN) the
+    shards are read by subscription, else by GetRecords.
     """
+    try:
+        yield from _read_stream(stream, config, initial, positions, progress, clock, reading)
+    finally:
+        # Subscriptions hold their shard until closed: a stopped reader lets them go.
+        for source in progress.cursors.values():
+            source.close()
+
+
+def _read_stream(
+    stream: StreamRef,
+    config: ReaderConfig,
+    initial: StartingPosition,
+    positions: Mapping[str, StartingPosition],
+    progress: StreamProgress,
+    clock: Callable[[], float],
+    reading: ReadingConfig | None,
+) -> Generator[Any, Any, None]:
     graph = yield from list_shards_flow(stream, config.list_shards_page_size)
     initial_shards = {shard.shard_id for shard in graph.shards}
     state = progress
@@ -50,17 +70,18 @@ def read_stream_flow(
                 default = (
                     initial if shard.shard_id in initial_shards else StartingPosition.trim_horizon()
                 )
-                state.cursors[shard.shard_id] = ShardCursor(
+                state.cursors[shard.shard_id] = open_shard(
                     stream,
                     shard.shard_id,
                     positions.get(shard.shard_id, default),
                     config,
                     shard.hash_range,
+                    reading,
                 )
         if not state.cursors:
             return
         cursor = min(state.cursors.values(), key=lambda c: c.ready_at)
-        batch = yield from step_flow(cursor, clock)
+        batch = yield from cursor.step(clock)
         if batch is None:
             continue
         yield batch

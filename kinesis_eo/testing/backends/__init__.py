@@ -9,6 +9,8 @@ Two emulators, because neither covers the whole of what kinesis_eo depends on
 - :class:`KinesisMock`: the kinesis-mock emulator (npm ``kinesis-local``) in a
   child process. Real 56-digit sequence numbers, resharding that closes the
   parent shard, iterator expiry, ListShards pagination in the AWS form.
+- :class:`EfoBridge`: a loopback proxy in front of kinesis-mock that adds the
+  ``initial-response`` event its SubscribeToShard streams lack (and nothing else).
 
 Both listen on 127.0.0.1 only and hand out clients with fixed fake credentials,
 so they work before (and without) any fixture that sets AWS environment
@@ -16,6 +18,7 @@ variables, and a stray ``AWS_PROFILE`` cannot break or redirect them.
 """
 
 from kinesis_eo.testing.backends.common import FAKE_CREDENTIALS, REGION, free_port
+from kinesis_eo.testing.backends.efo_bridge import EfoBridge
 from kinesis_eo.testing.backends.kinesis_mock import (
     FAST_DURATIONS,
     KINESIS_MOCK_MAIN_ENV,
@@ -30,6 +33,7 @@ __all__ = [
     "FAST_DURATIONS",
     "KINESIS_MOCK_MAIN_ENV",
     "REGION",
+    "EfoBridge",
     "KinesisMock",
     "MotoServer",
     "find_kinesis_mock",
