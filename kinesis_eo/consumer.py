@@ -31,6 +31,7 @@ from kinesis_eo.retrieval import Batch, ReaderConfig, ShardGraph, StartingPositi
 from kinesis_eo.retrieval.reader import StreamProgress, read_stream_flow
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
+from kinesis_eo.sinks.lanes import set_lanes
 
 __all__ = [
     "AfterCommit",
@@ -60,6 +61,8 @@ class ConsumerConfig:
     checkpoint_interval_s: float = 5.0
     # An outage pauses a shard's batch and retries it with this back-off (see OutageBackoff).
     outage_backoff: OutageBackoff = field(default_factory=OutageBackoff)
+    # Partition keys of a batch applied at once (kinesis_eo.sinks.lanes); 1: one record at a time.
+    lanes: int = 1
 
 
 ConsumerStats = RunTotals
@@ -201,6 +204,7 @@ class _ConsumerBase:
         self.sink = sink
         self.checkpoints = checkpoints
         self.state = ConsumerState(config or ConsumerConfig(), metrics=metrics)
+        set_lanes(sink, self.state.config.lanes)
         if self.state.record.enabled:
             for client in self.clients.values():
                 attach_call_metrics(client, self.state.record.metrics)

@@ -47,6 +47,7 @@ from kinesis_eo.retrieval.reader import step_flow
 from kinesis_eo.retrieval.shards import list_shards_flow
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
+from kinesis_eo.sinks.lanes import set_lanes
 
 __all__ = [
     "Acquired",
@@ -84,6 +85,8 @@ class WorkerConfig:
     # in a row, or that made no progress for stall_timeout_s while records waited.
     unhealthy_after_failures: int = 3
     stall_timeout_s: float = 300.0
+    # Partition keys of a batch applied at once (kinesis_eo.sinks.lanes); 1: one record at a time.
+    lanes: int = 1
 
     @property
     def outage_backoff(self) -> OutageBackoff:
@@ -354,6 +357,7 @@ class _WorkerBase:
         self.sink = sink
         self.manager = manager
         self.config = config
+        set_lanes(sink, config.lanes)
         self.state = WorkerState(backend=metrics if metrics is not None else NullMetrics())
         if self.state.record.enabled:
             for client in self.clients.values():

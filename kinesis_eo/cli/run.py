@@ -87,6 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mark_ttl_hours=args.mark_ttl_hours,
         handler_attempts=args.handler_attempts,
         outage_max_backoff_s=args.outage_max_backoff,
+        lanes=args.lanes,
         metrics=args.metrics,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
@@ -198,6 +199,14 @@ def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
         help="during an outage (throttling, a table or endpoint down) a shard pauses and "
         "retries its batch, dead-lettering nothing, with waits growing from 0.5 s up to "
         f"SECONDS (default: {DEFAULT_OUTAGE_MAX_BACKOFF_S:g})",
+    )
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="apply the records of up to N partition keys of a batch at once, each key in "
+        "order (idempotent-key and claim sinks; handlers must be thread-safe) (default: 1)",
     )
     parser.add_argument(
         "--initial-position",
