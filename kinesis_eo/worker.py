@@ -41,6 +41,7 @@ from kinesis_eo.metrics.hooks import attach_call_metrics
 from kinesis_eo.metrics.model import Metrics, NullMetrics
 from kinesis_eo.metrics.run import RunMetrics
 from kinesis_eo.metrics.totals import RunTotals
+from kinesis_eo.read_ahead import ReadAhead
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval import Batch, ReaderConfig, ShardCursor, StartingPosition, StreamRef
 from kinesis_eo.retrieval.reader import step_flow
@@ -87,6 +88,8 @@ class WorkerConfig:
     stall_timeout_s: float = 300.0
     # Partition keys of a batch applied at once (kinesis_eo.sinks.lanes); 1: one record at a time.
     lanes: int = 1
+    # Read a shard's next batch while its current one commits (kinesis_eo.read_ahead).
+    read_ahead: bool = True
 
     @property
     def outage_backoff(self) -> OutageBackoff:
@@ -257,15 +260,17 @@ def _shard_loop(
         held = manager.held.get(shard_id)
         return not state.stopping and held is not None and held.token == token
 
+    ahead: ReadAhead[Batch] = ReadAhead(lambda: step_flow(cursor, clock), config.read_ahead)
     while keep_going():
         yield from _wait_while_paused(state)
-        batch = yield from step_flow(cursor, clock)
+        batch = yield from ahead.next()
         if batch is None:
             continue
         state.record.read(shard_id, batch.records, batch.millis_behind_latest)
         if batch.records:
             try:
-                report = yield from _apply(manager, batch, sink, config, state, keep_going)
+                applying = _apply(manager, batch, sink, config, state, keep_going)
+                report = yield from ahead.alongside(batch, applying)
             except FencedError:
                 state.record.fenced(shard_id)
                 log.warning("commit on %s fenced: the lease has a new owner", shard_id)
