@@ -114,6 +114,8 @@ class RunOptions:
     outage_max_backoff_s: float | None = None
     # Partition keys of a batch applied at once (WorkerConfig.lanes).
     lanes: int = 1
+    # Read a shard's next batch while its current one commits (WorkerConfig.read_ahead).
+    read_ahead: bool = True
     # Extra WorkerConfig fields (reader pacing, checkpoint interval), for programs and tests.
     worker: Mapping[str, Any] = field(default_factory=dict)
     # How a failing record is retried, back-off included; None: FailurePolicy's defaults.
@@ -209,6 +211,8 @@ def worker_config(options: RunOptions, leases: LeaseConfig) -> WorkerConfig:
         raise ConfigurationError(f"--lanes must be 1 or more, not {options.lanes}")
     if options.lanes != 1:
         named["lanes"] = options.lanes
+    if not options.read_ahead:
+        named["read_ahead"] = False
     if options.outage_max_backoff_s is not None:
         named["outage_max_backoff_s"] = options.outage_max_backoff_s
     try:

@@ -207,3 +207,20 @@ def test_an_outage_in_one_lane_defers_the_rest_and_every_effect_lands_once_after
     # Effects that ran in other lanes before the outage ran again after it: the keyed
     # target absorbs them; the ledger counts each record applied once.
     assert set(event_id for _, event_id in effects.done) == set(ids)
+
+
+def test_run_flags_reach_the_worker_and_bad_lanes_are_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kinesis_eo import cli, runner
+    from tests.handlers import count_effect
+
+    options = runner.RunOptions(stream="s", app="a", handler="h:f", lanes=4, read_ahead=False)
+    worker = runner.build_worker(options, None, None, handler=count_effect)
+    assert (worker.config.lanes, worker.config.read_ahead) == (4, False)
+    assert worker.sink.lanes == 4  # type: ignore[attr-defined]
+    args = ["run", "--stream", "s", "--app", "a", "--handler", "tests.handlers:count_effect"]
+    code = cli.main([*args, "--lanes", "0", "--no-read-ahead"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == "kinesis-eo: error: --lanes must be 1 or more, not 0\n"
