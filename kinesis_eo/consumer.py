@@ -33,6 +33,7 @@ from kinesis_eo.retrieval.source import with_consumer_arn
 from kinesis_eo.retrieval.subscription import SubscriptionConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
+from kinesis_eo.sinks.lanes import set_lanes
 
 __all__ = [
     "AfterCommit",
@@ -67,6 +68,8 @@ class ConsumerConfig:
     # Read by enhanced fan-out through this consumer (name or ARN; registered if absent).
     efo_consumer: str | None = None
     subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
+    # Partition keys of a batch applied at once (kinesis_eo.sinks.lanes); 1: one record at a time.
+    lanes: int = 1
 
 
 ConsumerStats = RunTotals
@@ -210,6 +213,7 @@ class _ConsumerBase:
         self.sink = sink
         self.checkpoints = checkpoints
         self.state = ConsumerState(config or ConsumerConfig(), metrics=metrics)
+        set_lanes(sink, self.state.config.lanes)
         if self.state.record.enabled:
             for client in self.clients.values():
                 attach_call_metrics(client, self.state.record.metrics)

@@ -5,7 +5,8 @@ yields :class:`Call` (make this AWS call and send me the response, or throw
 the translated error into me), :class:`Sleep` (wait, then send me None),
 :class:`Invoke` (call this user function, awaiting it under asyncio, and send
 me its result or throw its exception into me), :class:`Receive` (send me the
-next event of this event stream, or None at its end), or any other object,
+next event of this event stream, or None at its end), :class:`Together` (run
+these flows concurrently and send me their return values), or any other object,
 which is an output for the flow's consumer. A flow may
 ``return`` a value. The same flow runs under :func:`drive_sync` with a boto3
 client and under :func:`drive_async` with an aiobotocore (or aioboto3) client,
@@ -20,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,6 +39,7 @@ __all__ = [
     "Response",
     "Sleep",
     "T",
+    "Together",
     "call_async",
     "call_sync",
     "client_for",
@@ -118,6 +121,73 @@ class Receive:
 
 Flow = Generator[Any, Any, Any]
 T = TypeVar("T")
+
+# Threads one Together may use under the sync driver, whatever its limit: each
+# holds a boto3 call or a handler, and more would only queue on the HTTP pool.
+MAX_TOGETHER_THREADS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Together:
+    """Run several flows concurrently; the parent is sent the list of their return values.
+
+    The sync driver runs each flow with :func:`run_sync` in a thread pool
+    (boto3 clients are thread-safe), the asyncio driver as tasks. At most
+    ``limit`` run at once (0: all). A sub-flow may yield calls, sleeps,
+    invocations and nested :class:`Together`, but no outputs: an output is a
+    :class:`TypeError` in that sub-flow, since no one would know its order.
+    When sub-flows fail, every other one still runs to its end (an effect is
+    never cut half-way), then the error of the first failed flow, in the
+    order given, is thrown into the parent. Cancelling an asyncio parent
+    cancels the sub-flows' tasks.
+    """
+
+    flows: tuple[Flow, ...]
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"a Together's limit must be 0 (no limit) or more, got {self.limit}")
+
+    @property
+    def width(self) -> int:
+        return min(len(self.flows), self.limit or len(self.flows))
+
+
+def _gathered(outcomes: Sequence[Any], errors: Sequence[BaseException | None]) -> list[Any]:
+    """The sub-flows' values, or the first sub-flow's error raised."""
+    for error in errors:
+        if error is not None:
+            raise error
+    return list(outcomes)
+
+
+def _together_sync(
+    step: Together, client: Any, retry: RetryConfig, sleep: Callable[[float], Any]
+) -> list[Any]:
+    if not step.flows:
+        return []
+    workers = min(step.width, MAX_TOGETHER_THREADS)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kinesis-eo") as pool:
+        futures = [pool.submit(run_sync, flow, client, retry, sleep) for flow in step.flows]
+    errors = [future.exception() for future in futures]
+    return _gathered(
+        [None if e else f.result() for f, e in zip(futures, errors, strict=True)], errors
+    )
+
+
+async def _together_async(step: Together, client: Any, retry: RetryConfig) -> list[Any]:
+    if not step.flows:
+        return []
+    slots = asyncio.Semaphore(step.width)
+
+    async def one(flow: Flow) -> Any:
+        async with slots:
+            return await run_async(flow, client, retry)
+
+    outcomes = await asyncio.gather(*(one(flow) for flow in step.flows), return_exceptions=True)
+    errors = [o if isinstance(o, BaseException) else None for o in outcomes]
+    return _gathered(outcomes, errors)
 
 
 def _receive_error(exc: Exception, step: Receive) -> Exception:
@@ -237,6 +307,11 @@ def drive_sync(
                 send = receive_sync(step)
             except Exception as exc:
                 error = exc
+        elif isinstance(step, Together):
+            try:
+                send = _together_sync(step, client, retry, sleep)
+            except Exception as exc:
+                error = exc
         elif isinstance(step, Invoke):
             try:
                 send = step.function(*step.args)
@@ -286,7 +361,7 @@ def pump(
         except _Done as done:
             return done.value
         send, error = None, None
-        if isinstance(step, Call | Sleep | Invoke | Receive):
+        if isinstance(step, Call | Sleep | Invoke | Receive | Together):
             try:
                 send = yield step
             except Exception as exc:
@@ -314,6 +389,11 @@ async def _next_output_async(flow: Flow, client: Any, retry: RetryConfig) -> Any
         elif isinstance(step, Receive):
             try:
                 send = await receive_async(step)
+            except Exception as exc:
+                error = exc
+        elif isinstance(step, Together):
+            try:
+                send = await _together_async(step, client, retry)
             except Exception as exc:
                 error = exc
         elif isinstance(step, Invoke):

@@ -112,6 +112,10 @@ class RunOptions:
     handler_attempts: int | None = None
     # Longest pause between retries of a shard's batch during an outage; None: WorkerConfig's.
     outage_max_backoff_s: float | None = None
+    # Partition keys of a batch applied at once (WorkerConfig.lanes).
+    lanes: int = 1
+    # Read a shard's next batch while its current one commits (WorkerConfig.read_ahead).
+    read_ahead: bool = True
     # Extra WorkerConfig fields (reader pacing, checkpoint interval), for programs and tests.
     worker: Mapping[str, Any] = field(default_factory=dict)
     # How a failing record is retried, back-off included; None: FailurePolicy's defaults.
@@ -206,6 +210,12 @@ def failure_policy(options: RunOptions) -> FailurePolicy:
 def worker_config(options: RunOptions, leases: LeaseConfig) -> WorkerConfig:
     """The :class:`WorkerConfig` of ``options``; a bad setting is one sentence naming its flag."""
     named: dict[str, Any] = {}
+    if options.lanes < 1:
+        raise ConfigurationError(f"--lanes must be 1 or more, not {options.lanes}")
+    if options.lanes != 1:
+        named["lanes"] = options.lanes
+    if not options.read_ahead:
+        named["read_ahead"] = False
     if options.outage_max_backoff_s is not None:
         named["outage_max_backoff_s"] = options.outage_max_backoff_s
     if options.efo is not None:

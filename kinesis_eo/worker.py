@@ -44,12 +44,14 @@ from kinesis_eo.metrics.hooks import attach_call_metrics
 from kinesis_eo.metrics.model import Metrics, NullMetrics
 from kinesis_eo.metrics.run import RunMetrics
 from kinesis_eo.metrics.totals import RunTotals
+from kinesis_eo.read_ahead import ReadAhead
 from kinesis_eo.records import Position
 from kinesis_eo.retrieval import Batch, ReaderConfig, StartingPosition, StreamRef
 from kinesis_eo.retrieval.source import ShardSource, open_shard, with_consumer_arn
 from kinesis_eo.retrieval.subscription import SubscriptionConfig
 from kinesis_eo.retry import RetryConfig
 from kinesis_eo.sinks import BatchReport, OutageBackoff, Sink, process_through_outages
+from kinesis_eo.sinks.lanes import set_lanes
 
 __all__ = [
     "THREADED_MAX_SHARDS",
@@ -100,6 +102,10 @@ class WorkerConfig:
     # Read every leased shard by enhanced fan-out through this consumer (name or ARN).
     efo_consumer: str | None = None
     subscription: SubscriptionConfig = field(default_factory=SubscriptionConfig)
+    # Partition keys of a batch applied at once (kinesis_eo.sinks.lanes); 1: one record at a time.
+    lanes: int = 1
+    # Read a shard's next batch while its current one commits (kinesis_eo.read_ahead).
+    read_ahead: bool = True
 
     @property
     def outage_backoff(self) -> OutageBackoff:
@@ -213,16 +219,18 @@ def _shard_loop(
         held = manager.held.get(shard_id)
         return not state.stopping and held is not None and held.token == token
 
+    ahead: ReadAhead[Batch] = ReadAhead(lambda: cursor.step(clock), config.read_ahead)
     while keep_going():
         yield from _wait_while_paused(state)
-        batch = yield from cursor.step(clock)
+        batch = yield from ahead.next()
         state.record.resubscribed(shard_id, cursor.take_counts())
         if batch is None:
             continue
         state.record.read(shard_id, batch.records, batch.millis_behind_latest)
         if batch.records:
             try:
-                report = yield from _apply(manager, batch, sink, config, state, keep_going)
+                applying = _apply(manager, batch, sink, config, state, keep_going)
+                report = yield from ahead.alongside(batch, applying)
             except FencedError:
                 state.record.fenced(shard_id)
                 log.warning("commit on %s fenced: the lease has a new owner", shard_id)
@@ -317,6 +325,7 @@ class _WorkerBase:
         if config.max_shards is not None:
             limit = manager.max_leases or config.max_shards
             manager.max_leases = min(limit, config.max_shards)
+        set_lanes(sink, config.lanes)
         self.state = WorkerState(backend=metrics if metrics is not None else NullMetrics())
         if self.state.record.enabled:
             for client in self.clients.values():

@@ -87,6 +87,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mark_ttl_hours=args.mark_ttl_hours,
         handler_attempts=args.handler_attempts,
         outage_max_backoff_s=args.outage_max_backoff,
+        lanes=args.lanes,
+        read_ahead=args.read_ahead,
         metrics=args.metrics,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
@@ -208,6 +210,21 @@ def _add_timing_flags(parser: argparse.ArgumentParser) -> None:
         help="read every leased shard by enhanced fan-out (SubscribeToShard) through the "
         "consumer CONSUMER_NAME (default: the --app name), registered at start if absent; "
         "billed per consumer-shard-hour and per GB (default: polling with GetRecords)",
+    )
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="apply the records of up to N partition keys of a batch at once, each key in "
+        "order (idempotent-key and claim sinks; handlers must be thread-safe) (default: 1)",
+    )
+    parser.add_argument(
+        "--no-read-ahead",
+        dest="read_ahead",
+        action="store_false",
+        help="read a shard's next batch only after its current one is committed (by default "
+        "the next GetRecords runs while the batch commits, one batch ahead per shard)",
     )
     parser.add_argument(
         "--initial-position",

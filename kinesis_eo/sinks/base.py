@@ -24,6 +24,7 @@ from kinesis_eo.errors import InvalidWriteError, KinesisEOError, SinkUnavailable
 from kinesis_eo.flow import Invoke
 from kinesis_eo.ledger import Entry, Ledger, LedgerMode, MarkStatus
 from kinesis_eo.records import Record
+from kinesis_eo.sinks.lanes import in_lanes
 from kinesis_eo.sinks.outages import OutageBackoff, process_through_outages
 from kinesis_eo.sinks.policy import Attempted, FailurePolicy, attempt
 from kinesis_eo.sinks.protocols import (
@@ -94,6 +95,9 @@ class SinkBase:
         self.batch_handler = batch_handler
         self.policy = policy or FailurePolicy()
         self.dead_letters = dead_letters
+
+    # Partition keys applied at once (see kinesis_eo.sinks.lanes); the runtime sets it.
+    lanes = 1
 
     def key_of(self, record: Record) -> str:
         return idempotency_key(self.ledger, record)
@@ -168,28 +172,30 @@ class SinkBase:
                     )
                 refused = [Attempted(deferred=True) for _ in range(len(records) - len(batch))]
                 return [Attempted(value, None, whole.attempts) for value in values] + refused
+        if self.lanes > 1 and gate is None:
+            return (yield from in_lanes(records, self.lanes, self._record_step, report))
         outcomes = []
         for record in records:
-            if report.outage is not None or (
-                gate is not None and not (yield from gate.admit(record))
-            ):
-                outcomes.append(Attempted(deferred=True))
-                continue
-            try:
-                outcome = yield from self.run_handler(record)
-            except SinkUnavailableError as exc:
-                # Commit what came before; this record and the rest wait for the outage to end.
-                report.outage = exc
-                outcomes.append(Attempted(deferred=True))
-                continue
-            report.took(outcome)
-            if outcome.error is not None and gate is not None:
-                dead_letter_now = yield from gate.on_failure(
-                    record, outcome.error, outcome.attempts
-                )
-                outcome.deferred = not dead_letter_now
-            outcomes.append(outcome)
+            outcomes.append((yield from self._record_step(record, report, gate)))
         return outcomes
+
+    def _record_step(
+        self, record: Record, report: BatchReport, gate: Gate | None = None
+    ) -> Generator[Any, Any, Attempted]:
+        """One record's outcome in :meth:`run_handlers`' record-at-a-time loop (or a lane)."""
+        if report.outage is not None or (gate is not None and not (yield from gate.admit(record))):
+            return Attempted(deferred=True)
+        try:
+            outcome = yield from self.run_handler(record)
+        except SinkUnavailableError as exc:
+            # Commit what came before; this record and the rest wait for the outage to end.
+            report.outage = exc
+            return Attempted(deferred=True)
+        report.took(outcome)
+        if outcome.error is not None and gate is not None:
+            dead_letter_now = yield from gate.on_failure(record, outcome.error, outcome.attempts)
+            outcome.deferred = not dead_letter_now
+        return outcome
 
     @staticmethod
     def admits(record: Record, report: BatchReport, gate: Gate | None) -> Generator[Any, Any, bool]:

@@ -41,6 +41,7 @@ from kinesis_eo.sinks.base import (
     RecordHandler,
     SinkBase,
 )
+from kinesis_eo.sinks.lanes import in_lanes
 
 __all__ = [
     "ClaimExpiredError",
@@ -102,15 +103,13 @@ class ClaimSink(SinkBase):
         """A flow: claim, act and complete each new record of a batch; what became of each."""
         report = BatchReport()
         new, entries = yield from self.prepare(records, report)
-        for record in new:
-            if report.outage is not None or (
-                gate is not None and not (yield from gate.admit(record))
-            ):
-                report.deferred.append(record)
-                continue
-            entry = yield from self._claim_and_act(record, report, gate)
-            if entry is not None:
-                entries.append(entry)
+        if self.lanes > 1 and gate is None:
+            found = yield from in_lanes(new, self.lanes, self._claim_and_act, report)
+        else:
+            found = []
+            for record in new:
+                found.append((yield from self._claim_step(record, report, gate)))
+        entries += [entry for entry in found if entry is not None]
         if self.ledger.config.mode is LedgerMode.WATERMARK:
             # The claims are the per-record marks; the watermark only spares re-reading
             # (and covers the undecodable records prepare dead-lettered).
@@ -123,9 +122,20 @@ class ClaimSink(SinkBase):
             yield from self.commit(entries, guards, report)
         return report
 
+    def _claim_step(
+        self, record: Record, report: BatchReport, gate: Gate | None
+    ) -> Generator[Any, Any, Entry | None]:
+        if gate is not None and report.outage is None and not (yield from gate.admit(record)):
+            report.deferred.append(record)
+            return None
+        return (yield from self._claim_and_act(record, report, gate))
+
     def _claim_and_act(
         self, record: Record, report: BatchReport, gate: Gate | None = None
     ) -> Generator[Any, Any, Entry | None]:
+        if report.outage is not None:
+            report.deferred.append(record)
+            return None
         while True:
             outcome = yield from self.ledger.claim(
                 record, self.owner, self.claim_for, self.expired_claims
