@@ -39,6 +39,7 @@ from typing import Any
 from _cases import CASES, Case, Env, produce
 from _emulator import Emulator
 from _inmemory import measure as measure_inmemory
+from _units import UnitMeter, usd_per_million_records
 
 DEFAULT_RECORDS = 10_000
 QUICK_RECORDS = 1_000
@@ -137,8 +138,11 @@ def run_pass(
     emulator: Emulator,
     counter: CallCounter,
     profile_to: Path | None = None,
+    meter: UnitMeter | None = None,
 ) -> dict[str, Any]:
     counter.counts.clear()
+    if meter is not None:
+        meter.reset()
     gc.collect()
     profiler = None
     if profile_to is not None:
@@ -177,6 +181,9 @@ def run_pass(
         "applied": stats.applied,
         "duplicates": stats.duplicates,
         "calls": counter.by_operation(),
+        "write_units": meter.units.write if meter is not None else None,
+        "read_units": meter.units.read if meter is not None else None,
+        "units_by_operation": dict(meter.units.by_operation) if meter is not None else None,
     }
 
 
@@ -186,11 +193,12 @@ def run_case(
     counter: CallCounter,
     event_ids: list[str],
     profile_to: Path | None = None,
+    meter: UnitMeter | None = None,
 ) -> dict[str, Any]:
     case.setup()
     reset = _reset_peak_rss()
-    first = run_pass(case, 1, emulator, counter, profile_to)
-    replay = run_pass(case, 2, emulator, counter, profile_to)
+    first = run_pass(case, 1, emulator, counter, profile_to, meter)
+    replay = run_pass(case, 2, emulator, counter, profile_to, meter)
     peak = _peak_rss_mb()
     n = case.env.records
     effects = case.effects()
@@ -229,10 +237,26 @@ def run_case(
         "replay": _counts(replay),
         "sink": {"items": len(effects), "missing": missing, "applied_twice": twice, "extra": extra},
     }
+    if meter is not None:
+        result.update(_unit_fields(first, replay, n))
     problems = _check(case, result)
     result["ok"] = not problems
     result["problems"] = problems
     return result
+
+
+def _unit_fields(first: dict[str, Any], replay: dict[str, Any], n: int) -> dict[str, Any]:
+    """Capacity units per record and their on-demand price, first pass and replay."""
+    fields: dict[str, Any] = {}
+    for suffix, one in (("", first), ("_replay", replay)):
+        write, read = one["write_units"] / n, one["read_units"] / n
+        fields[f"write_units_per_record{suffix}"] = round(write, 4)
+        fields[f"read_units_per_record{suffix}"] = round(read, 4)
+        fields[f"usd_per_million_records{suffix}"] = round(usd_per_million_records(write, read), 4)
+    fields["units_by_operation"] = {
+        op: round(units / n, 4) for op, units in sorted(first["units_by_operation"].items())
+    }
+    return fields
 
 
 def _counts(one: dict[str, Any]) -> dict[str, Any]:
@@ -271,8 +295,9 @@ def run_suite(
 ) -> dict[str, Any]:
     """Every case in ``names`` against one emulator and one stream."""
     counter = CallCounter()
+    meter = UnitMeter()
     kinesis = counter.attach(emulator.client("kinesis"))
-    dynamodb = counter.attach(emulator.client("dynamodb"))
+    dynamodb = meter.attach(counter.attach(emulator.client("dynamodb")))
     stream = "bench-orders"
     kinesis.create_stream(StreamName=stream, ShardCount=shards)
     kinesis.get_waiter("stream_exists").wait(
@@ -288,7 +313,7 @@ def run_suite(
         cls, title = CASES[name]
         log(f"  {name:<11} ", end="")
         started = time.perf_counter()
-        result = run_case(cls(name, title, env), emulator, counter, event_ids, profile_to)
+        result = run_case(cls(name, title, env), emulator, counter, event_ids, profile_to, meter)
         verdict = "ok" if result["ok"] else "FAILED: " + "; ".join(result["problems"])
         log(
             f"{time.perf_counter() - started:6.1f} s  first {result['rps_first']:>9,.0f} rec/s, "
