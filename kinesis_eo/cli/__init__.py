@@ -83,7 +83,10 @@ def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
 
     # A worker shares each client among its shard threads; past the default pool of
     # 10 connections urllib3 would drop and reopen connections on every round.
-    config = Config(max_pool_connections=64)
+    # Client-side parameter validation walks every item of every 100-item transaction
+    # (a quarter of the client's CPU per record, bench/run.py); DynamoDB validates
+    # the same requests, and a write it refuses is dead-lettered as invalid.
+    config = Config(max_pool_connections=64, parameter_validation=False)
     try:
         session = boto3.session.Session(region_name=args.region)
         return [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,7 +286,7 @@ class DynamoDBLedgerStore(LedgerStore):
                         schema = described["Table"]["KeySchema"]
                         self._key_schemas[table] = tuple(k["AttributeName"] for k in schema)
                     key = {name: request["Item"][name] for name in self._key_schemas[table]}
-                items.append((table, repr(sorted(key.items()))))
+                items.append((table, *sorted(_key_parts(key))))
             touched.append(items)
         return touched
 
@@ -411,6 +411,13 @@ class DynamoDBLedgerStore(LedgerStore):
                     "credentials): a commit writes to it",
                     resource=f"{kind} table '{table}'",
                 ) from missing
+
+
+def _key_parts(key: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, str, Any]]:
+    """A key's (name, type, value) triples: hashable (key values are strings, numbers, bytes)."""
+    for name, attribute in key.items():
+        for kind, value in attribute.items():
+            yield name, kind, value
 
 
 def _decoded(item: Mapping[str, Any] | None) -> Item | None:
