@@ -18,9 +18,11 @@ response, so the largest response of all (``GetRecords``) would cost nothing.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import gc
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,13 +30,14 @@ from typing import Any
 import boto3
 from _cases import CASES, Env, payload
 from botocore.awsrequest import AWSResponse
-from botocore.config import Config
 
+from kinesis_eo.cli import _aws_clients
 from kinesis_eo.envelope import wrap
 
 STREAM = "bench-cpu"
 _SEQUENCE_BASE = 49_650_000_000_000_000_000_000_000_000_000_000_000_000_000_000_000_000
 _ARRIVAL = 1_767_225_600.0
+_PLACEHOLDER_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 CPU_CASES = ("watermark", "per_record", "keyed_watermark", "claim", "powertools", "naive")
 
 
@@ -129,14 +132,27 @@ class CannedEndpoint:
         return AWSResponse(request.url, 200, headers, _Raw(body))
 
 
-def canned_clients(endpoint: CannedEndpoint, config: Config | None = None) -> tuple[Any, Any]:
-    session = boto3.session.Session(
-        aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
-    )
-    return tuple(  # type: ignore[return-value]
-        endpoint.attach(session.client(service, config=config))
-        for service in ("kinesis", "dynamodb")
-    )
+def canned_clients(endpoint: CannedEndpoint, product: bool) -> tuple[Any, Any]:
+    """Clients answered by ``endpoint``: boto3's defaults, or made as ``kinesis-eo run`` makes them.
+
+    The credentials are placeholders: nothing leaves this process.
+    """
+    saved = {k: os.environ.get(k) for k in _PLACEHOLDER_CREDENTIALS}
+    os.environ.update(_PLACEHOLDER_CREDENTIALS)
+    try:
+        if product:
+            args = argparse.Namespace(region="us-east-1", endpoint_url=None)
+            kinesis, dynamodb = _aws_clients(args, "kinesis", "dynamodb")
+        else:
+            session = boto3.session.Session(region_name="us-east-1")
+            kinesis, dynamodb = session.client("kinesis"), session.client("dynamodb")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return endpoint.attach(kinesis), endpoint.attach(dynamodb)
 
 
 def _one_pass(name: str, env: Env) -> float:
@@ -160,11 +176,11 @@ def measure(
     batch: int,
     names: tuple[str, ...] = CPU_CASES,
     repeat: int = 3,
-    config: Config | None = None,
+    product: bool = True,
 ) -> dict[str, float]:
     """Client CPU µs per record of each case's first pass (best of ``repeat``)."""
     endpoint = CannedEndpoint(records, shards, batch)
-    kinesis, dynamodb = canned_clients(endpoint, config)
+    kinesis, dynamodb = canned_clients(endpoint, product)
     env = Env(kinesis, dynamodb, STREAM, records, batch)
     result: dict[str, float] = {}
     for name in names:
@@ -178,4 +194,5 @@ if __name__ == "__main__":
 
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     picked = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else CPU_CASES
-    print(measure(count, 4, 1000, picked, repeat=1))
+    print("boto3 defaults", measure(count, 4, 1000, picked, repeat=3, product=False))
+    print("kinesis-eo run", measure(count, 4, 1000, picked, repeat=3, product=True))
