@@ -189,10 +189,22 @@ def measure(
     return result
 
 
-if __name__ == "__main__":
-    import sys
+def main() -> None:
+    """Prints both kinds of clients' CPU per record as JSON (bench/run.py runs this)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--cases", default=",".join(CPU_CASES))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    names = tuple(n for n in args.cases.split(",") if n)
+    result = {
+        kind: measure(args.records, args.shards, args.batch, names, args.repeat, product=product)
+        for kind, product in (("boto3_default_clients", False), ("kinesis_eo_run_clients", True))
+    }
+    print(json.dumps(result))
 
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    picked = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else CPU_CASES
-    print("boto3 defaults", measure(count, 4, 1000, picked, repeat=3, product=False))
-    print("kinesis-eo run", measure(count, 4, 1000, picked, repeat=3, product=True))
+
+if __name__ == "__main__":
+    main()

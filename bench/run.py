@@ -36,6 +36,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _aws_shape import add_latency_model, client_cpu, print_sections
+from _aws_shape import targets as aws_targets
 from _cases import CASES, Case, Env, produce
 from _emulator import Emulator
 from _inmemory import measure as measure_inmemory
@@ -52,6 +54,8 @@ TARGET_RATIO_VS_POWERTOOLS = 50.0
 TARGET_DDB_OVERHEAD_PER_RECORD = 0.02
 TARGET_CPU_US_PER_RECORD = 20.0
 TARGET_REPLAY_VS_READ = 0.5
+DEFAULT_CLIENT_CPU_RECORDS = 10_000
+QUICK_CLIENT_CPU_RECORDS = 2_000
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -443,7 +447,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": share >= TARGET_REPLAY_VS_READ,
             }
         )
-    return found
+    return found + aws_targets(report)
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -480,7 +484,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="records for the in-memory CPU measurement, 0 for none (default: --records)",
     )
+    parser.add_argument(
+        "--client-cpu-records",
+        type=int,
+        help="records for the client CPU measurement (botocore included, canned endpoint), "
+        f"0 for none (default {DEFAULT_CLIENT_CPU_RECORDS:,}; {QUICK_CLIENT_CPU_RECORDS:,} "
+        "with --quick)",
+    )
     parser.add_argument("--report", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="draw records/s per shard against batch size, every case, from the latency "
+        "model (needs matplotlib, in the bench extra)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -503,6 +521,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.stock_records = QUICK_STOCK_RECORDS if args.quick else DEFAULT_STOCK_RECORDS
     if args.cpu_records is None:
         args.cpu_records = args.records
+    if args.client_cpu_records is None:
+        args.client_cpu_records = (
+            QUICK_CLIENT_CPU_RECORDS if args.quick else DEFAULT_CLIENT_CPU_RECORDS
+        )
+    if args.plot is not None and _version("matplotlib") is None:
+        parser.error("--plot needs matplotlib (the bench extra)")
     if args.profile is not None:
         if _version("pyinstrument") is None:
             parser.error("--profile needs pyinstrument (the bench extra)")
@@ -577,6 +601,17 @@ def main(argv: list[str] | None = None) -> int:
                     emulator, stock_cases, args.stock_records, args.shards, args.batch, log
                 )
     report["cases"] = report["main"]["cases"]
+    report["client_cpu"] = None
+    if args.client_cpu_records:
+        with _quiet_aws_env():
+            report["client_cpu"] = client_cpu(
+                args.cases, args.client_cpu_records, args.shards, args.batch, log
+            )
+    add_latency_model(report)
+    if args.plot is not None and report["latency_model"]:
+        from _latency import plot
+
+        plot(report["latency_model"], str(args.plot))
     report["targets"] = targets(report)
     report["load_after"] = _load()
     report["wall_s"] = round(time.perf_counter() - started, 1)
@@ -604,11 +639,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in ("watermark", "per_record", "idempotent_key_watermark", "claim"):
             log(f"  {name:<26} first {cpu[name]:6.1f}   replay {cpu[name + '_replay']:6.1f}")
+    print_sections(report, log)
     if report["targets"]:
         log()
         log("targets:")
         for target in report["targets"]:
-            mark = {True: "met   ", False: "MISSED", None: "      "}[target["met"]]
+            mark = {True: "PASS", False: "FAIL", None: "    "}[target["met"]]
             log(f"  {mark} {target['target']}: {target['measured']}")
     log()
     log(
