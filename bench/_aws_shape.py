@@ -71,7 +71,9 @@ def add_latency_model(report: dict[str, Any]) -> None:
         report["latency_model"] = None
         return
     measured = {c["name"]: c["ddb_calls_per_record"] for c in report["main"]["cases"]}
-    report["latency_model"] = latency_model(cpu["used"], report["main"]["batch"], measured)
+    main = report["main"]
+    run_batch = min(main["batch"], main["records"] // main["shards"])
+    report["latency_model"] = latency_model(cpu["used"], main["batch"], measured, run_batch)
     report["prices"] = {
         "usd_per_million_write_units": USD_PER_MILLION_WRITE_UNITS,
         "usd_per_million_read_units": USD_PER_MILLION_READ_UNITS,

@@ -225,12 +225,20 @@ VARIANTS = (
 )
 
 
-def model(cpu_us: dict[str, float], batch: int, measured: dict[str, float]) -> dict[str, Any]:
+def model(
+    cpu_us: dict[str, float],
+    batch: int,
+    measured: dict[str, float],
+    run_batch: int | None = None,
+) -> dict[str, Any]:
     """The ``latency_model`` section of the report.
 
     ``cpu_us``: client CPU µs per record per case (canned endpoint); ``measured``:
-    DynamoDB calls per record each case made in the moto run, to check the plans.
+    DynamoDB calls per record each case made in the moto run, whose batches held
+    ``run_batch`` records (fewer than ``batch`` when a shard held fewer), to check
+    the plans against.
     """
+    run_batch = run_batch or batch
     rows: dict[str, dict[str, Any]] = {}
     entries = [(name, name, {}) for name in PLANS if name in cpu_us]
     entries += [
@@ -257,7 +265,7 @@ def model(cpu_us: dict[str, float], batch: int, measured: dict[str, float]) -> d
             if per_core
             else None,
             "client_cpu_us_per_record": cpu,
-            "model_calls_per_record": round(calls_per_record(case, batch), 4),
+            "model_calls_per_record": round(calls_per_record(case, run_batch), 4),
             "measured_calls_per_record": measured.get(case),
             "ratio_vs_powertools": None,
         }
@@ -270,6 +278,7 @@ def model(cpu_us: dict[str, float], batch: int, measured: dict[str, float]) -> d
         "sources": LATENCY_SOURCES,
         "get_records_per_second_per_shard": GET_RECORDS_PER_SECOND,
         "batch": batch,
+        "run_batch": run_batch,
         "lanes": LANES,
         "cases": rows,
         "sweep": sweep(cpu_us),
