@@ -172,15 +172,22 @@ class Units:
 
 
 class UnitMeter:
-    """Charges the capacity units of every DynamoDB request a hooked client sends."""
+    """Charges the capacity units of every DynamoDB request a hooked client sends.
+
+    The hooks only note each request and its outcome; the charging happens when
+    :attr:`units` is read, after the timed pass, so the meter costs the measured
+    client next to nothing.
+    """
 
     def __init__(self) -> None:
-        self.units = Units()
+        self._units = Units()
         # table -> key attribute names, learned from CreateTable requests (or guessed).
         self.key_schemas: dict[str, tuple[str, ...]] = {}
         # (table, key) -> attribute sizes, as this meter last saw the item written.
         self.items: dict[tuple[str, str], dict[str, int]] = {}
         self._pending: list[tuple[str, str, dict[str, int] | None]] = []
+        self._request: tuple[str, dict[str, Any]] | None = None
+        self._log: list[tuple[str, dict[str, Any], bool, Mapping[str, Any]]] = []
 
     def attach(self, client: Any) -> Any:
         events = client.meta.events
@@ -188,14 +195,35 @@ class UnitMeter:
         events.register("after-call.dynamodb", self._after)
         return client
 
+    @property
+    def units(self) -> Units:
+        """Units of every request noted since the last :meth:`reset`."""
+        log, self._log = self._log, []
+        for operation, params, ok, parsed in log:
+            self._charge(operation, params, ok, parsed)
+        return self._units
+
     def reset(self) -> None:
-        self.units = Units()
+        _ = self.units  # what came before still shapes the items' sizes
+        self._units = Units()
 
     # --- hooks ---------------------------------------------------------------------------------
 
     def _before(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self._request = (model.name, params)
+
+    def _after(self, http_response: Any, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
+        if self._request is None or self._request[0] != model.name:
+            return
+        ok = not parsed.get("Error") and getattr(http_response, "status_code", 200) < 300
+        operation, params = self._request
+        self._log.append((operation, params, ok, parsed))
+        self._request = None
+
+    def _charge(
+        self, operation: str, params: Mapping[str, Any], ok: bool, parsed: Mapping[str, Any]
+    ) -> None:
         self._pending = []
-        operation = model.name
         if operation == "CreateTable":
             schema = params.get("KeySchema", [])
             self.key_schemas[params["TableName"]] = tuple(k["AttributeName"] for k in schema)
@@ -212,16 +240,9 @@ class UnitMeter:
                     self._charge_write(operation, kind, {"TableName": table, **inner})
         elif operation in ("PutItem", "UpdateItem", "DeleteItem"):
             self._charge_write(operation, operation.removesuffix("Item"), params)
-        else:
-            self._pending = [("read", operation, None)]
-            self._read_params = params
-
-    def _after(self, http_response: Any, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
-        ok = not parsed.get("Error") and getattr(http_response, "status_code", 200) < 300
-        if self._pending and self._pending[0][0] == "read":
-            if ok:
-                self._charge_read(model.name, self._read_params, parsed)
         elif ok:
+            self._charge_read(operation, params, parsed)
+        if ok:
             for table, key, after in self._pending:
                 if after is None:
                     self.items.pop((table, key), None)
@@ -268,7 +289,7 @@ class UnitMeter:
         elif kind == "ConditionCheck":
             after = before
         size = max(sum(before.values()) if before else 0, sum(after.values()) if after else 0)
-        self.units.charge(operation, write=write_units(size, transactional=transactional))
+        self._units.charge(operation, write=write_units(size, transactional=transactional))
         if kind != "ConditionCheck":
             self._pending.append((table, key, after))
 
@@ -281,7 +302,7 @@ class UnitMeter:
             item = parsed.get("Item")
             size = item_size(item) if item else 0
             consistent = bool(params.get("ConsistentRead"))
-            self.units.charge(operation, read=read_units(size, consistent=consistent))
+            self._units.charge(operation, read=read_units(size, consistent=consistent))
         elif operation == "BatchGetItem":
             for table, request in params.get("RequestItems", {}).items():
                 consistent = bool(request.get("ConsistentRead"))
@@ -289,19 +310,19 @@ class UnitMeter:
                 unprocessed = parsed.get("UnprocessedKeys", {}).get(table, {}).get("Keys", [])
                 missing = len(request.get("Keys", [])) - len(found) - len(unprocessed)
                 for item in found:
-                    self.units.charge(
+                    self._units.charge(
                         operation, read=read_units(item_size(item), consistent=consistent)
                     )
                 for _ in range(max(0, missing)):
-                    self.units.charge(operation, read=read_units(0, consistent=consistent))
+                    self._units.charge(operation, read=read_units(0, consistent=consistent))
         elif operation in ("Query", "Scan"):
             size = sum(item_size(item) for item in parsed.get("Items", []))
             consistent = bool(params.get("ConsistentRead"))
-            self.units.charge(operation, read=read_units(size, consistent=consistent))
+            self._units.charge(operation, read=read_units(size, consistent=consistent))
         elif operation == "TransactGetItems":
             for response in parsed.get("Responses", []):
                 item = response.get("Item")
                 size = item_size(item) if item else 0
-                self.units.charge(
+                self._units.charge(
                     operation, read=read_units(size, consistent=True, transactional=True)
                 )
