@@ -33,9 +33,9 @@ from typing import Any
 
 # Modelled latency of one call, in ms: (fixed, per item). AWS publishes no
 # per-call figures for these; they are assumptions in line with AWS's
-# "single-digit millisecond" for DynamoDB item operations (DynamoDB developer
-# guide, "What is Amazon DynamoDB?"), transactions paying a second phase
-# (prepare and commit, "Amazon DynamoDB Transactions: How it works"), and
+# "single-digit millisecond" for DynamoDB item operations (the DynamoDB
+# developer guide's introduction), transactions doing two underlying writes per
+# item (prepare and commit, the developer guide on transactions' capacity), and
 # GetRecords returning up to 10 MB per call. Change them here; the report
 # carries the table it used.
 LATENCY_MS: dict[str, tuple[float, float]] = {
