@@ -190,20 +190,18 @@ def measure(
 
 
 def main() -> None:
-    """Prints both kinds of clients' CPU per record as JSON (bench/run.py runs this)."""
+    """Prints one kind of clients' CPU per record as JSON (bench/run.py runs this)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--cases", default=",".join(CPU_CASES))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clients", choices=("boto3", "kinesis-eo-run"), default="kinesis-eo-run")
     args = parser.parse_args()
     names = tuple(n for n in args.cases.split(",") if n)
-    result = {
-        kind: measure(args.records, args.shards, args.batch, names, args.repeat, product=product)
-        for kind, product in (("boto3_default_clients", False), ("kinesis_eo_run_clients", True))
-    }
-    print(json.dumps(result))
+    product = args.clients == "kinesis-eo-run"
+    print(json.dumps(measure(args.records, args.shards, args.batch, names, args.repeat, product)))
 
 
 if __name__ == "__main__":
