@@ -63,6 +63,7 @@ StoreFlow = Generator[Any, Any, Any]
 
 # BatchGetItem reads at most 100 keys per call.
 _BATCH_GET_LIMIT = 100
+_ACTIONS = frozenset({"Put", "Update", "Delete", "ConditionCheck"})
 
 
 class LedgerStore(ABC):
@@ -351,6 +352,15 @@ class DynamoDBLedgerStore(LedgerStore):
         return {"Delete": expression.add_to(request)}
 
     def apply(self, ops: Sequence[Op], extra: Sequence[Any] = ()) -> Generator[Any, Any, None]:
+        # Clients may skip botocore's own validation (the CLI's do): a write that is not
+        # one action would then fail inside botocore, not as the record's fault.
+        for index, write in enumerate(extra, start=len(ops)):
+            if not (isinstance(write, Mapping) and len(write) == 1 and set(write) <= _ACTIONS):
+                raise InvalidWriteError(
+                    f"a sink write for ledger table '{self.table_name}' must be one of "
+                    f"{', '.join(sorted(_ACTIONS))}, got {str(write)[:120]}",
+                    indexes=[index],
+                )
         items = [self.write_item(op) for op in ops] + list(extra)
         if not items:
             return
