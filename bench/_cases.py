@@ -8,9 +8,11 @@ where every record is a duplicate. Only what happens to a batch differs:
 
 - ``watermark``, ``per_record``: :class:`TransactionalSink`; the handler
   returns the sink write, committed with the ledger mark in one transaction.
-- ``claim``: :class:`ClaimSink` (per-record ledger); the handler writes the
-  sink item itself, keyed to ``ctx.idempotency_key`` (a conditional write:
-  the sink deduplicates by that key).
+- ``keyed_watermark``: :class:`IdempotentKeySink` on a watermark ledger; the
+  handler writes the sink item itself with a condition on
+  ``ctx.idempotency_key`` (the sink deduplicates by that key), and one
+  watermark write marks the batch.
+- ``claim``: :class:`ClaimSink` (per-record ledger); the same handler.
 - ``powertools``: each batch becomes a Kinesis Lambda event and goes through
   Powertools' ``process_partial_response`` with a ``BatchProcessor`` for
   Kinesis, whose record handler is an ``idempotent_function`` on
@@ -54,7 +56,14 @@ from kinesis_eo.ledger import (
 from kinesis_eo.producer import Event, Producer
 from kinesis_eo.records import Record
 from kinesis_eo.retrieval import ReaderConfig
-from kinesis_eo.sinks import BatchReport, ClaimSink, EffectContext, TransactionalSink, update
+from kinesis_eo.sinks import (
+    BatchReport,
+    ClaimSink,
+    EffectContext,
+    IdempotentKeySink,
+    TransactionalSink,
+    update,
+)
 from kinesis_eo.sinks.base import FlowRunner, Gate
 from kinesis_eo.testing.effects import applied_counts, create_effects_table
 from kinesis_eo.testing.lambda_esm import FakeContext, StreamRecord, kinesis_event
@@ -202,8 +211,10 @@ class PerRecordCase(TransactionalCase):
     mode = LedgerMode.PER_RECORD
 
 
-class ClaimCase(TransactionalCase):
-    mode = LedgerMode.PER_RECORD
+class KeyedWatermarkCase(TransactionalCase):
+    """The idempotent-key sink on a watermark ledger: the handler's own conditional write."""
+
+    mode = LedgerMode.WATERMARK
 
     def act(self, record: Record, ctx: EffectContext) -> None:
         self.counters.handler_calls += 1
@@ -217,13 +228,23 @@ class ClaimCase(TransactionalCase):
         with contextlib.suppress(self.env.dynamodb.exceptions.ConditionalCheckFailedException):
             self.env.dynamodb.update_item(**request)
 
+    def sink(self) -> Any:
+        return IdempotentKeySink(self.ledger(), self.act)
+
     def consumer(self, number: int) -> Consumer:
         env = self.env
-        sink = ClaimSink(self.ledger(), self.act)
+        sink = self.sink()
         checkpoints = DynamoDBCheckpointStore(self.checkpoint_table(number))
         return Consumer(
             env.kinesis, env.dynamodb, env.stream, sink, checkpoints, env.consumer_config()
         )
+
+
+class ClaimCase(KeyedWatermarkCase):
+    mode = LedgerMode.PER_RECORD
+
+    def sink(self) -> Any:
+        return ClaimSink(self.ledger(), self.act)
 
 
 # --- peers ------------------------------------------------------------------------------------
@@ -415,6 +436,7 @@ CASES: dict[str, tuple[type[Case], str]] = {
     "read_only": (ReadOnlyCase, "read only, no dedup (baseline)"),
     "watermark": (WatermarkCase, "kinesis_eo watermark, transactional sink"),
     "per_record": (PerRecordCase, "kinesis_eo per-record (event ids), transactional"),
+    "keyed_watermark": (KeyedWatermarkCase, "kinesis_eo watermark, idempotent-key sink"),
     "claim": (ClaimCase, "kinesis_eo claim/act/complete, idempotent-key sink"),
     "powertools": (PowertoolsCase, "Powertools idempotent_function + BatchProcessor"),
     "naive": (NaiveCase, "naive: conditional PutItem ledger + sink put"),

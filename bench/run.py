@@ -36,9 +36,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _aws_shape import add_latency_model, client_cpu, print_sections
+from _aws_shape import targets as aws_targets
 from _cases import CASES, Case, Env, produce
 from _emulator import Emulator
 from _inmemory import measure as measure_inmemory
+from _units import UnitMeter, usd_per_million_records
 
 DEFAULT_RECORDS = 10_000
 QUICK_RECORDS = 1_000
@@ -51,6 +54,8 @@ TARGET_RATIO_VS_POWERTOOLS = 50.0
 TARGET_DDB_OVERHEAD_PER_RECORD = 0.02
 TARGET_CPU_US_PER_RECORD = 20.0
 TARGET_REPLAY_VS_READ = 0.5
+DEFAULT_CLIENT_CPU_RECORDS = 10_000
+QUICK_CLIENT_CPU_RECORDS = 2_000
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -137,8 +142,11 @@ def run_pass(
     emulator: Emulator,
     counter: CallCounter,
     profile_to: Path | None = None,
+    meter: UnitMeter | None = None,
 ) -> dict[str, Any]:
     counter.counts.clear()
+    if meter is not None:
+        meter.reset()
     gc.collect()
     profiler = None
     if profile_to is not None:
@@ -177,6 +185,9 @@ def run_pass(
         "applied": stats.applied,
         "duplicates": stats.duplicates,
         "calls": counter.by_operation(),
+        "write_units": meter.units.write if meter is not None else None,
+        "read_units": meter.units.read if meter is not None else None,
+        "units_by_operation": dict(meter.units.by_operation) if meter is not None else None,
     }
 
 
@@ -186,11 +197,12 @@ def run_case(
     counter: CallCounter,
     event_ids: list[str],
     profile_to: Path | None = None,
+    meter: UnitMeter | None = None,
 ) -> dict[str, Any]:
     case.setup()
     reset = _reset_peak_rss()
-    first = run_pass(case, 1, emulator, counter, profile_to)
-    replay = run_pass(case, 2, emulator, counter, profile_to)
+    first = run_pass(case, 1, emulator, counter, profile_to, meter)
+    replay = run_pass(case, 2, emulator, counter, profile_to, meter)
     peak = _peak_rss_mb()
     n = case.env.records
     effects = case.effects()
@@ -229,10 +241,26 @@ def run_case(
         "replay": _counts(replay),
         "sink": {"items": len(effects), "missing": missing, "applied_twice": twice, "extra": extra},
     }
+    if meter is not None:
+        result.update(_unit_fields(first, replay, n))
     problems = _check(case, result)
     result["ok"] = not problems
     result["problems"] = problems
     return result
+
+
+def _unit_fields(first: dict[str, Any], replay: dict[str, Any], n: int) -> dict[str, Any]:
+    """Capacity units per record and their on-demand price, first pass and replay."""
+    fields: dict[str, Any] = {}
+    for suffix, one in (("", first), ("_replay", replay)):
+        write, read = one["write_units"] / n, one["read_units"] / n
+        fields[f"write_units_per_record{suffix}"] = round(write, 4)
+        fields[f"read_units_per_record{suffix}"] = round(read, 4)
+        fields[f"usd_per_million_records{suffix}"] = round(usd_per_million_records(write, read), 4)
+    fields["units_by_operation"] = {
+        op: round(units / n, 4) for op, units in sorted(first["units_by_operation"].items())
+    }
+    return fields
 
 
 def _counts(one: dict[str, Any]) -> dict[str, Any]:
@@ -271,8 +299,9 @@ def run_suite(
 ) -> dict[str, Any]:
     """Every case in ``names`` against one emulator and one stream."""
     counter = CallCounter()
+    meter = UnitMeter()
     kinesis = counter.attach(emulator.client("kinesis"))
-    dynamodb = counter.attach(emulator.client("dynamodb"))
+    dynamodb = meter.attach(counter.attach(emulator.client("dynamodb")))
     stream = "bench-orders"
     kinesis.create_stream(StreamName=stream, ShardCount=shards)
     kinesis.get_waiter("stream_exists").wait(
@@ -288,7 +317,7 @@ def run_suite(
         cls, title = CASES[name]
         log(f"  {name:<11} ", end="")
         started = time.perf_counter()
-        result = run_case(cls(name, title, env), emulator, counter, event_ids, profile_to)
+        result = run_case(cls(name, title, env), emulator, counter, event_ids, profile_to, meter)
         verdict = "ok" if result["ok"] else "FAILED: " + "; ".join(result["problems"])
         log(
             f"{time.perf_counter() - started:6.1f} s  first {result['rps_first']:>9,.0f} rec/s, "
@@ -418,7 +447,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": share >= TARGET_REPLAY_VS_READ,
             }
         )
-    return found
+    return found + aws_targets(report)
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -455,7 +484,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="records for the in-memory CPU measurement, 0 for none (default: --records)",
     )
+    parser.add_argument(
+        "--client-cpu-records",
+        type=int,
+        help="records for the client CPU measurement (botocore included, canned endpoint), "
+        f"0 for none (default {DEFAULT_CLIENT_CPU_RECORDS:,}; {QUICK_CLIENT_CPU_RECORDS:,} "
+        "with --quick)",
+    )
     parser.add_argument("--report", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PATH",
+        help="draw records/s per shard against batch size, every case, from the latency "
+        "model (needs matplotlib, in the bench extra)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -478,6 +521,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.stock_records = QUICK_STOCK_RECORDS if args.quick else DEFAULT_STOCK_RECORDS
     if args.cpu_records is None:
         args.cpu_records = args.records
+    if args.client_cpu_records is None:
+        args.client_cpu_records = (
+            QUICK_CLIENT_CPU_RECORDS if args.quick else DEFAULT_CLIENT_CPU_RECORDS
+        )
+    if args.plot is not None and _version("matplotlib") is None:
+        parser.error("--plot needs matplotlib (the bench extra)")
     if args.profile is not None:
         if _version("pyinstrument") is None:
             parser.error("--profile needs pyinstrument (the bench extra)")
@@ -552,6 +601,17 @@ def main(argv: list[str] | None = None) -> int:
                     emulator, stock_cases, args.stock_records, args.shards, args.batch, log
                 )
     report["cases"] = report["main"]["cases"]
+    report["client_cpu"] = None
+    if args.client_cpu_records:
+        with _quiet_aws_env():
+            report["client_cpu"] = client_cpu(
+                args.cases, args.client_cpu_records, args.shards, args.batch, log
+            )
+    add_latency_model(report)
+    if args.plot is not None and report["latency_model"]:
+        from _latency import plot
+
+        plot(report["latency_model"], str(args.plot))
     report["targets"] = targets(report)
     report["load_after"] = _load()
     report["wall_s"] = round(time.perf_counter() - started, 1)
@@ -579,11 +639,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name in ("watermark", "per_record", "idempotent_key_watermark", "claim"):
             log(f"  {name:<26} first {cpu[name]:6.1f}   replay {cpu[name + '_replay']:6.1f}")
+    print_sections(report, log)
     if report["targets"]:
         log()
         log("targets:")
         for target in report["targets"]:
-            mark = {True: "met   ", False: "MISSED", None: "      "}[target["met"]]
+            mark = {True: "PASS", False: "FAIL", None: "    "}[target["met"]]
             log(f"  {mark} {target['target']}: {target['measured']}")
     log()
     log(

@@ -134,11 +134,17 @@ class Record:
     encryption_type: str | None = None
     event_id: str | None = None
     event_namespace: str | None = None
+    # Parsed once: a commit asks a record for its position several times.
+    _position: Position | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def position(self) -> Position:
-        """Where the record sits in its shard."""
-        return Position(self.sequence_number, self.sub_sequence_number)
+        """Where the record sits in its shard (parsed once, then kept)."""
+        position = self._position
+        if position is None:
+            position = Position(self.sequence_number, self.sub_sequence_number)
+            object.__setattr__(self, "_position", position)
+        return position
 
 
 MAX_HASH_KEY = 2**128 - 1

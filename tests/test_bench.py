@@ -8,16 +8,21 @@ in-memory CPU measurement.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 RECORDS = 80
 SHARDS = 2
-CASES = ["read_only", "watermark", "per_record", "claim", "naive"]
+CASES = ["read_only", "watermark", "per_record", "keyed_watermark", "claim", "naive"]
+UNIT_FIELDS = ("write_units_per_record", "read_units_per_record", "usd_per_million_records")
 REQUIRED = {
     "name",
     "rps_first",
@@ -43,6 +48,8 @@ def run_bench(tmp_path: Path) -> tuple[dict[str, Any], str]:
         ",".join(CASES),
         "--stock-records",
         "30",
+        "--client-cpu-records",
+        "200",
         "--report",
         str(report),
     ]
@@ -115,3 +122,115 @@ def test_the_smallest_bench_run_reports_every_case_with_each_record_applied_once
     assert report["load_after"]
     assert "targets:" in out
     assert "watermark" in out
+
+    # Capacity units from the requests sent: a sink write per record, plus each case's marks.
+    for case in report["cases"]:
+        assert all(isinstance(case[f], float) for f in UNIT_FIELDS), case["name"]
+    units = {c["name"]: c["write_units_per_record"] * RECORDS for c in report["cases"]}
+    # Every kinesis_eo case saves one checkpoint per shard (1 unit each) at the end.
+    # 80 records over 2 shards: one transaction per shard's batch of 40, two units an item.
+    assert units["watermark"] == pytest.approx(2 * (RECORDS + SHARDS) + SHARDS)
+    # The handler's own write per record, one watermark write per batch.
+    assert units["keyed_watermark"] == pytest.approx(RECORDS + SHARDS + SHARDS)
+    # A mark and a sink write per record, both transactional.
+    assert units["per_record"] == pytest.approx(4 * RECORDS + SHARDS)
+    # Claim, write, complete.
+    assert units["claim"] == pytest.approx(3 * RECORDS + SHARDS)
+    # A ledger put and a sink write per record, and a checkpoint per batch.
+    assert 2 * RECORDS < units["naive"] < 2 * RECORDS + 10
+    for case in report["cases"]:
+        price = 0.625 * case["write_units_per_record"] + 0.125 * case["read_units_per_record"]
+        assert case["usd_per_million_records"] == pytest.approx(price, abs=1e-3)
+
+    # Client CPU with botocore, on boto3's clients and on the CLI's, for every case run.
+    cpu = report["client_cpu"]
+    assert set(cpu["kinesis_eo_run_clients"]) == set(CASES[1:])
+    assert all(v > 0 for v in cpu["boto3_default_clients"].values())
+
+    # The latency model: every case, its ceiling, and the shards one core serves.
+    model = report["latency_model"]
+    rows = model["cases"]
+    assert set(CASES[1:]) <= set(rows)
+    for label, row in rows.items():
+        assert row["rps_per_shard"] > 0, label
+        assert 0 < row["ceiling_fraction"] <= 1, label
+        assert row["ratio_vs_powertools"] is None  # no Powertools in this run
+    assert rows["watermark"]["saturated_shards_per_core"] > 0
+    # Three round trips per record cap the claim case below a fifth of a write's 200/s.
+    assert rows["claim"]["ceiling_rps_per_shard"] == pytest.approx(1000 / 15, abs=0.1)
+    # The model's calls per record are the ones the case made, give or take checkpoints.
+    for name in CASES[1:]:
+        row = rows[name]
+        assert row["model_calls_per_record"] <= row["measured_calls_per_record"] + 1e-9
+        assert row["measured_calls_per_record"] - row["model_calls_per_record"] < 0.08, name
+    wu_targets = [t for t in report["targets"] if "write units per record" in t["target"]]
+    assert len(wu_targets) == 2
+    assert "PASS" in out or "FAIL" in out
+
+
+# --- units: the arithmetic on known requests -------------------------------------------------
+
+
+@pytest.fixture
+def bench_modules() -> Iterator[Any]:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        yield importlib.import_module("_units"), importlib.import_module("_cpu")
+    finally:
+        sys.path.remove(str(BENCH.parent))
+
+
+def test_a_2_5_kb_item_costs_3_write_units_and_6_in_a_transaction(bench_modules: Any) -> None:
+    units, cpu = bench_modules
+    endpoint = cpu.CannedEndpoint(1, 1, 1)
+    _, dynamodb = cpu.canned_clients(endpoint, product=False)
+    meter = units.UnitMeter()
+    meter.attach(dynamodb)
+    # pk (2 + 5 bytes) + body (4 + 2,553 bytes): 2,564 bytes, 2.5 KB.
+    item = {"pk": {"S": "item1"}, "body": {"S": "x" * 2553}}
+    assert units.item_size(item) == 2564
+
+    dynamodb.put_item(TableName="t", Item=item)
+    assert meter.units.write == 3
+
+    meter.reset()
+    dynamodb.transact_write_items(TransactItems=[{"Put": {"TableName": "t", "Item": item}}])
+    assert meter.units.write == 6
+
+    # An update is charged on the item after it (the meter saw it written): 2.5 KB again.
+    meter.reset()
+    dynamodb.update_item(
+        TableName="t",
+        Key={"pk": {"S": "item1"}},
+        UpdateExpression="SET n = :n",
+        ExpressionAttributeValues={":n": {"N": "1"}},
+    )
+    assert meter.units.write == 3
+
+
+def test_reads_cost_4_kb_units_strongly_consistent_and_half_eventually(bench_modules: Any) -> None:
+    units, _ = bench_modules
+    assert units.read_units(3500, consistent=True) == 1
+    assert units.read_units(8192, consistent=True) == 2
+    assert units.read_units(8192, consistent=False) == 1
+    assert units.read_units(10 * 1024, consistent=True) == 3
+    assert units.read_units(0, consistent=False) == 0.5
+    assert units.write_units(1024) == 1
+    assert units.write_units(1025) == 2
+    assert units.write_units(1025, transactional=True) == 4
+
+
+def test_the_latency_model_plot_draws_every_case(bench_modules: Any, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        latency = importlib.import_module("_latency")
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    cpu = {"watermark": 50.0, "keyed_watermark": 300.0, "powertools": 1200.0}
+    model = latency.model(cpu, 1000, {})
+    path = tmp_path / "model.png"
+
+    latency.plot(model, str(path))
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

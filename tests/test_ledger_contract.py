@@ -253,6 +253,31 @@ def test_watermark_crash_between_chunks_resumes_with_the_next_chunk(backend: Bac
     assert len(backend.sink_keys()) == 200
 
 
+def test_after_a_watermark_conflict_queued_chunks_under_the_stored_mark_are_not_sent(
+    backend: Backend,
+) -> None:
+    batch = [record(i) for i in range(1, 301)]
+    backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch[:250])))
+    sent: list[int] = []
+    apply = backend.store.apply
+
+    def counting(ops: Any, extra: Any = ()) -> Any:
+        sent.append(len(extra))
+        return (yield from apply(ops, extra))
+
+    backend.store.apply = counting  # type: ignore[method-assign]
+
+    # A second owner that never saw the mark commits 1..300 in chunks of 98.
+    result = backend.run(ledger(backend, LedgerMode.WATERMARK).commit(entries(backend, batch)))
+
+    assert result.duplicates == batch[:250]
+    assert result.committed == batch[250:]
+    # The first chunk's condition fails and tells the mark (250); the second chunk
+    # (99..196) is dropped unsent, the third goes without its covered head.
+    assert sent == [98, 44, 6]
+    assert len(backend.sink_keys()) == 300
+
+
 def test_a_refused_sink_write_holds_back_the_rest_so_the_watermark_does_not_pass_it(
     backend: Backend,
 ) -> None:

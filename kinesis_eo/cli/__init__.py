@@ -75,6 +75,17 @@ def _add_aws_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _epoch_or_text_timestamp(value: Any) -> Any:
+    """An epoch number as an aware UTC datetime at once; anything else as botocore parses it."""
+    from datetime import UTC, datetime
+
+    from botocore.utils import parse_timestamp
+
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return parse_timestamp(value)
+
+
 def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
     """boto3 clients from the user's own credential chain: nothing is invented here."""
     import boto3
@@ -83,9 +94,17 @@ def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
 
     # A worker shares each client among its shard threads; past the default pool of
     # 10 connections urllib3 would drop and reopen connections on every round.
-    config = Config(max_pool_connections=64)
+    # Client-side parameter validation walks every item of every 100-item transaction
+    # (a quarter of the client's CPU per record, bench/run.py); DynamoDB validates
+    # the same requests, and a write it refuses is dead-lettered as invalid.
+    config = Config(max_pool_connections=64, parameter_validation=False)
     try:
         session = boto3.session.Session(region_name=args.region)
+        # Kinesis sends arrival times as epoch numbers; botocore's default parser turns
+        # each into a datetime in the local zone, the dearest step of parsing GetRecords.
+        session._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_epoch_or_text_timestamp
+        )
         return [
             session.client(service, endpoint_url=args.endpoint_url, config=config)
             for service in services

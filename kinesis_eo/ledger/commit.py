@@ -122,6 +122,8 @@ class LedgerCommit(LedgerCore):
                 if held_back:
                     result.held_back = held_back + [e for c in queue for e in c]
                     queue.clear()
+                if self.config.mode is LedgerMode.WATERMARK:
+                    self._drop_covered(queue, chunk[-1].record, result)
                 if retry:
                     queue.appendleft(retry)
                 continue
@@ -134,6 +136,30 @@ class LedgerCommit(LedgerCore):
                 last = chunk[-1].record
                 self._watermarks[(last.stream, last.shard_id)] = last.position.key()
         return result
+
+    def _drop_covered(
+        self, queue: deque[list[Entry]], record: Record, result: CommitResult
+    ) -> None:
+        """After a watermark conflict, drop the queued entries the stored watermark covers.
+
+        Another writer committed them: sending their chunks would only fail the
+        same condition again, one transaction each.
+        """
+        mark = self._watermarks.get((record.stream, record.shard_id))
+        if mark is None or not queue:
+            return
+        kept: list[list[Entry]] = []
+        for chunk in queue:
+            rest = []
+            for entry in chunk:
+                if entry.record.position.key() <= mark:
+                    result.duplicates.append(entry.record)
+                else:
+                    rest.append(entry)
+            if rest:
+                kept.append(rest)
+        queue.clear()
+        queue.extend(kept)
 
     @staticmethod
     def _require_one_shard(entries: Sequence[Entry]) -> None:

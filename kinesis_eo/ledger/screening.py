@@ -16,7 +16,7 @@ from kinesis_eo.ledger.model import (
     PayloadMismatchError,
     payload_hash,
 )
-from kinesis_eo.records import Record
+from kinesis_eo.records import Position, Record
 
 __all__ = ["LedgerScreening", "Screened"]
 
@@ -69,12 +69,18 @@ class LedgerScreening(LedgerCore):
     ) -> Generator[Any, Any, Screened]:
         new: list[Record] = []
         duplicates: list[Record] = []
+        # Each shard's mark parsed once, so that records compare as numbers, not keys built.
+        marks: dict[tuple[str, str], Position | None] = {}
         for record in records:
-            if read:
-                mark = yield from self.watermark(record.stream, record.shard_id)
-            else:
-                mark = self._watermarks.get((record.stream, record.shard_id))
-            if mark is not None and record.position.key() <= mark:
+            shard = (record.stream, record.shard_id)
+            if shard not in marks:
+                if read:
+                    mark = yield from self.watermark(record.stream, record.shard_id)
+                else:
+                    mark = self._watermarks.get(shard)
+                marks[shard] = Position.from_key(mark) if mark is not None else None
+            stored = marks[shard]
+            if stored is not None and not stored < record.position:
                 duplicates.append(record)
             else:
                 new.append(record)

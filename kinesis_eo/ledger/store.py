@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ StoreFlow = Generator[Any, Any, Any]
 
 # BatchGetItem reads at most 100 keys per call.
 _BATCH_GET_LIMIT = 100
+_ACTIONS = frozenset({"Put", "Update", "Delete", "ConditionCheck"})
 
 
 class LedgerStore(ABC):
@@ -291,7 +292,7 @@ class DynamoDBLedgerStore(LedgerStore):
                         schema = described["Table"]["KeySchema"]
                         self._key_schemas[table] = tuple(k["AttributeName"] for k in schema)
                     key = {name: request["Item"][name] for name in self._key_schemas[table]}
-                items.append((table, repr(sorted(key.items()))))
+                items.append((table, *sorted(_key_parts(key))))
             touched.append(items)
         return touched
 
@@ -356,6 +357,15 @@ class DynamoDBLedgerStore(LedgerStore):
         return {"Delete": expression.add_to(request)}
 
     def apply(self, ops: Sequence[Op], extra: Sequence[Any] = ()) -> Generator[Any, Any, None]:
+        # Clients may skip botocore's own validation (the CLI's do): a write that is not
+        # one action would then fail inside botocore, not as the record's fault.
+        for index, write in enumerate(extra, start=len(ops)):
+            if not (isinstance(write, Mapping) and len(write) == 1 and set(write) <= _ACTIONS):
+                raise InvalidWriteError(
+                    f"a sink write for ledger table '{self.table_name}' must be one of "
+                    f"{', '.join(sorted(_ACTIONS))}, got {str(write)[:120]}",
+                    indexes=[index],
+                )
         items = [self.write_item(op) for op in ops] + list(extra)
         if not items:
             return
@@ -416,6 +426,13 @@ class DynamoDBLedgerStore(LedgerStore):
                     "credentials): a commit writes to it",
                     resource=f"{kind} table '{table}'",
                 ) from missing
+
+
+def _key_parts(key: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, str, Any]]:
+    """A key's (name, type, value) triples: hashable (key values are strings, numbers, bytes)."""
+    for name, attribute in key.items():
+        for kind, value in attribute.items():
+            yield name, kind, value
 
 
 def _decoded(item: Mapping[str, Any] | None) -> Item | None:

@@ -1,0 +1,326 @@
+"""A latency model: each case's records/s per shard on AWS's shape, on a simulated clock.
+
+The emulator answers in its own time (moto's CPU), which says little about
+AWS, where a call costs a round trip whatever its size and a 100-item
+transaction does not take 100 times as long as a write. So each case is also
+run here as the sequence of calls it makes per batch (its *plan*), every call
+costing the latency in :data:`LATENCY_MS`, plus the client CPU per record
+measured against the canned endpoint (bench/_cpu.py). The clock is simulated:
+nothing sleeps, a whole sweep takes milliseconds.
+
+Each plan is checked against the calls the case really made in the moto run
+(``model_calls_per_record`` beside ``measured_calls_per_record`` in the
+report), so the model follows the code, not a wish.
+
+One shard is read by one loop: GetRecords, then the batch's calls one after the
+other; GetRecords at most 5 times a second per shard (AWS's limit). A process
+serves many shards at once (a thread each), so their waits overlap and only
+their CPU adds up: one core serves ``1e6 / cpu_us`` records/s, i.e. that many
+shards at AWS's 1,000 records/s write limit per shard.
+
+Variants modelled (not built in the worker): *prefetch* reads the next batch
+while the current one commits, so a batch costs max(read, process) instead of
+their sum; *lanes* run the handler's own writes for different keys of a shard
+concurrently (``LANES`` at once), as per-key ordering allows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Modelled latency of one call, in ms: (fixed, per item). AWS publishes no
+# per-call figures for these; they are assumptions in line with AWS's
+# "single-digit millisecond" for DynamoDB item operations (the DynamoDB
+# developer guide's introduction), transactions doing two underlying writes per
+# item (prepare and commit, the developer guide on transactions' capacity), and
+# GetRecords returning up to 10 MB per call. Change them here; the report
+# carries the table it used.
+LATENCY_MS: dict[str, tuple[float, float]] = {
+    "GetRecords": (20.0, 0.0),
+    "PutItem": (5.0, 0.0),
+    "UpdateItem": (5.0, 0.0),
+    "GetItem": (5.0, 0.0),
+    "BatchGetItem": (5.0, 0.02),
+    "TransactWriteItems": (10.0, 0.1),
+}
+LATENCY_SOURCES = (
+    "assumptions: DynamoDB item writes and reads 5 ms (AWS: 'single-digit millisecond'); "
+    "TransactWriteItems 10 ms + 0.1 ms per item (two phases: prepare, commit); "
+    "BatchGetItem 5 ms + 0.02 ms per key; GetRecords 20 ms"
+)
+GET_RECORDS_PER_SECOND = 5  # per shard (Kinesis Data Streams quota)
+SHARD_WRITE_LIMIT = 1000  # records/s a shard takes in (Kinesis quota)
+CHECKPOINT_INTERVAL_S = 5.0
+TRANSACTION_ITEMS = 100
+LANES = 16
+BATCH_SIZES = (10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def latency_s(operation: str, items: int = 1) -> float:
+    fixed, per_item = LATENCY_MS[operation]
+    return (fixed + per_item * items) / 1000
+
+
+# --- plans: the calls a case makes for one batch of ``b`` records on one shard --------------------
+
+Call = tuple[str, int]  # (operation, items)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a case spends one batch: calls once per batch, and calls per record."""
+
+    name: str
+    per_batch: Callable[[int], list[Call]]
+    per_record: tuple[Call, ...] = ()
+    checkpoints: bool = True
+    # The sequential round trips no implementation of this case can avoid, per record.
+    ceiling_s_per_record: float = 0.0
+
+
+def _transactions(records: int, per_transaction: int, extra: int) -> list[Call]:
+    full, rest = divmod(records, per_transaction)
+    calls = [("TransactWriteItems", per_transaction + extra)] * full
+    if rest:
+        calls.append(("TransactWriteItems", rest + extra))
+    return calls
+
+
+def _per_record_batch(records: int) -> list[Call]:
+    # A screening read per 100 keys, then transactions of a mark and a write per record.
+    return _screen(records) + [
+        ("TransactWriteItems", 2 * n) for n in _sizes(records, PER_RECORD_PER_TX)
+    ]
+
+
+def _screen(records: int) -> list[Call]:
+    return [("BatchGetItem", min(100, records - i)) for i in range(0, records, 100)]
+
+
+# One slot of every transaction stays free for the lease's fencing check; the
+# watermark takes one more: 98 records per transaction, each one sink write.
+WATERMARK_PER_TX = TRANSACTION_ITEMS - 2
+# Per-record: a mark and a sink write per record, one slot free: 49 records.
+PER_RECORD_PER_TX = (TRANSACTION_ITEMS - 1) // 2
+
+PLANS: dict[str, Plan] = {
+    "watermark": Plan(
+        "watermark",
+        lambda b: _transactions(b, WATERMARK_PER_TX, 1),
+        ceiling_s_per_record=latency_s("TransactWriteItems", TRANSACTION_ITEMS) / WATERMARK_PER_TX,
+    ),
+    "per_record": Plan(
+        "per_record",
+        lambda b: (
+            _screen(b) + [("TransactWriteItems", 2 * n) for n in _sizes(b, PER_RECORD_PER_TX)]
+        ),
+        ceiling_s_per_record=latency_s("TransactWriteItems", 2 * PER_RECORD_PER_TX)
+        / PER_RECORD_PER_TX,
+    ),
+    "keyed_watermark": Plan(
+        "keyed_watermark",
+        lambda b: [("UpdateItem", 1)],
+        per_record=(("UpdateItem", 1),),
+        ceiling_s_per_record=latency_s("UpdateItem"),
+    ),
+    "claim": Plan(
+        "claim",
+        _screen,
+        per_record=(("PutItem", 1), ("UpdateItem", 1), ("UpdateItem", 1)),
+        ceiling_s_per_record=latency_s("PutItem") + 2 * latency_s("UpdateItem"),
+    ),
+    "powertools": Plan(
+        "powertools",
+        lambda b: [],
+        per_record=(("PutItem", 1), ("UpdateItem", 1), ("UpdateItem", 1)),
+        checkpoints=False,
+        ceiling_s_per_record=latency_s("PutItem") + 2 * latency_s("UpdateItem"),
+    ),
+    "naive": Plan(
+        "naive",
+        lambda b: [("UpdateItem", 1)],  # its checkpoint, every batch
+        per_record=(("PutItem", 1), ("UpdateItem", 1)),
+        checkpoints=False,
+        ceiling_s_per_record=latency_s("PutItem") + latency_s("UpdateItem"),
+    ),
+}
+
+
+def _sizes(records: int, per_call: int) -> list[int]:
+    full, rest = divmod(records, per_call)
+    return [per_call] * full + ([rest] if rest else [])
+
+
+def calls_per_record(name: str, batch: int) -> float:
+    """DynamoDB calls per record of a plan at this batch size (checkpoints left out)."""
+    plan = PLANS[name]
+    return (len(plan.per_batch(batch)) + batch * len(plan.per_record)) / batch
+
+
+# --- the simulated clock ------------------------------------------------------------------------
+
+
+def shard_seconds(
+    name: str,
+    records: int,
+    batch: int,
+    cpu_us: float,
+    *,
+    prefetch: bool = False,
+    lanes: int = 1,
+) -> float:
+    """Simulated seconds one shard's loop takes for ``records`` records."""
+    plan = PLANS[name]
+    clock = 0.0
+    last_read = -math.inf
+    last_checkpoint = 0.0
+    read = latency_s("GetRecords")
+    min_gap = 1 / GET_RECORDS_PER_SECOND
+    per_record_wait = sum(latency_s(op, n) for op, n in plan.per_record)
+    cpu = cpu_us / 1e6
+    done = 0
+    while done < records:
+        size = min(batch, records - done)
+        process = sum(latency_s(op, n) for op, n in plan.per_batch(size))
+        if lanes > 1 and plan.per_record:
+            # ``lanes`` records in flight; their waits overlap, their CPU does not.
+            process += size * max(cpu, (per_record_wait + cpu) / lanes)
+        else:
+            process += size * (per_record_wait + cpu)
+        start = max(clock, last_read + min_gap)
+        if prefetch and done:
+            # The read of this batch ran while the previous one was processed.
+            clock = max(start, last_read + read) + process
+            last_read = start
+        else:
+            last_read = start
+            clock = start + read + process
+        if plan.checkpoints and clock - last_checkpoint >= CHECKPOINT_INTERVAL_S:
+            clock += latency_s("UpdateItem")
+            last_checkpoint = clock
+        done += size
+    return clock
+
+
+def rps_per_shard(name: str, batch: int, cpu_us: float, **variant: Any) -> float:
+    records = max(batch * 20, 20_000)
+    return records / shard_seconds(name, records, batch, cpu_us, **variant)
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    case: str
+    prefetch: bool = False
+    lanes: int = 1
+
+
+VARIANTS = (
+    Variant("watermark + prefetch", "watermark", prefetch=True),
+    Variant("keyed_watermark + lanes", "keyed_watermark", lanes=LANES),
+    Variant("keyed_watermark + lanes + prefetch", "keyed_watermark", prefetch=True, lanes=LANES),
+)
+
+
+def model(
+    cpu_us: dict[str, float],
+    batch: int,
+    measured: dict[str, float],
+    run_batch: int | None = None,
+) -> dict[str, Any]:
+    """The ``latency_model`` section of the report.
+
+    ``cpu_us``: client CPU µs per record per case (canned endpoint); ``measured``:
+    DynamoDB calls per record each case made in the moto run, whose batches held
+    ``run_batch`` records (fewer than ``batch`` when a shard held fewer), to check
+    the plans against.
+    """
+    run_batch = run_batch or batch
+    rows: dict[str, dict[str, Any]] = {}
+    entries = [(name, name, {}) for name in PLANS if name in cpu_us]
+    entries += [
+        (v.label, v.case, {"prefetch": v.prefetch, "lanes": v.lanes})
+        for v in VARIANTS
+        if v.case in cpu_us
+    ]
+    for label, case, variant in entries:
+        cpu = cpu_us[case]
+        rps = rps_per_shard(case, batch, cpu, **variant)
+        plan = PLANS[case]
+        ceiling_per_record = plan.ceiling_s_per_record
+        if variant.get("lanes", 1) > 1 and plan.per_record:
+            ceiling_per_record /= variant["lanes"]
+        per_core = 1e6 / cpu if cpu else None
+        rows[label] = {
+            "case": case,
+            "variant": {k: v for k, v in variant.items() if v not in (False, 1)} or None,
+            "rps_per_shard": round(rps, 1),
+            "rps_per_process": round(per_core, 1) if per_core else None,
+            "ceiling_rps_per_shard": round(1 / ceiling_per_record, 1),
+            "ceiling_fraction": round(rps * ceiling_per_record, 3),
+            "saturated_shards_per_core": round(per_core / SHARD_WRITE_LIMIT, 1)
+            if per_core
+            else None,
+            "client_cpu_us_per_record": cpu,
+            "model_calls_per_record": round(calls_per_record(case, run_batch), 4),
+            "measured_calls_per_record": measured.get(case),
+            "ratio_vs_powertools": None,
+        }
+    peer = rows.get("powertools")
+    for row in rows.values():
+        if peer is not None:
+            row["ratio_vs_powertools"] = round(row["rps_per_shard"] / peer["rps_per_shard"], 1)
+    return {
+        "latency_ms": {op: {"fixed": f, "per_item": p} for op, (f, p) in LATENCY_MS.items()},
+        "sources": LATENCY_SOURCES,
+        "get_records_per_second_per_shard": GET_RECORDS_PER_SECOND,
+        "batch": batch,
+        "run_batch": run_batch,
+        "lanes": LANES,
+        "cases": rows,
+        "sweep": sweep(cpu_us),
+    }
+
+
+def sweep(cpu_us: dict[str, float]) -> dict[str, dict[int, float]]:
+    """Records/s per shard of every case and variant at each of :data:`BATCH_SIZES`."""
+    lines: dict[str, dict[int, float]] = {}
+    for name in PLANS:
+        if name in cpu_us:
+            lines[name] = {b: round(rps_per_shard(name, b, cpu_us[name]), 1) for b in BATCH_SIZES}
+    for v in VARIANTS:
+        if v.case in cpu_us:
+            lines[v.label] = {
+                b: round(
+                    rps_per_shard(v.case, b, cpu_us[v.case], prefetch=v.prefetch, lanes=v.lanes), 1
+                )
+                for b in BATCH_SIZES
+            }
+    return lines
+
+
+def plot(latency_model: dict[str, Any], path: str) -> None:
+    """Records/s per shard against batch size, one line per case (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 6))
+    for label, points in latency_model["sweep"].items():
+        sizes = sorted(int(b) for b in points)
+        axes.plot(sizes, [points[b] for b in sizes], marker="o", label=label)
+    axes.axhline(SHARD_WRITE_LIMIT, color="grey", linestyle=":", label="a shard's write limit")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("records per GetRecords (batch size)")
+    axes.set_ylabel("records/s per shard (latency model)")
+    axes.set_title("kinesis_eo beside Powertools and a naive consumer, modelled on AWS latencies")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
