@@ -342,7 +342,8 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
         report.zombies += fleet.notice_self_stopped(now, config.failover_s * 1.6)
         fleet.continue_due(now)
         fleet.restart_dead()
-        run.outage.step(now, run.outage_at)
+        if run.outage.started_at is not None or now < run.outage_at or _any_applied(run):
+            run.outage.step(now, run.outage_at)
         faults_open = now < started + config.produce_s * 1.2
         if faults_open and next_kill is not None and now >= next_kill:
             fleet.kill_one()
@@ -370,6 +371,12 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
             run.say("timed out: verifying what is there")
             return resharder
         time.sleep(0.2)
+
+
+def _any_applied(run: _Run) -> bool:
+    """Whether the fleet has applied an effect: an outage before any shard is read (leases not yet
+    assigned at a cold start) would pause nothing, so it waits for the first effect."""
+    return bool(run.dynamodb.scan(TableName=run.names.effects, Limit=1).get("Items"))
 
 
 def _all_done(run: _Run) -> bool:
