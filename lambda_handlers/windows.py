@@ -41,10 +41,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
-from kinesis_eo.deadletter import DeadLetter, DeadLetterReason
+from kinesis_eo.deadletter import DeadLetterReason
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import Invoke
 from kinesis_eo.ledger import Ledger, LedgerConflictError
@@ -60,7 +59,7 @@ from kinesis_eo.ledger.model import (
 )
 from kinesis_eo.records import Record
 from kinesis_eo.sinks import DeadLetterSink
-from kinesis_eo.sinks.base import PoisonRecordError
+from kinesis_eo.sinks.base import send_dead_letter
 from lambda_handlers.decisions import (
     Ordering,
     batch_item_failures,
@@ -219,20 +218,9 @@ class Folding:
 def _dead_letter_flow(
     folding: Folding, record: Record, reason: DeadLetterReason, error: BaseException, attempts: int
 ) -> Flow:
-    letter = DeadLetter.from_exception(
-        record,
-        reason,
-        error,
-        attempts=attempts,
-        consumer_group=folding.ledger.config.consumer_group,
-        failed_at=datetime.now(UTC),
+    yield from send_dead_letter(
+        folding.ledger, folding.dead_letters, record, reason, error, attempts, "cannot be folded"
     )
-    if folding.dead_letters is None:
-        raise PoisonRecordError(
-            f"record {letter.describe()} cannot be folded ({letter.error}) and no dead-letter "
-            "target is configured"
-        ) from error
-    yield Invoke(folding.dead_letters.send, ([letter],))
 
 
 def _fold_flow(

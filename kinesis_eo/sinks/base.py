@@ -55,6 +55,7 @@ __all__ = [
     "attempt",
     "idempotency_key",
     "process_through_outages",
+    "send_dead_letter",
 ]
 
 
@@ -69,6 +70,36 @@ class PoisonRecordError(KinesisEOError):
 def idempotency_key(ledger: Ledger, record: Record) -> str:
     """A compact stable key (64 hex characters): fits SQS, S3 and HTTP headers alike."""
     return hashlib.sha256(ledger.record_key(record).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def send_dead_letter(
+    ledger: Ledger,
+    dead_letters: DeadLetterSink | None,
+    record: Record,
+    reason: DeadLetterReason,
+    error: BaseException,
+    attempts: int,
+    failure: str = "",
+) -> Generator[Any, Any, DeadLetter]:
+    """Send ``record``'s dead letter to ``dead_letters``; without a target, a poison record stops
+    the shard (``PoisonRecordError``). ``failure`` says what went wrong, for that error.
+    """
+    letter = DeadLetter.from_exception(
+        record,
+        reason,
+        error,
+        attempts=attempts,
+        consumer_group=ledger.config.consumer_group,
+        failed_at=datetime.now(UTC),
+    )
+    if dead_letters is None:
+        failure = failure or f"failed {attempts} time(s)"
+        raise PoisonRecordError(
+            f"record {letter.describe()} {failure} ({letter.error}) "
+            "and no dead-letter target is configured"
+        ) from error
+    yield Invoke(dead_letters.send, ([letter],))
+    return letter
 
 
 class SinkBase:
@@ -271,20 +302,9 @@ class SinkBase:
         attempts: int,
         report: BatchReport,
     ) -> Generator[Any, Any, None]:
-        letter = DeadLetter.from_exception(
-            record,
-            reason,
-            error,
-            attempts=attempts,
-            consumer_group=self.ledger.config.consumer_group,
-            failed_at=datetime.now(UTC),
+        letter = yield from send_dead_letter(
+            self.ledger, self.dead_letters, record, reason, error, attempts
         )
-        if self.dead_letters is None:
-            raise PoisonRecordError(
-                f"record {letter.describe()} failed {attempts} time(s) ({letter.error}) "
-                "and no dead-letter target is configured"
-            ) from error
-        yield Invoke(self.dead_letters.send, ([letter],))
         report.dead_lettered.append(letter)
 
     def commit(
