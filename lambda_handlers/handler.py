@@ -225,9 +225,7 @@ def build_sink(
     dead_letters: DeadLetterSink | None,
     config: LambdaConfig,
 ) -> TransactionalSink | IdempotentKeySink | ClaimSink:
-    """The sink ``LambdaConfig.sink`` names, built over ``ledger`` with the handler and dead-letter
-    target.
-    """
+    """The sink ``LambdaConfig.sink`` names, over ``ledger``, with the handler and dead letters."""
     if config.sink is not SinkKind.CLAIM:
         kind = TransactionalSink if config.sink is SinkKind.TRANSACTIONAL else IdempotentKeySink
         return kind(
