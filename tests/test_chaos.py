@@ -105,9 +105,11 @@ def test_a_short_chaos_run_reading_by_subscription_loses_nothing_and_applies_not
     command = [
         sys.executable, "-m", "kinesis_eo.cli", "chaos", "--read", "efo",
         "--events", "800", "--workers", "3", "--shards", "3", "--seed", "14",
-        "--produce-seconds", "8", "--kill-every", "3", "--zombie-every", "6",
+        "--produce-seconds", "16", "--kill-every", "3", "--zombie-every", "6",
         "--sever-every", "1", "--timeout", "150", "--report", str(report_path),
     ]  # fmt: skip
+    # Faults (cuts included) land while events are produced; 16 s outlasts the cold start
+    # (registering the consumer, the coordinator's first round, the first subscriptions).
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
 
