@@ -342,7 +342,9 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
         report.zombies += fleet.notice_self_stopped(now, config.failover_s * 1.6)
         fleet.continue_due(now)
         fleet.restart_dead()
-        if run.outage.started_at is not None or now < run.outage_at or _any_applied(run):
+        # Only a planned outage not yet started looks at the effects table.
+        waiting = run.outage.duration_s > 0 and run.outage.started_at is None
+        if not waiting or now < run.outage_at or _any_applied(run):
             run.outage.step(now, run.outage_at)
         faults_open = now < started + config.produce_s * 1.2
         if faults_open and next_kill is not None and now >= next_kill:
