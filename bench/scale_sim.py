@@ -23,9 +23,16 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kinesis_eo.coordination import Acquired, coordinator_flow
-from kinesis_eo.flow import Call, Sleep
-from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, MemoryLeaseStore
+from kinesis_eo.coordination import Acquired, coordinator_flow, lease_keeper_flow
+from kinesis_eo.flow import Call, Sleep, Together
+from kinesis_eo.leases import (
+    Coordinator,
+    Lease,
+    LeaseConfig,
+    LeaseLostError,
+    LeaseManager,
+    MemoryLeaseStore,
+)
 from kinesis_eo.leases.model import WorkerReport
 from kinesis_eo.leases.store import Change, LeaseCondition, LeaseStore, TableSnapshot
 from kinesis_eo.records import Position
@@ -90,9 +97,15 @@ class Meter:
 class MeteredStore(LeaseStore):
     """A worker's view of the shared in-memory store, metered as DynamoDB would bill it."""
 
-    def __init__(self, inner: MemoryLeaseStore) -> None:
+    def __init__(self, inner: MemoryLeaseStore, latency_s: float = 0.0) -> None:
         self.inner = inner
         self.meter = Meter()
+        # What each request costs on the simulated clock (0: answered at once).
+        self.latency_s = latency_s
+
+    def _wait(self) -> Generator[Any, Any, None]:
+        if self.latency_s:
+            yield Sleep(self.latency_s)
 
     def _run(self, flow: Generator[Any, Any, Any]) -> Any:
         try:
@@ -106,44 +119,42 @@ class MeteredStore(LeaseStore):
         return snapshot.leases
 
     def snapshot(self, consistent: bool = True) -> Generator[Any, Any, TableSnapshot]:
+        yield from self._wait()
         snapshot: TableSnapshot = self._run(self.inner.snapshot())
         size = sum(item_size(lease) for lease in snapshot.leases) + 60 * len(snapshot.workers)
         self.meter.read(size, len(snapshot.leases) + len(snapshot.workers) + 1, consistent)
         return snapshot
-        yield
 
     def owned_keys(self, owner: str) -> Generator[Any, Any, list[str]]:
+        yield from self._wait()
         keys: list[str] = self._run(self.inner.owned_keys(owner))
         # Keys-only index items: the lease key and the owner.
         self.meter.read(sum(8 + len(k) + 10 + len(owner) for k in keys), len(keys), False)
         return keys
-        yield
 
     def get(self, key: str, consistent: bool = True) -> Generator[Any, Any, Lease | None]:
+        yield from self._wait()
         lease: Lease | None = self._run(self.inner.get(key))
         self.meter.read(item_size(lease) if lease else 1, 1, consistent)
         return lease
-        yield
 
     def report(self, report: WorkerReport) -> Generator[Any, Any, None]:
+        yield from self._wait()
         self._run(self.inner.report(report))
         self.meter.write_units += 1
         self.meter.requests += 1
-        return
-        yield
 
     def remove_report(self, worker_id: str) -> Generator[Any, Any, None]:
+        yield from self._wait()
         self._run(self.inner.remove_report(worker_id))
         self.meter.write_units += 1
         self.meter.requests += 1
-        return
-        yield
 
     def create(self, lease: Lease) -> Generator[Any, Any, bool]:
+        yield from self._wait()
         created: bool = self._run(self.inner.create(lease))
         self.meter.write(None, lease)
         return created
-        yield
 
     def _current(self, key: str) -> Lease | None:
         current: Lease | None = self._run(self.inner.get(key))
@@ -152,6 +163,7 @@ class MeteredStore(LeaseStore):
     def update(
         self, shard_id: str, change: Change, condition: LeaseCondition
     ) -> Generator[Any, Any, Lease]:
+        yield from self._wait()
         before = self._current(shard_id)
         try:
             after: Lease = self._run(self.inner.update(shard_id, change, condition))
@@ -160,14 +172,12 @@ class MeteredStore(LeaseStore):
             raise
         self.meter.write(before, after)
         return after
-        yield
 
     def delete(self, shard_id: str, condition: LeaseCondition) -> Generator[Any, Any, None]:
+        yield from self._wait()
         before = self._current(shard_id)
         self.meter.write(before, None)
         self._run(self.inner.delete(shard_id, condition))
-        return
-        yield
 
     def fence(self, shard_id: str, owner: str, token: str) -> Any:
         return self.inner.fence(shard_id, owner, token)
@@ -202,6 +212,7 @@ class SimWorker:
     state: WorkerState = field(default_factory=WorkerState)
     dead: bool = False
     legacy: bool = False
+    coordinator: Coordinator | None = None
 
 
 @dataclass(order=True)
@@ -223,8 +234,11 @@ class Simulation:
         rates: list[float],
         checkpoint_interval_s: float = 5.0,
         seed: int = 7,
+        latency_s: float = 0.0,
     ) -> None:
         self.now = 0.0
+        # What every lease-table request costs on the simulated clock.
+        self.latency_s = latency_s
         self.store = MemoryLeaseStore()
         self.lease_config = lease_config
         self.config = WorkerConfig(
@@ -249,12 +263,22 @@ class Simulation:
     def add_worker(
         self, worker_id: str, at: float | None = None, legacy: bool = False
     ) -> SimWorker:
-        store = MeteredStore(self.store)
+        store = MeteredStore(self.store, self.latency_s)
         manager = LeaseManager(store, self.lease_config, worker_id, self.clock, self.rng)
         worker = SimWorker(worker_id, manager, store, legacy=legacy)
         self.workers.append(worker)
-        flow = self._legacy_flow(worker) if legacy else self._worker_flow(worker)
-        self._schedule(self.now if at is None else at, flow, worker)
+        start = self.now if at is None else at
+        if legacy:
+            self._schedule(start, self._legacy_flow(worker), worker)
+            return worker
+        coordinator = Coordinator(manager)
+        keeper = lease_keeper_flow(manager, coordinator, worker.state, self.clock)
+        self._schedule(start, keeper, worker)
+        flow = coordinator_flow(
+            manager, coordinator, self.stream, self.config, worker.state, self.clock
+        )
+        self._schedule(start, flow, worker)
+        worker.coordinator = coordinator
         return worker
 
     def live(self) -> list[SimWorker]:
@@ -281,9 +305,6 @@ class Simulation:
         position = Position(str(10**20 + processed), 0)
         yield from worker.manager.checkpoint(shard, position, 0, processed)
         yield from worker.manager.release(shard)
-
-    def _worker_flow(self, worker: SimWorker) -> Generator[Any, Any, None]:
-        return coordinator_flow(worker.manager, self.stream, self.config, worker.state, self.clock)
 
     def _legacy_flow(self, worker: SimWorker) -> Generator[Any, Any, None]:
         """The protocol before the coordinator: every worker scans and takes each round."""
@@ -339,10 +360,36 @@ class Simulation:
             if isinstance(step, Sleep):
                 self._schedule(self.now + max(step.seconds, 1e-3), flow, worker)
                 return
+            if isinstance(step, Together):
+                self._together(step, flow, worker)
+                return
             if isinstance(step, Call):
                 send = {"Shards": self.shards} if step.method == "list_shards" else {}
             elif isinstance(step, Acquired):
                 self._schedule(self.now, self._shard_loop(worker, step.lease), worker)
+
+    def _together(
+        self, step: Together, parent: Generator[Any, Any, Any], worker: SimWorker
+    ) -> None:
+        """Run the sub-flows side by side, ``step.width`` at a time, then resume the parent."""
+        values: list[Any] = [None] * len(step.flows)
+        pending = list(enumerate(step.flows))
+        left = [len(step.flows)]
+
+        def start_next() -> None:
+            if pending:
+                index, sub = pending.pop(0)
+                self._schedule(self.now, one(index, sub), worker)
+
+        def one(index: int, sub: Generator[Any, Any, Any]) -> Generator[Any, Any, None]:
+            values[index] = yield from sub
+            left[0] -= 1
+            start_next()
+            if not left[0]:
+                self._schedule(self.now, parent, worker, values)
+
+        for _ in range(step.width):
+            start_next()
 
     def _shard_loop(self, worker: SimWorker, lease: Lease) -> Iterator[Any]:
         """The lease calls of the real shard loop: checkpoint as records come, release on stop."""

@@ -1,7 +1,17 @@
 """What every worker does besides reading shards: keep its leases, and coordinate when elected.
 
-:func:`coordinator_flow` runs unchanged under threads and asyncio (see
-:mod:`kinesis_eo.worker`); the lease protocol it drives is in :mod:`kinesis_eo.leases`.
+Two flows, run side by side (a thread or a task each, see :mod:`kinesis_eo.worker`):
+
+- :func:`lease_keeper_flow` reports the worker alive, renews what it holds and
+  keeps or takes the coordinator's item, every renew interval;
+- :func:`coordinator_flow` takes what the table assigns to this worker and,
+  while elected, syncs shards to leases and assigns them.
+
+They are apart so that nothing the coordinator does delays a renewal: its scan
+and its writes take seconds on a large table or a slow one, and a renewal late
+by the failover time is a lease (or the coordinator's item) taken by another
+worker, which no one meant to move. The lease protocol they drive is in
+:mod:`kinesis_eo.leases`.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Acquired",
     "coordinator_flow",
+    "lease_keeper_flow",
     "wait_while_paused",
 ]
 
@@ -40,55 +51,64 @@ def wait_while_paused(state: WorkerState) -> Generator[Any, Any, None]:
         yield Sleep(0.01)
 
 
+def lease_keeper_flow(
+    manager: LeaseManager,
+    coordinator: Coordinator,
+    state: WorkerState,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[Any, Any, None]:
+    """Every renew interval: report alive, renew what is held, keep or take the coordinator's
+    item. On stop: resign and remove the report (the shard loops release their leases)."""
+    interval = manager.config.renew_interval
+    while not state.stopping:
+        yield from wait_while_paused(state)
+        started = clock()
+        yield from manager.report()
+        lost = yield from manager.renew_all()
+        state.record.leases_lost(len(lost))
+        yield from coordinator.elect()
+        yield Sleep(max(0.0, started + interval - clock()))
+    yield from coordinator.resign()
+    yield from manager.leave()
+
+
 def coordinator_flow(
     manager: LeaseManager,
+    coordinator: Coordinator,
     stream: StreamRef,
     config: WorkerConfig,
     state: WorkerState,
     clock: Callable[[], float] = time.monotonic,
 ) -> Generator[Any, Any, None]:
-    """Keep this worker's leases and yield :class:`Acquired` for every lease taken.
+    """Yield :class:`Acquired` for every lease this worker takes, until it stops.
 
-    Every round: report alive, renew what is held, take what the table assigns
-    to this worker (read through the owner index). The elected coordinator
-    also syncs shards to leases and scans the table to assign (see
-    :mod:`kinesis_eo.leases.coordinator`). On stop: resign and remove the report.
+    Every round: take what the table assigns to this worker (read through the
+    owner index). While :func:`lease_keeper_flow` holds the coordinator's item
+    for this worker, also sync shards to leases and scan the table to assign
+    (see :mod:`kinesis_eo.leases.coordinator`).
     """
-    lease_config = manager.config
-    coordinator = Coordinator(manager)
-    next_renew = next_take = next_sync = clock()
+    interval = manager.config.take_interval
+    next_sync = clock()
     while not state.stopping:
         yield from wait_while_paused(state)
-        now = clock()
-        if now >= next_renew:
-            yield from manager.report()
-            lost = yield from manager.renew_all()
-            state.record.leases_lost(len(lost))
-            yield from coordinator.elect()
-            next_renew = now + lease_config.renew_interval
-        if coordinator.elected and now >= next_sync:
+        started = clock()
+        if coordinator.elected and started >= next_sync:
             graph = yield from list_shards_flow(stream, config.reader.list_shards_page_size)
             yield from manager.sync_shards(graph, config.initial_position)
             # Finished shards' leases, once their children are under way (rate-limited inside).
             yield from manager.clean_up(graph)
-            next_sync = now + config.shard_sync_interval_s
-        if now >= next_take and not state.stopping:
-            yield from coordinator.assign_round()
-            for lease in (yield from manager.discover()):
-                state.record.leases_taken(1)
-                yield Acquired(lease)
-            next_take = now + lease_config.take_interval
+            next_sync = started + config.shard_sync_interval_s
+        yield from coordinator.assign_round()
+        for lease in (yield from manager.discover()):
+            # Even when stopping: its shard loop releases it at once.
+            state.record.leases_taken(1)
+            yield Acquired(lease)
         state.record.leases_held(len(manager.held))
         if config.health_file:
             _write_health(config.health_file, manager, config, state)
         # Once per round, not per batch: shard threads would write many small documents.
         state.record.flush()
-        # Only the coordinator syncs shards: the others' sync time stays due, so one that
-        # is elected syncs at once, and must not wake them.
-        wake = min(next_renew, next_take, next_sync if coordinator.elected else next_take)
-        yield Sleep(max(0.0, wake - clock()))
-    yield from coordinator.resign()
-    yield from manager.leave()
+        yield Sleep(max(0.0, started + interval - clock()))
 
 
 def _write_health(

@@ -45,6 +45,7 @@ __all__ = [
     "client_for",
     "drive_async",
     "drive_sync",
+    "gather",
     "pump",
     "receive_async",
     "receive_sync",
@@ -152,6 +153,17 @@ class Together:
     @property
     def width(self) -> int:
         return min(len(self.flows), self.limit or len(self.flows))
+
+
+def gather(flows: Sequence[Flow], limit: int = 0) -> Generator[Any, Any, list[Any]]:
+    """The return values of ``flows``, run as a :class:`Together` (at most ``limit`` at once),
+    or in place when there is only one, which needs no thread or task of its own."""
+    if len(flows) == 1:
+        return [(yield from flows[0])]
+    if not flows:
+        return []
+    values: list[Any] = yield Together(tuple(flows), limit)
+    return values
 
 
 def _gathered(outcomes: Sequence[Any], errors: Sequence[BaseException | None]) -> list[Any]:

@@ -33,12 +33,19 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kinesis_eo.coordination import Acquired, coordinator_flow
+from kinesis_eo.coordination import Acquired, coordinator_flow, lease_keeper_flow
 from kinesis_eo.coordination import wait_while_paused as _wait_while_paused
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.flow import drive_async, drive_sync, run_async, run_sync
 from kinesis_eo.health import HealthBook, HealthLimits, prepare_health_file
-from kinesis_eo.leases import Lease, LeaseConfig, LeaseLostError, LeaseManager, Sentinel
+from kinesis_eo.leases import (
+    Coordinator,
+    Lease,
+    LeaseConfig,
+    LeaseLostError,
+    LeaseManager,
+    Sentinel,
+)
 from kinesis_eo.ledger import FencedError
 from kinesis_eo.metrics.hooks import attach_call_metrics
 from kinesis_eo.metrics.model import Metrics, NullMetrics
@@ -321,6 +328,9 @@ class _WorkerBase:
         self.stream = StreamRef.of(stream)
         self.sink = sink
         self.manager = manager
+        self.coordinator = Coordinator(manager)
+        # What stopped the lease keeper, raised again when the worker returns.
+        self._keeper_error: BaseException | None = None
         self.config = config
         if config.max_shards is not None:
             limit = manager.max_leases or config.max_shards
@@ -366,7 +376,22 @@ class _WorkerBase:
         self.state.record.flush()
 
     def _coordinator(self) -> Generator[Any, Any, None]:
-        return coordinator_flow(self.manager, self.stream, self.config, self.state)
+        return coordinator_flow(
+            self.manager, self.coordinator, self.stream, self.config, self.state
+        )
+
+    def _keeper(self) -> Generator[Any, Any, None]:
+        return lease_keeper_flow(self.manager, self.coordinator, self.state)
+
+    def _keeper_failed(self, error: BaseException) -> None:
+        # Leases nobody renews are taken by others: stop rather than read on without them.
+        log.error("the lease keeper failed; stopping: %s", error)
+        self._keeper_error = error
+        self.stop()
+
+    def _raise_keeper_error(self) -> None:
+        if self._keeper_error is not None:
+            raise self._keeper_error
 
     def _shard(self, lease: Lease) -> Generator[Any, Any, None]:
         return shard_flow(
@@ -424,6 +449,8 @@ class Worker(_WorkerBase):
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
+        keeper = threading.Thread(target=self._keep_leases, name="lease-keeper")
+        keeper.start()
         try:
             coordinator = drive_sync(
                 self._coordinator(), self.clients, self.config.retry, self._wake.wait
@@ -437,11 +464,18 @@ class Worker(_WorkerBase):
                 self._threads.append(thread)
                 thread.start()
         finally:
-            self.state.stopping = True
-            for thread in self._threads:
+            self.stop()
+            for thread in [*self._threads, keeper]:
                 thread.join()
             self._stopped()
+        self._raise_keeper_error()
         return self.metrics
+
+    def _keep_leases(self) -> None:
+        try:
+            self._run(self._keeper())
+        except Exception as exc:
+            self._keeper_failed(exc)
 
 
 class AsyncWorker(_WorkerBase):
@@ -473,6 +507,7 @@ class AsyncWorker(_WorkerBase):
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
+        keeper = asyncio.create_task(self._keep_leases())
         try:
             async for output in drive_async(self._coordinator(), self.clients, self.config.retry):
                 task = asyncio.create_task(self._run_shard(output.lease))
@@ -480,7 +515,13 @@ class AsyncWorker(_WorkerBase):
                 task.add_done_callback(self._tasks.discard)
         finally:
             self.state.stopping = True
-            if self._tasks:
-                await asyncio.gather(*self._tasks)
+            await asyncio.gather(*self._tasks, keeper)
             self._stopped()
+        self._raise_keeper_error()
         return self.metrics
+
+    async def _keep_leases(self) -> None:
+        try:
+            await run_async(self._keeper(), self.clients, self.config.retry)
+        except Exception as exc:
+            self._keeper_failed(exc)

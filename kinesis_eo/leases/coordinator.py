@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Generator
 from typing import Any
 
+from kinesis_eo.flow import gather
 from kinesis_eo.leases.assignment import Assignment, Kind, plan_assignment
 from kinesis_eo.leases.balancing import Observations
 from kinesis_eo.leases.manager import LeaseManager
@@ -52,6 +53,9 @@ class Coordinator:
     def __init__(self, manager: LeaseManager) -> None:
         self.manager = manager
         self.token: str | None = None
+        # Counts this worker's elections; the rounds' state belongs to one term.
+        self.term = 0
+        self._round_term = 0
         self.rounds = 0
         self._item = Observations()
         self._leases = Observations()
@@ -104,10 +108,10 @@ class Coordinator:
             )
         except LeaseConflict:
             return False
-        self.token, self.rounds, self._moved, self._first_seen = token, 0, {}, {}
-        self._leases, self._workers = Observations(), Observations()
         predecessor = item.owner if item.owner not in (None, me) else None
         self._predecessor = None if predecessor is None else (predecessor, now - silent)
+        # The rounds start afresh at the next one (they may run beside this, in another flow).
+        self.token, self.term = token, self.term + 1
         log.info("elected coordinator%s", f" after {predecessor}" if predecessor else "")
         return True
 
@@ -130,6 +134,9 @@ class Coordinator:
         """
         if self.token is None:
             return []
+        if self._round_term != self.term:
+            self._round_term, self.rounds, self._moved, self._first_seen = self.term, 0, {}, {}
+            self._leases, self._workers = Observations(), Observations()
         snapshot = yield from self.manager.store.snapshot(consistent=False)
         now = self.manager.clock()
         self.rounds += 1
@@ -158,12 +165,14 @@ class Coordinator:
         recent = {shard for shard, at in self._moved.items() if self.rounds - at < cooldown}
         plan = plan_assignment(snapshot.leases, live, expired, self.manager.config, recent)
         by_shard = {lease.shard_id: lease for lease in snapshot.leases}
-        written = []
-        for assignment in plan:
-            if (yield from self._write(by_shard[assignment.shard_id], assignment)):
-                written.append(assignment)
-                if assignment.kind is Kind.MOVE:
-                    self._moved[assignment.shard_id] = self.rounds
+        done = yield from gather(
+            [self._write(by_shard[a.shard_id], a) for a in plan],
+            self.manager.config.write_concurrency,
+        )
+        written = [assignment for assignment, ok in zip(plan, done, strict=True) if ok]
+        for assignment in written:
+            if assignment.kind is Kind.MOVE:
+                self._moved[assignment.shard_id] = self.rounds
         yield from self._forget_reports(snapshot.workers, now, failover)
         self.last_plan = written
         return written

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+from kinesis_eo.flow import gather
 from kinesis_eo.leases.balancing import Observations, plan_takes
 from kinesis_eo.leases.cleanup import plan_cleanup, retired_shards
 from kinesis_eo.leases.load import RateMeter
@@ -171,32 +172,35 @@ class LeaseManager:
         """Take the leases the table names this worker owner of but it does not hold; those taken.
 
         The owner index is read (eventually consistent), each new lease then
-        read on its own (strongly) before it is taken on its counter.
+        read on its own (strongly) before it is taken on its counter. Leases
+        past this worker's limit, or of shards it is cooling off from, are given
+        back for the coordinator to place elsewhere.
         """
         keys = yield from self.store.owned_keys(self.worker_id)
         now = self.clock()
         self.cooling = {shard: until for shard, until in self.cooling.items() if until > now}
-        acquired: list[Lease] = []
-        for key in keys:
-            if key in self.held or is_entity_key(key):
-                continue
-            lease = yield from self.store.get(key)
+        new = [key for key in keys if key not in self.held and not is_entity_key(key)]
+        concurrency = self.config.write_concurrency
+        read = yield from gather([self.store.get(key) for key in new], concurrency)
+        room = math.inf if self.max_leases is None else self.max_leases - len(self.held)
+        takes: list[Lease] = []
+        returns: list[Lease] = []
+        for lease in read:
             if lease is None or lease.owner != self.worker_id or lease.finished:
                 continue
-            full = self.max_leases is not None and len(self.held) >= self.max_leases
-            if key in self.cooling or full:
-                # Given back for the coordinator to place elsewhere.
-                with contextlib.suppress(LeaseConflict):
-                    yield from self.store.update(
-                        key,
-                        Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True),
-                        Unchanged(lease.counter, lease.owner),
-                    )
-                continue
-            taken = yield from self.take(lease)
-            if taken is not None:
-                acquired.append(taken)
-        return acquired
+            wanted = lease.shard_id not in self.cooling and len(takes) < room
+            (takes if wanted else returns).append(lease)
+        taken = yield from gather([self.take(lease) for lease in takes], concurrency)
+        yield from gather([self._give_back(lease) for lease in returns], concurrency)
+        return [lease for lease in taken if lease is not None]
+
+    def _give_back(self, lease: Lease) -> Generator[Any, Any, None]:
+        with contextlib.suppress(LeaseConflict):
+            yield from self.store.update(
+                lease.shard_id,
+                Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True),
+                Unchanged(lease.counter, lease.owner),
+            )
 
     def handing_over(self, shard_id: str) -> str | None:
         """The worker the coordinator asked this one to hand ``shard_id`` to, if any."""
@@ -260,6 +264,9 @@ class LeaseManager:
         nothing is left to checkpoint) is carried out here.
         """
         now = self.clock()
+        before = self.held.get(shard_id)
+        if before is None:
+            return True  # handed over or released since the renewals began: not lost
         meter = self._meters.get(shard_id)
         rate = None if meter is None else meter.rate(now)
         values: dict[str, Any] = {} if rate is None else {THROUGHPUT: round(rate, 3)}
@@ -269,18 +276,22 @@ class LeaseManager:
                 seen = self._handoff_seen.setdefault(shard_id, now)
                 if now - seen >= self.config.handoff_timeout:
                     yield from self.hand_over(shard_id)
-        except LeaseLostError:
+        except LeaseLostError as lost:
+            current = getattr(lost.__cause__, "current", None)
+            target = before.handoff_to
+            if target is not None and current is not None and current.owner == target:
+                return True  # handed over meanwhile, by the shard loop's checkpoint
             log.warning("lost the lease of %s", shard_id)
             return False
         return True
 
     def renew_all(self) -> Generator[Any, Any, list[str]]:
-        """Renew every held lease; the shards lost."""
-        lost = []
-        for shard_id in list(self.held):
-            if not (yield from self.renew(shard_id)):
-                lost.append(shard_id)
-        return lost
+        """Renew every held lease, ``write_concurrency`` at a time; the shards lost."""
+        shards = list(self.held)
+        kept = yield from gather(
+            [self.renew(shard_id) for shard_id in shards], self.config.write_concurrency
+        )
+        return [shard_id for shard_id, ok in zip(shards, kept, strict=True) if not ok]
 
     def release(self, shard_id: str) -> Generator[Any, Any, None]:
         """Give the lease up at once, so another worker takes it without waiting for expiry."""

@@ -177,6 +177,12 @@ class LeaseConfig:
     or after ``handoff_timeout_s`` (None: the failover time) if none comes.
     ``capacity`` is this worker's weight (2.0 takes twice an ordinary share);
     ``load_window_s`` the span throughput is measured over.
+
+    Lease-table writes that do not depend on each other (a worker's renewals,
+    the coordinator's assignments, a worker's takes) go up to
+    ``write_concurrency`` at a time, as the KCL's renewer and assignment
+    threads do: one slow round trip must not delay the rest past the failover
+    time.
     """
 
     table_name: str
@@ -193,6 +199,7 @@ class LeaseConfig:
     handoff_timeout_s: float | None = None
     capacity: float = 1.0
     load_window_s: float = 30.0
+    write_concurrency: int = 20
 
     def __post_init__(self) -> None:
         # A renewal is a conditional write per lease, a DynamoDB round trip of tens of
@@ -242,6 +249,8 @@ class LeaseConfig:
             raise ValueError("max_moves_per_round cannot be negative")
         if self.move_cooldown_rounds < 0:
             raise ValueError("move_cooldown_rounds cannot be negative")
+        if self.write_concurrency < 1:
+            raise ValueError(f"write_concurrency must be at least 1, got {self.write_concurrency}")
         for name in ("handoff_timeout_s", "capacity", "load_window_s"):
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):

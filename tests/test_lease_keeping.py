@@ -1,0 +1,86 @@
+"""Renewals keep their pace whatever the coordinator's rounds cost: on a slow lease table too.
+
+The product's worker flows (``lease_keeper_flow`` beside ``coordinator_flow``)
+run in the scale simulation of ``bench/scale_sim.py``: one simulated clock, the
+in-memory lease store, and every lease-table request costing a fixed round trip.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from bench.scale_sim import Simulation, shard_rates
+from kinesis_eo.leases import LeaseConfig
+from kinesis_eo.leases.model import COORDINATOR_KEY
+
+SHARDS, WORKERS = 200, 8
+CONFIG = LeaseConfig(table_name="leases", failover_s=3.0)
+
+
+def slow_table(latency_s: float) -> Simulation:
+    sim = Simulation(
+        SHARDS,
+        CONFIG,
+        shard_rates(SHARDS, seed=1, sigma=1.0),
+        checkpoint_interval_s=1.0,
+        latency_s=latency_s,
+    )
+    sim.seed_leases()
+    for i in range(WORKERS):
+        sim.add_worker(f"w{i}")
+    return sim
+
+
+def coordinator_owner(sim: Simulation) -> str | None:
+    item = sim.store.entities.get(COORDINATOR_KEY)
+    return item.owner if item else None
+
+
+@pytest.mark.parametrize("latency_s", [0.05, 0.2])
+def test_a_slow_lease_table_unseats_no_coordinator_and_costs_no_worker_its_leases(
+    latency_s: float,
+) -> None:
+    # At 200 shards a coordinator's round is a scan and up to 200 writes, far longer than
+    # the failover time at 200 ms a request; renewals waiting behind it would lapse.
+    sim = slow_table(latency_s)
+    owners: list[str | None] = []
+
+    def probe() -> None:
+        owner = coordinator_owner(sim)
+        if owner is not None and (not owners or owners[-1] != owner):
+            owners.append(owner)
+
+    sim.run_until(120.0, every=0.5, probe=probe)
+
+    assert len(owners) == 1, f"the coordinator changed hands: {owners}"
+    assert sum(w.state.metrics.leases_lost for w in sim.workers) == 0
+    held = Counter(lease.owner for lease in sim.store.leases.values())
+    assert None not in held
+    assert len(held) == WORKERS
+    # Balanced by throughput; by count no worker is far off its share either.
+    assert max(held.values()) <= 2 * SHARDS / WORKERS
+
+
+def test_a_dead_workers_leases_are_owned_again_soon_on_a_slow_lease_table() -> None:
+    sim = slow_table(0.2)
+    sim.run_until(60.0)
+    victim = next(w for w in sim.workers if w.manager.held and w is not sim.workers[0])
+    if victim.coordinator is not None and victim.coordinator.elected:
+        victim = sim.workers[1]
+    shards = set(victim.manager.held)
+    died = sim.now
+    sim.kill(victim)
+
+    owned_again_at = None
+    while sim.now < died + 30.0:
+        sim.run_until(sim.now + 0.5)
+        owners = {sim.store.leases[s].owner for s in shards}
+        if all(o not in (None, victim.worker_id) for o in owners):
+            owned_again_at = sim.now
+            break
+
+    assert owned_again_at is not None, "the dead worker's shards were not placed again"
+    # The failover time, then a round or two (each request costs 200 ms here).
+    assert owned_again_at - died <= CONFIG.failover_s + 3 * CONFIG.renew_interval + 2.0
