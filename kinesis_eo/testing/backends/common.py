@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 __all__ = [
     "FAKE_CREDENTIALS",
     "REGION",
+    "Background",
     "ClientFactory",
     "client_kwargs",
     "free_port",
@@ -21,6 +24,29 @@ FAKE_CREDENTIALS: Mapping[str, str] = {
     "aws_secret_access_key": "testing",
     "aws_session_token": "testing",
 }
+
+
+class Background(ABC):
+    """A server a test starts and stops: a context manager, started on entry, stopped on exit."""
+
+    @abstractmethod
+    def start(self) -> Self:
+        """Start serving; return self."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop serving and free what it held."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def free_port() -> int:

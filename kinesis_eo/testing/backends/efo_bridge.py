@@ -22,10 +22,9 @@ import contextlib
 import struct
 import threading
 import zlib
-from types import TracebackType
 from typing import Any, Self
 
-from kinesis_eo.testing.backends.common import ClientFactory, client_kwargs
+from kinesis_eo.testing.backends.common import Background, ClientFactory, client_kwargs
 
 __all__ = ["EfoBridge", "event_frame", "initial_response_frame"]
 
@@ -99,7 +98,7 @@ async def _relay_body(
     return False
 
 
-class EfoBridge:
+class EfoBridge(Background):
     """The proxy, on a free 127.0.0.1 port, in front of ``upstream_port`` on 127.0.0.1.
 
     Use as a context manager; :meth:`client` hands out boto3 clients on it and
@@ -184,17 +183,6 @@ class EfoBridge:
             return len(writers)
 
         return asyncio.run_coroutine_threadsafe(cut(), loop).result(10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- one client connection -----------------------------------------------------
 

@@ -13,12 +13,12 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.testing.backends.common import (
     REGION,
+    Background,
     ClientFactory,
     client_kwargs,
     free_port,
@@ -108,7 +108,7 @@ def _stop_leftovers() -> None:
         mock.stop()
 
 
-class KinesisMock:
+class KinesisMock(Background):
     """kinesis-mock in a child process on free 127.0.0.1 ports.
 
     Use as a context manager (or call :meth:`start` and :meth:`stop`)::
@@ -315,17 +315,6 @@ class KinesisMock:
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _PortTaken(Exception):

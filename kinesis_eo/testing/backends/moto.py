@@ -9,11 +9,11 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from kinesis_eo.errors import ConfigurationError
 from kinesis_eo.testing.backends.common import (
+    Background,
     ClientFactory,
     client_kwargs,
 )
@@ -50,7 +50,7 @@ def serialize_moto_requests() -> None:
         cls.__call__ = serialized  # type: ignore[method-assign]
 
 
-class MotoServer:
+class MotoServer(Background):
     """moto's HTTP server on a free (or the given) 127.0.0.1 port.
 
     By default it runs in a daemon thread of this process and shares its state
@@ -184,17 +184,6 @@ class MotoServer:
             moto_transactions.uninstall()
             self._uninstall_on_stop = False
         self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # What a MotoServer(process=True) child runs: a threaded server, its port on
