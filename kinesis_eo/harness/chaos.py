@@ -47,7 +47,7 @@ from kinesis_eo.harness.chaos_model import (
     KinesisBackend,
     ReadMode,
 )
-from kinesis_eo.harness.chaos_worker import WorkerSpec
+from kinesis_eo.harness.chaos_worker import WorkerSpec, idle_interval_for
 from kinesis_eo.harness.scenario import (
     EventPlan,
     Names,
@@ -193,6 +193,7 @@ def _start_fleet(
         invalid_write_seed=config.seed,
         outage_marker=str(directory / OUTAGE_MARKER) if config.sink_outage_s else "",
         efo_consumer=EFO_CONSUMER if config.read is ReadMode.EFO else "",
+        idle_interval_s=idle_interval_for(config.shards),
     )
     return Fleet(base, config.workers, directory, rng)
 

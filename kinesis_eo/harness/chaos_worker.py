@@ -35,12 +35,14 @@ from kinesis_eo.testing.faults import Always, FaultInjector, FaultKind, Probabil
 from kinesis_eo.worker import Worker
 
 __all__ = [
+    "IDLE_POLLS_PER_SECOND",
     "QUICK_RETRY",
     "READ_CALLS",
     "ReadCalls",
     "WorkerSpec",
     "build_worker",
     "effect_handler",
+    "idle_interval_for",
     "main",
     "run_options",
     "write_stats",
@@ -83,9 +85,22 @@ class WorkerSpec:
     # Read by subscription through this enhanced fan-out consumer (`kinesis-eo run --efo`);
     # empty: poll with GetRecords.
     efo_consumer: str = ""
+    # How long a reader waits after an empty GetRecords (see idle_interval_for).
+    idle_interval_s: float = 0.2
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+# Idle GetRecords the whole fleet makes a second, at most: one emulator process answers
+# every call, and a queue of idle polls in front of it delays every lease renewal.
+IDLE_POLLS_PER_SECOND = 100.0
+
+
+def idle_interval_for(shards: int) -> float:
+    """The readers' wait after an empty read: 0.2 s, longer for many shards (at most
+    :data:`IDLE_POLLS_PER_SECOND` idle reads a second in all)."""
+    return max(0.2, shards / IDLE_POLLS_PER_SECOND)
 
 
 def effect_handler(
@@ -141,7 +156,10 @@ def run_options(spec: WorkerSpec) -> RunOptions:
         ledger_retry=QUICK_RETRY,
         worker={
             "reader": ReaderConfig(
-                max_records=200, min_read_interval_s=0.05, idle_interval_s=0.2, retry=QUICK_RETRY
+                max_records=200,
+                min_read_interval_s=0.05,
+                idle_interval_s=spec.idle_interval_s,
+                retry=QUICK_RETRY,
             ),
             "retry": QUICK_RETRY,
             "checkpoint_interval_s": 1.0,
