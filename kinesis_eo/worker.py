@@ -1,11 +1,13 @@
 """The long-running worker: many processes on many hosts share a stream through leases.
 
-Two flows make a worker, and both run unchanged under threads (:class:`Worker`)
+Three flows make a worker, and all run unchanged under threads (:class:`Worker`)
 and under asyncio (:class:`AsyncWorker`):
 
-- :func:`coordinator_flow` keeps the lease table: creates leases for new
-  shards, renews what it holds, takes and steals per the balancing plan, and
-  hands each acquired lease to the front, which starts a shard loop;
+- :func:`~kinesis_eo.coordination.lease_keeper_flow` renews what the worker
+  holds and keeps it in the coordinator's election, in a thread or task of its own;
+- :func:`coordinator_flow` takes what the coordinator assigns this worker (and,
+  elected, creates leases for new shards and assigns), and hands each acquired
+  lease to the front, which starts a shard loop;
 - :func:`shard_flow` reads one shard from its checkpoint, lets the sink
   process each batch with the lease's *fence* in the commit, checkpoints in
   the lease, follows the shard's end to its children, and on stop
