@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
-from types import TracebackType
 from typing import Any, Self
 
 from kinesis_eo.testing.backends import MotoServer
+from kinesis_eo.testing.backends.common import Background
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-class Emulator:
+class Emulator(Background):
     """A moto server in a child process; a context manager."""
 
     def __init__(self, *, stock: bool = False) -> None:
@@ -48,14 +48,9 @@ class Emulator:
                 return int(line.split()[1]) / 1024
         return 0.0
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         self.server.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self.server.stop()
