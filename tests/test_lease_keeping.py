@@ -7,13 +7,17 @@ in-memory lease store, and every lease-table request costing a fixed round trip.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from bench.scale_sim import Simulation, shard_rates
 from kinesis_eo.leases import LeaseConfig
 from kinesis_eo.leases.model import COORDINATOR_KEY
+from tests.streams import make_stream
+from tests.workers import create_tables, wait_for, worker
 
 SHARDS, WORKERS = 200, 8
 CONFIG = LeaseConfig(table_name="leases", failover_s=3.0)
@@ -84,3 +88,29 @@ def test_a_dead_workers_leases_are_owned_again_soon_on_a_slow_lease_table() -> N
     assert owned_again_at is not None, "the dead worker's shards were not placed again"
     # The failover time, then a round or two (each request costs 200 ms here).
     assert owned_again_at - died <= CONFIG.failover_s + 3 * CONFIG.renew_interval + 2.0
+
+
+def test_a_worker_whose_lease_table_is_gone_stops_and_raises_instead_of_reading_on(
+    kinesis: Any, dynamodb: Any
+) -> None:
+    make_stream(kinesis, "keeping", 2)
+    create_tables(dynamodb)
+    one = worker(kinesis, dynamodb, "keeping", "one")
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            one.run()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: len(one.manager.held) == 2, 20, "both leases held")
+    dynamodb.delete_table(TableName="leases")
+    thread.join(timeout=30)
+
+    assert not thread.is_alive(), "the worker went on without its lease table"
+    assert len(outcome) == 1
+    assert "leases" in str(outcome[0])
