@@ -369,7 +369,7 @@ class LeaseManager:
             # Any later read of the child sees the checkpoint, so look again.
             leases = yield from self.store.list_leases()
             missing = _missing_shards(graph, leases)
-        created = 0
+        new = []
         for shard in missing:
             parents = frozenset(graph.parents_of(shard.shard_id))
             start = Sentinel.TRIM_HORIZON if parents else initial
@@ -379,8 +379,12 @@ class LeaseManager:
                 parents=parents,
                 hash_range=shard.hash_range,
             )
-            created += int((yield from self.store.create(lease)))
-        return created
+            new.append(lease)
+        # A thousand shards at a cold start: not a thousand round trips one after another.
+        done = yield from gather(
+            [self.store.create(lease) for lease in new], self.config.write_concurrency
+        )
+        return sum(1 for created in done if created)
 
     def end_shard(self, shard_id: str, children: Sequence[ChildShard]) -> Generator[Any, Any, None]:
         """Checkpoint SHARD_END, record the children, and create their leases.
