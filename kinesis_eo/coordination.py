@@ -16,11 +16,14 @@ worker, which no one meant to move. The lease protocol they drive is in
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.flow import Sleep, gather
 from kinesis_eo.health import write_health_file
 from kinesis_eo.leases import Coordinator, Lease, LeaseManager
@@ -36,6 +39,8 @@ __all__ = [
     "lease_keeper_flow",
     "wait_while_paused",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +68,12 @@ def lease_keeper_flow(
     while not state.stopping:
         yield from wait_while_paused(state)
         started = clock()
-        # Side by side: a round costs one round trip, however slow the table answers.
-        _, lost, _ = yield from gather([manager.report(), manager.renew_all(), coordinator.elect()])
-        state.record.leases_lost(len(lost))
+        with _outage_skips_round("renewals"):
+            # Side by side: a round costs one round trip, however slow the table answers.
+            _, lost, _ = yield from gather(
+                [manager.report(), manager.renew_all(), coordinator.elect()]
+            )
+            state.record.leases_lost(len(lost))
         yield Sleep(max(0.0, started + interval - clock()))
     yield from coordinator.resign()
     yield from manager.leave()
@@ -91,14 +99,17 @@ def coordinator_flow(
     while not state.stopping:
         yield from wait_while_paused(state)
         started = clock()
-        if coordinator.elected and started >= next_sync:
-            graph = yield from list_shards_flow(stream, config.reader.list_shards_page_size)
-            yield from manager.sync_shards(graph, config.initial_position)
-            # Finished shards' leases, once their children are under way (rate-limited inside).
-            yield from manager.clean_up(graph)
-            next_sync = started + config.shard_sync_interval_s
-        yield from coordinator.assign_round()
-        for lease in (yield from manager.discover()):
+        acquired: list[Lease] = []
+        with _outage_skips_round("the coordinator's round"):
+            if coordinator.elected and started >= next_sync:
+                graph = yield from list_shards_flow(stream, config.reader.list_shards_page_size)
+                yield from manager.sync_shards(graph, config.initial_position)
+                # Finished shards' leases, once their children are under way (rate-limited).
+                yield from manager.clean_up(graph)
+                next_sync = started + config.shard_sync_interval_s
+            yield from coordinator.assign_round()
+            acquired = yield from manager.discover()
+        for lease in acquired:
             # Even when stopping: its shard loop releases it at once.
             state.record.leases_taken(1)
             yield Acquired(lease)
@@ -108,6 +119,18 @@ def coordinator_flow(
         # Once per round, not per batch: shard threads would write many small documents.
         state.record.flush()
         yield Sleep(max(0.0, started + interval - clock()))
+
+
+@contextlib.contextmanager
+def _outage_skips_round(what: str) -> Iterator[None]:
+    """An outage of the table or the stream (its retries spent) skips the rest of this round;
+    the next round tries again. Anything else (a table gone, a call denied) stops the worker."""
+    try:
+        yield
+    except KinesisEOError as exc:
+        if not exc.retryable:
+            raise
+        log.warning("%s skipped by an outage, tried again next round: %s", what, exc)
 
 
 def _write_health(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from kinesis_eo.coordination import wait_while_paused as _wait_while_paused
+from kinesis_eo.errors import KinesisEOError
 from kinesis_eo.leases import Lease, LeaseLostError, LeaseManager, Sentinel
 from kinesis_eo.ledger import FencedError
 from kinesis_eo.read_ahead import ReadAhead
@@ -133,6 +134,12 @@ def _shard_loop(
                 unsaved, saved_at = None, clock()
         except LeaseLostError:
             return
+        except KinesisEOError as exc:
+            if batch.shard_end or not exc.retryable:
+                raise  # the loop ends; the next holder reads the end again
+            # The lease table is down: the ledger holds the batch's progress, so reading on
+            # loses nothing; the checkpoint is tried again after the next batch.
+            log.warning("checkpoint of %s put off by an outage: %s", shard_id, exc)
     held = manager.held.get(shard_id)
     if state.stopping and held is not None and held.token == token:
         # Hand over at once: checkpoint what is done, then free the lease.

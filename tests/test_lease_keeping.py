@@ -8,6 +8,7 @@ in-memory lease store, and every lease-table request costing a fixed round trip.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -16,17 +17,19 @@ import pytest
 from bench.scale_sim import Simulation, shard_rates
 from kinesis_eo.leases import LeaseConfig
 from kinesis_eo.leases.model import COORDINATOR_KEY
+from kinesis_eo.testing.faults import Always, FaultInjector
+from tests.helpers import applied, produce
 from tests.streams import make_stream
-from tests.workers import create_tables, wait_for, worker
+from tests.workers import LEASES, create_tables, start, stop, wait_for, worker
 
 SHARDS, WORKERS = 200, 8
-CONFIG = LeaseConfig(table_name="leases", failover_s=3.0)
+SCALE = LeaseConfig(table_name="leases", failover_s=3.0)
 
 
 def slow_table(latency_s: float) -> Simulation:
     sim = Simulation(
         SHARDS,
-        CONFIG,
+        SCALE,
         shard_rates(SHARDS, seed=1, sigma=1.0),
         checkpoint_interval_s=1.0,
         latency_s=latency_s,
@@ -87,7 +90,7 @@ def test_a_dead_workers_leases_are_owned_again_soon_on_a_slow_lease_table() -> N
 
     assert owned_again_at is not None, "the dead worker's shards were not placed again"
     # The failover time, then a round or two (each request costs 200 ms here).
-    assert owned_again_at - died <= CONFIG.failover_s + 3 * CONFIG.renew_interval + 2.0
+    assert owned_again_at - died <= SCALE.failover_s + 3 * SCALE.renew_interval + 2.0
 
 
 def test_a_worker_whose_lease_table_is_gone_stops_and_raises_instead_of_reading_on(
@@ -114,3 +117,31 @@ def test_a_worker_whose_lease_table_is_gone_stops_and_raises_instead_of_reading_
     assert not thread.is_alive(), "the worker went on without its lease table"
     assert len(outcome) == 1
     assert "leases" in str(outcome[0])
+
+
+LEASE_TABLE_CALLS = ("UpdateItem", "Query", "Scan", "GetItem", "PutItem", "DeleteItem")
+
+
+def test_a_worker_rides_out_a_lease_table_outage_and_then_applies_everything_once(
+    kinesis: Any, dynamodb: Any
+) -> None:
+    make_stream(kinesis, "riding", 2)
+    create_tables(dynamodb)
+    one = worker(kinesis, dynamodb, "riding", "one")
+    threads = start([one])
+    produce(kinesis, "riding", 40)
+    wait_for(lambda: len(applied(dynamodb)) == 40, 30, "the first 40 effects")
+
+    # Every lease-table call (and the ledger's reads) throttled for longer than the
+    # retries and the failover time: the worker must wait it out, not die.
+    faults = FaultInjector(seed=3).attach(dynamodb)
+    rules = [faults.throttle(call, schedule=Always()) for call in LEASE_TABLE_CALLS]
+    produce(kinesis, "riding", 40, start=40)
+    time.sleep(LEASES.failover_s * 2)
+    for rule in rules:
+        faults.remove(rule)
+
+    assert threads[0].is_alive(), "the worker died of the outage"
+    wait_for(lambda: len(applied(dynamodb)) == 80, 60, "every effect after the outage")
+    stop([one], threads)
+    assert set(applied(dynamodb).values()) == {1}

@@ -298,10 +298,15 @@ class LeaseManager:
         # If someone else has it already, there is nothing to give up.
         # Free, even with a handoff asked for: the target may be stopping too, and the
         # coordinator places a free lease within a round.
-        with contextlib.suppress(LeaseLostError):
-            change = Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True)
-            yield from self._write(shard_id, change)
-        self._forget(shard_id)
+        try:
+            with contextlib.suppress(LeaseLostError):
+                change = Change(remove=(OWNER, TOKEN, HANDOFF), bump_counter=True)
+                yield from self._write(shard_id, change)
+        finally:
+            # Even when the write failed (the table is down): a lease this worker goes on
+            # renewing with no loop reading its shard would stall the shard for good, where
+            # one it forgets expires and is placed again after the failover time.
+            self._forget(shard_id)
 
     def give_up(self, shard_id: str) -> Generator[Any, Any, None]:
         """Release a shard this worker failed on, and leave it be for a failover time.
