@@ -163,6 +163,10 @@ def consume_flow(
     )
 
     def on_batch(batch: Batch) -> Generator[Any, Any, bool]:
+        source = progress.cursors.get(batch.shard_id)
+        if source is not None:
+            state.record.resubscribed(batch.shard_id, source.take_counts())
+
         def on_pause(error: BaseException, delay: float) -> None:
             state.record.outage_pause(batch.shard_id)
             log.warning("paused for %.1f s by an outage (nothing dead-lettered): %s", delay, error)

@@ -17,6 +17,8 @@ from aiobotocore.session import get_session
 from kinesis_eo.checkpoint import MemoryCheckpointStore
 from kinesis_eo.consumer import Consumer, ConsumerConfig
 from kinesis_eo.leases import DynamoDBLeaseStore, LeaseManager
+from kinesis_eo.metrics.catalogue import RESUBSCRIPTIONS
+from kinesis_eo.metrics.model import Recorder
 from kinesis_eo.retrieval import list_shards
 from kinesis_eo.retrieval.consumers import list_consumers
 from kinesis_eo.retrieval.subscription import SubscriptionConfig
@@ -149,3 +151,44 @@ def test_a_consumer_reading_by_subscription_applies_every_effect_once_and_resume
     # The second run started from the first one's checkpoints: nothing read twice.
     assert (first.delivered, second.delivered) == (60, 40)
     assert efo_bridge.subscriptions_bridged - subscribed_before >= 4
+
+
+def test_a_consumer_counts_the_subscriptions_it_makes_again_after_a_cut(
+    efo_bridge: Any, moto_server_reset: Any
+) -> None:
+    kinesis = efo_bridge.client("kinesis")
+    dynamodb = moto_server_reset.client("dynamodb")
+    stream = new_stream(kinesis, 1)
+    create_tables(dynamodb)
+    config = ConsumerConfig(
+        reader=CONFIG.reader,
+        retry=CONFIG.retry,
+        stop_when_caught_up=True,
+        checkpoint_interval_s=0.0,
+        efo_consumer="cut",
+        subscription=SubscriptionConfig(in_use_wait_s=0.2, end_check_interval_s=None),
+    )
+    ids = produce(kinesis, stream, 20)
+    cuts: list[int] = []
+
+    def cut_once(batch: Any, report: Any) -> None:
+        if not cuts:
+            cuts.append(efo_bridge.sever())
+            ids.extend(produce(kinesis, stream, 20, start=20))
+
+    recorder = Recorder()
+    consumer = Consumer(
+        kinesis,
+        dynamodb,
+        stream,
+        sink(),
+        MemoryCheckpointStore(),
+        config,
+        after_commit=cut_once,
+        metrics=recorder,
+    )
+    consumer.run()
+
+    assert applied(dynamodb) == dict.fromkeys(ids, 1)
+    assert cuts[0] >= 1
+    assert recorder.drain().total(RESUBSCRIPTIONS, reason="dropped") >= 1
