@@ -274,10 +274,7 @@ class Simulation:
         coordinator = Coordinator(manager)
         keeper = lease_keeper_flow(manager, coordinator, worker.state, self.clock)
         self._schedule(start, keeper, worker)
-        flow = coordinator_flow(
-            manager, coordinator, self.stream, self.config, worker.state, self.clock
-        )
-        self._schedule(start, flow, worker)
+        self._schedule(start, self._coordinating(worker, coordinator), worker)
         worker.coordinator = coordinator
         return worker
 
@@ -305,6 +302,16 @@ class Simulation:
         position = Position(str(10**20 + processed), 0)
         yield from worker.manager.checkpoint(shard, position, 0, processed)
         yield from worker.manager.release(shard)
+
+    def _coordinating(
+        self, worker: SimWorker, coordinator: Coordinator
+    ) -> Generator[Any, Any, None]:
+        """The coordinator flow, then the worker's leave, as the worker runs them."""
+        manager = worker.manager
+        yield from coordinator_flow(
+            manager, coordinator, self.stream, self.config, worker.state, self.clock
+        )
+        yield from manager.leave()
 
     def _legacy_flow(self, worker: SimWorker) -> Generator[Any, Any, None]:
         """The protocol before the coordinator: every worker scans and takes each round."""

@@ -63,7 +63,8 @@ def lease_keeper_flow(
     clock: Callable[[], float] = time.monotonic,
 ) -> Generator[Any, Any, None]:
     """Every renew interval: report alive, renew what is held, keep or take the coordinator's
-    item. On stop: resign and remove the report (the shard loops release their leases)."""
+    item. On stop: resign (the worker removes its report once its coordinator flow has ended
+    too, see :meth:`~kinesis_eo.leases.LeaseManager.leave`)."""
     interval = manager.config.renew_interval
     while not state.stopping:
         yield from wait_while_paused(state)
@@ -75,8 +76,8 @@ def lease_keeper_flow(
             )
             state.record.leases_lost(len(lost))
         yield Sleep(max(0.0, started + interval - clock()))
+    # Here, in the flow that elects, so that no election in flight takes the item back.
     yield from coordinator.resign()
-    yield from manager.leave()
 
 
 def coordinator_flow(

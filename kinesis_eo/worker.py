@@ -242,6 +242,15 @@ class _WorkerBase:
         self._keeper_error = error
         self.stop()
 
+    def _leave(self) -> Generator[Any, Any, None]:
+        """Remove the worker's report and free what it was assigned and did not take: only once
+        its keeper and its coordinator flow have ended, so that neither reports or assigns it
+        anything after."""
+        try:
+            yield from self.manager.leave()
+        except Exception as exc:  # the table may be what stopped the worker
+            log.warning("could not leave the lease table: %s", exc)
+
     def _raise_keeper_error(self) -> None:
         if self._keeper_error is not None:
             raise self._keeper_error
@@ -318,7 +327,9 @@ class Worker(_WorkerBase):
                 thread.start()
         finally:
             self.stop()
-            for thread in [*self._threads, keeper]:
+            keeper.join()
+            self._run(self._leave())
+            for thread in self._threads:
                 thread.join()
             self._stopped()
         self._raise_keeper_error()
@@ -368,7 +379,9 @@ class AsyncWorker(_WorkerBase):
                 task.add_done_callback(self._tasks.discard)
         finally:
             self.state.stopping = True
-            await asyncio.gather(*self._tasks, keeper)
+            await keeper
+            await run_async(self._leave(), self.clients, self.config.retry)
+            await asyncio.gather(*self._tasks)
             self._stopped()
         self._raise_keeper_error()
         return self.metrics
