@@ -86,6 +86,26 @@ def _epoch_or_text_timestamp(value: Any) -> Any:
     return parse_timestamp(value)
 
 
+def _endpoint_from_first_item(client: Any) -> Any:
+    """``client`` resolving a transaction's endpoint from its first item's table alone.
+
+    botocore resolves DynamoDB's endpoint with a ``ResourceArnList`` of every
+    item's table, a JMESPath walk over the whole request (a tenth of the CPU of
+    committing a 100-item transaction), yet DynamoDB's endpoint rules read only
+    its first element: the walk over the first item alone gives the same endpoint.
+    """
+    model = client.meta.service_model
+    for name in model.operation_names:
+        operation = model.operation_model(name)
+        params = operation.operation_context_parameters or {}
+        arns = params.get("ResourceArnList", {}).get("path", "")
+        if arns.startswith("TransactItems[*]"):
+            narrowed = {**params, "ResourceArnList": {"path": "TransactItems[:1]" + arns[16:]}}
+            # A cached property: this operation model (the client's own) keeps the value set.
+            operation.operation_context_parameters = narrowed
+    return client
+
+
 def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
     """boto3 clients from the user's own credential chain: nothing is invented here."""
     import boto3
@@ -106,7 +126,9 @@ def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
             timestamp_parser=_epoch_or_text_timestamp
         )
         return [
-            session.client(service, endpoint_url=args.endpoint_url, config=config)
+            _endpoint_from_first_item(
+                session.client(service, endpoint_url=args.endpoint_url, config=config)
+            )
             for service in services
         ]
     except NoRegionError:
