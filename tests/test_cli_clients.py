@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.config import Config
 
 from kinesis_eo.cli import _aws_clients
 
@@ -20,11 +22,13 @@ class _Raw:
         yield b"{}"
 
 
-def _sent_to(client: Any) -> list[str]:
+def _sent_to(client: Any, bodies: list[bytes] | None = None) -> list[str]:
     urls: list[str] = []
 
     def answer(request: Any, **_: Any) -> AWSResponse:
         urls.append(request.url)
+        if bodies is not None:
+            bodies.append(request.body)
         return AWSResponse(request.url, 200, {}, _Raw())
 
     client.meta.events.register("before-send", answer)
@@ -92,3 +96,34 @@ def test_the_clients_resolve_a_transactions_endpoint_from_its_first_item_only() 
     assert write.operation_context_parameters["ResourceArnList"]["path"].startswith(
         "TransactItems[*]"
     )
+
+
+def test_a_transaction_is_sent_with_the_body_and_headers_boto3s_serializer_makes() -> None:
+    args = argparse.Namespace(region="us-east-1", endpoint_url=None)
+    (ours,) = _aws_clients(args, "dynamodb")
+    stock = boto3.session.Session(region_name="us-east-1").client(
+        "dynamodb", config=Config(parameter_validation=False)
+    )
+    ours_bodies: list[bytes] = []
+    stock_bodies: list[bytes] = []
+    _sent_to(ours, ours_bodies)
+    _sent_to(stock, stock_bodies)
+    plain = [_update("orders", "1"), _update("ledger", "2")]
+    plain[0]["Update"]["ExpressionAttributeValues"][":p"] = {"S": 'é "quoted"'}
+    # Bytes are base64 on the wire: that request takes botocore's serializer.
+    binary = [{"Put": {"TableName": "orders", "Item": {"id": {"S": "3"}, "b": {"B": b"\x00\xff"}}}}]
+
+    walked: list[str] = []
+    walk = ours._serializer._serialize_type_list
+    ours._serializer._serialize_type_list = lambda *a: walked.append("list") or walk(*a)
+
+    ours.transact_write_items(TransactItems=plain, ClientRequestToken="token-1")
+    # The plain request was not walked item by item; the one with bytes was.
+    assert walked == []
+    ours.transact_write_items(TransactItems=binary, ClientRequestToken="token-2")
+    assert walked
+    stock.transact_write_items(TransactItems=plain, ClientRequestToken="token-1")
+    stock.transact_write_items(TransactItems=binary, ClientRequestToken="token-2")
+
+    assert [json.loads(b) for b in ours_bodies] == [json.loads(b) for b in stock_bodies]
+    assert json.loads(ours_bodies[1])["TransactItems"][0]["Put"]["Item"]["b"] == {"B": "AP8="}
