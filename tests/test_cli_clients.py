@@ -127,3 +127,42 @@ def test_a_transaction_is_sent_with_the_body_and_headers_boto3s_serializer_makes
 
     assert [json.loads(b) for b in ours_bodies] == [json.loads(b) for b in stock_bodies]
     assert json.loads(ours_bodies[1])["TransactItems"][0]["Put"]["Item"]["b"] == {"B": "AP8="}
+
+
+def test_the_user_agent_is_built_once_and_sent_as_botocore_builds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from botocore.useragent import UserAgentString
+
+    builds: list[str] = []
+    build = UserAgentString.to_string
+
+    def counted(self: Any) -> str:
+        header: str = build(self)
+        builds.append(header)
+        return header
+
+    monkeypatch.setattr(UserAgentString, "to_string", counted)
+    args = argparse.Namespace(region="us-east-1", endpoint_url=None)
+    (ours,) = _aws_clients(args, "dynamodb")
+    sent: list[tuple[str, str]] = []
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        expected = build(ours._user_agent_creator)  # as botocore builds it, for this request
+        sent.append((request.headers["User-Agent"].decode(), expected))
+        return AWSResponse(request.url, 200, {}, _Raw())
+
+    ours.meta.events.register("before-send", answer)
+    for key in ("1", "2", "3"):
+        ours.update_item(
+            TableName="orders",
+            Key={"id": {"S": key}},
+            UpdateExpression="SET n = :n",
+            ExpressionAttributeValues={":n": {"N": "1"}},
+        )
+
+    assert [header for header, _ in sent] == [expected for _, expected in sent]
+    assert "Botocore/" in sent[0][0]
+    # botocore builds it twice per request, with the features known at each step: built
+    # for the first request's two steps only, not six times.
+    assert len(builds) == 2

@@ -108,7 +108,7 @@ def _cheaper_transactions(client: Any) -> Any:
       same body, and a request with bytes goes the serializer's way.
 
     Each was about a tenth of the client CPU of committing a 100-item
-    transaction (bench/_cpu.py).
+    transaction (bench/_cpu.py). And the User-Agent header is built once.
     """
     model = client.meta.service_model
     for name in model.operation_names:
@@ -135,7 +135,40 @@ def _cheaper_transactions(client: Any) -> Any:
             return request
 
         serializer.serialize_to_request = plain
+    _user_agent_built_once(client)
     return client
+
+
+def _user_agent_built_once(client: Any) -> None:
+    """``client`` building its User-Agent header once per set of features it names.
+
+    botocore rebuilds the header for every request, twice, sanitizing it
+    character by character: a fifth of the client CPU of a single ``UpdateItem``.
+    What changes between requests is only the set of features in use (retry
+    mode, paginator, ...), so the header is kept per set.
+    """
+    from botocore.context import get_context
+
+    creator: Any = getattr(client, "_user_agent_creator", None)
+    if creator is None or not callable(getattr(creator, "to_string", None)):
+        return
+    build = creator.to_string
+    built: dict[tuple[frozenset[str], frozenset[str]], str] = {}
+
+    def to_string() -> str:
+        context = get_context()
+        key = (
+            frozenset(getattr(creator, "_client_features", None) or ()),
+            frozenset(context.features) if context is not None else frozenset(),
+        )
+        header = built.get(key)
+        if header is None:
+            header = build()
+            if len(built) < 64:
+                built[key] = header
+        return header
+
+    creator.to_string = to_string
 
 
 def _aws_clients(args: argparse.Namespace, *services: str) -> list[Any]:
