@@ -38,7 +38,16 @@ STREAM = "bench-cpu"
 _SEQUENCE_BASE = 49_650_000_000_000_000_000_000_000_000_000_000_000_000_000_000_000_000
 _ARRIVAL = 1_767_225_600.0
 _PLACEHOLDER_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
-CPU_CASES = ("watermark", "per_record", "keyed_watermark", "claim", "powertools", "naive")
+# read_only is the read side alone: GetRecords parsed, records decoded, nothing applied.
+CPU_CASES = (
+    "read_only",
+    "watermark",
+    "per_record",
+    "keyed_watermark",
+    "claim",
+    "powertools",
+    "naive",
+)
 
 
 class _Raw:
