@@ -16,7 +16,8 @@ where every record is a duplicate. Only what happens to a batch differs:
   a batch's partition keys applied 16 at once.
 - ``watermark_worker``: the watermark case run by :class:`Worker` on its
   defaults (leases, read-ahead: the next GetRecords runs while a batch
-  commits) instead of the single-process :class:`Consumer`.
+  commits) instead of the single-process :class:`Consumer`; and
+  ``watermark_worker_no_read_ahead``, the same with ``read_ahead=False``.
 - ``claim``: :class:`ClaimSink` (per-record ledger); the same handler.
 - ``powertools``: each batch becomes a Kinesis Lambda event and goes through
   Powertools' ``process_partial_response`` with a ``BatchProcessor`` for
@@ -278,6 +279,8 @@ class WorkerWatermarkCase(WatermarkCase):
     worker stops once every record of the stream came through a commit.
     """
 
+    read_ahead: ClassVar[bool] = True
+
     def lease_table(self, number: int) -> str:
         return f"{self.name}-leases-{number}"
 
@@ -292,7 +295,7 @@ class WorkerWatermarkCase(WatermarkCase):
         leases = LeaseConfig(
             self.lease_table(number), failover_s=3.0, renew_interval_s=1.0, take_interval_s=0.1
         )
-        config = WorkerConfig(leases=leases, reader=env.reader_config())
+        config = WorkerConfig(leases=leases, reader=env.reader_config(), read_ahead=self.read_ahead)
         seen = [0]
 
         def after_commit(batch: Any, report: BatchReport) -> None:
@@ -307,6 +310,12 @@ class WorkerWatermarkCase(WatermarkCase):
             env.kinesis, env.dynamodb, env.stream, sink, manager, config, after_commit=after_commit
         )
         return worker.run()
+
+
+class WorkerNoReadAheadCase(WorkerWatermarkCase):
+    """The Worker with ``read_ahead=False`` (``--no-read-ahead``): what read-ahead adds."""
+
+    read_ahead = False
 
 
 # --- peers ------------------------------------------------------------------------------------
@@ -500,6 +509,10 @@ CASES: dict[str, tuple[type[Case], str]] = {
     "watermark_worker": (
         WorkerWatermarkCase,
         "kinesis_eo watermark, Worker (leases, read-ahead)",
+    ),
+    "watermark_worker_no_read_ahead": (
+        WorkerNoReadAheadCase,
+        "kinesis_eo watermark, Worker, --no-read-ahead",
     ),
     "per_record": (PerRecordCase, "kinesis_eo per-record (event ids), transactional"),
     "keyed_watermark": (KeyedWatermarkCase, "kinesis_eo watermark, idempotent-key sink"),

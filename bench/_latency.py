@@ -362,8 +362,9 @@ def plot(latency_model: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 6))
-    for label, points in latency_model["sweep"].items():
-        sizes = sorted(int(b) for b in points)
+    for label, line in latency_model["sweep"].items():
+        points = {int(b): v for b, v in line.items()}  # a report read back has string keys
+        sizes = sorted(points)
         axes.plot(sizes, [points[b] for b in sizes], marker="o", label=label)
     axes.axhline(SHARD_WRITE_LIMIT, color="grey", linestyle=":", label="a shard's write limit")
     axes.set_xscale("log")
