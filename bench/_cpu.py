@@ -32,6 +32,7 @@ from _cases import CASES, Env, payload
 from botocore.awsrequest import AWSResponse
 
 from kinesis_eo.cli import _aws_clients
+from kinesis_eo.cli.run import fewer_collections
 from kinesis_eo.envelope import wrap
 
 STREAM = "bench-cpu"
@@ -190,6 +191,8 @@ def measure(
     """Client CPU µs per record of each case's first pass (best of ``repeat``)."""
     endpoint = CannedEndpoint(records, shards, batch)
     kinesis, dynamodb = canned_clients(endpoint, product)
+    if product:
+        fewer_collections()  # as ``kinesis-eo run`` sets up its process
     env = Env(kinesis, dynamodb, STREAM, records, batch)
     result: dict[str, float] = {}
     for name in names:

@@ -166,3 +166,30 @@ def test_the_user_agent_is_built_once_and_sent_as_botocore_builds_it(
     # botocore builds it twice per request, with the features known at each step: built
     # for the first request's two steps only, not six times.
     assert len(builds) == 2
+
+
+def test_kinesis_eo_run_collects_cycles_less_often_while_it_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from kinesis_eo import cli, runner
+    from kinesis_eo.cli import run as run_command
+
+    saved = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(run_command, "_aws_clients", lambda args, *services: [None] * 2)
+    monkeypatch.setattr(runner, "run", lambda options, *clients: seen.append(gc.get_threshold()))
+    try:
+        code = cli.main(
+            [
+                *("run", "--stream", "orders", "--app", "billing"),
+                *("--handler", "tests.handlers:count_effect", "--log-level", "WARNING"),
+            ]
+        )
+    finally:
+        gc.set_threshold(*saved)
+
+    assert code == 0
+    assert seen == [(run_command.GC_FIRST_GENERATION_THRESHOLD, saved[1], saved[2])]
+    assert saved[0] < run_command.GC_FIRST_GENERATION_THRESHOLD
