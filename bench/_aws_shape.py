@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from _cpu import CPU_CASES
+from _latency import READS_AHEAD, Cpu, split_cpu
 from _latency import model as latency_model
 from _units import PRICES_AS_OF, USD_PER_MILLION_READ_UNITS, USD_PER_MILLION_WRITE_UNITS
 
 TARGET_CLIENT_CPU_US_PER_RECORD = 60.0  # botocore included, watermark path, 10,000 records
 TARGET_KEYED_WATERMARK_WU = 1.02
 TARGET_WATERMARK_WU = 2.04
-TARGET_MODEL_PREFETCH_VS_POWERTOOLS = 60.0
+TARGET_MODEL_WATERMARK_VS_POWERTOOLS = 60.0
 TARGET_MODEL_LANES_VS_POWERTOOLS = 20.0
+TARGET_CEILING_FRACTION = 0.85
+TARGET_SATURATED_SHARDS_PER_PROCESS = 16
 # kinesis_eo's cases run on clients made as ``kinesis-eo run`` makes them (no client-side
 # parameter validation, epoch timestamps parsed straight to UTC); the peers on boto3's
 # defaults, as they ship.
@@ -53,6 +56,15 @@ def client_cpu(names: list[str], records: int, shards: int, batch: int, log: Log
     defaults, product = measured["boto3"], measured["kinesis-eo-run"]
     log("done")
     used = {n: (defaults[n] if n in PEERS else product[n]) for n in picked}
+    # The read side of every case is the read-only case's CPU on the same kind of clients:
+    # the same reading loop, GetRecords parsed and its records decoded; the rest is the
+    # commit side (handlers, the sink's own calls, checkpoints).
+    read_side = {
+        n: (defaults if n in PEERS else product).get("read_only", 0.0)
+        for n in picked
+        if n != "read_only"
+    }
+    split = split_cpu(used, read_side)
     return {
         "records": records,
         "endpoint": "botocore before-send hook with canned responses: requests built, "
@@ -60,6 +72,10 @@ def client_cpu(names: list[str], records: int, shards: int, batch: int, log: Log
         "boto3_default_clients": defaults,
         "kinesis_eo_run_clients": product,
         "used": used,
+        "split": {
+            n: {"read_us": c.read_us, "commit_us": c.commit_us, "read_ahead": n in READS_AHEAD}
+            for n, c in split.items()
+        },
     }
 
 
@@ -71,7 +87,8 @@ def add_latency_model(report: dict[str, Any]) -> None:
     measured = {c["name"]: c["ddb_calls_per_record"] for c in report["main"]["cases"]}
     main = report["main"]
     run_batch = min(main["batch"], main["records"] // main["shards"])
-    report["latency_model"] = latency_model(cpu["used"], main["batch"], measured, run_batch)
+    split = {n: Cpu(c["read_us"], c["commit_us"]) for n, c in cpu["split"].items()}
+    report["latency_model"] = latency_model(split, main["batch"], measured, run_batch)
     report["prices"] = {
         "usd_per_million_write_units": USD_PER_MILLION_WRITE_UNITS,
         "usd_per_million_read_units": USD_PER_MILLION_READ_UNITS,
@@ -116,21 +133,42 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
     model = report.get("latency_model")
     rows = model["cases"] if model else {}
-    for label, limit in (
-        ("watermark + prefetch", TARGET_MODEL_PREFETCH_VS_POWERTOOLS),
-        ("keyed_watermark + lanes", TARGET_MODEL_LANES_VS_POWERTOOLS),
+    for label, limit, how in (
+        ("watermark", TARGET_MODEL_WATERMARK_VS_POWERTOOLS, "the worker's defaults: read-ahead"),
+        ("keyed_watermark + lanes", TARGET_MODEL_LANES_VS_POWERTOOLS, "--lanes 16, read-ahead"),
     ):
         row = rows.get(label)
         if row is not None and row["ratio_vs_powertools"] is not None:
             ratio = row["ratio_vs_powertools"]
             found.append(
                 _target(
-                    f"latency model: {label} (not built in the worker) >= {limit:.0f}x "
-                    "Powertools per shard",
+                    f"latency model: {label} ({how}) >= {limit:.0f}x Powertools per shard",
                     f"{ratio:.1f}x ({row['rps_per_shard']:,.0f} rec/s)",
                     ratio >= limit,
                 )
             )
+    if rows:
+        short = {k: r["ceiling_fraction"] for k, r in rows.items()}
+        missed = [k for k, f in short.items() if f < TARGET_CEILING_FRACTION]
+        found.append(
+            _target(
+                f"latency model: every case >= {TARGET_CEILING_FRACTION:.2f} of its own ceiling",
+                ", ".join(f"{k} {f:.2f}" for k, f in short.items())
+                + (f"; under: {', '.join(missed)}" if missed else ""),
+                not missed,
+            )
+        )
+    wm = rows.get("watermark")
+    if wm is not None and wm["saturated_shards_per_core"]:
+        shards = wm["saturated_shards_per_core"]
+        found.append(
+            _target(
+                f"one process keeps up with >= {TARGET_SATURATED_SHARDS_PER_PROCESS} saturated "
+                "shards (watermark, 1,000 rec/s each, client CPU both sides on one core)",
+                f"{shards:.1f} shards",
+                shards >= TARGET_SATURATED_SHARDS_PER_PROCESS,
+            )
+        )
     return found
 
 
@@ -159,24 +197,35 @@ def print_sections(report: dict[str, Any], log: Log) -> None:
             f"client CPU per record, botocore included ({cpu['records']:,} records, "
             "canned endpoint), µs:"
         )
-        log(f"  {'case':<18} {'boto3 defaults':>15} {'kinesis-eo run':>15}")
+        log(
+            f"  {'case':<18} {'boto3 defaults':>15} {'kinesis-eo run':>15}"
+            f" {'read side':>10} {'commit side':>12}"
+        )
+        split = cpu.get("split", {})
         for name, value in cpu["boto3_default_clients"].items():
-            log(f"  {name:<18} {value:>15.1f} {cpu['kinesis_eo_run_clients'][name]:>15.1f}")
+            sides = split.get(name)
+            log(
+                f"  {name:<18} {value:>15.1f} {cpu['kinesis_eo_run_clients'][name]:>15.1f}"
+                + (f" {sides['read_us']:>10.1f} {sides['commit_us']:>12.1f}" if sides else "")
+            )
     model = report.get("latency_model")
     if model:
         log()
         log(f"latency model ({model['sources']}; batch {model['batch']}):")
         log(
-            f"  {'case':<36} {'rec/s/shard':>11} {'vs PT':>6} {'ceiling':>8} {'of ceil':>7} "
-            f"{'shards/core':>11} {'calls/rec model':>15} {'moto':>7}"
+            f"  {'case':<26} {'read-ahead':>10} {'rec/s/shard':>11} {'vs PT':>6} {'ceiling':>8} "
+            f"{'of ceil':>7} {'commit µs':>9} {'shards/core':>11} {'calls/rec model':>15} "
+            f"{'moto':>7}"
         )
         for label, row in model["cases"].items():
             ratio = row["ratio_vs_powertools"]
             measured = row["measured_calls_per_record"]
+            ahead = "yes" if row["variant"]["read_ahead"] else "no"
             log(
-                f"  {label:<36} {row['rps_per_shard']:>11,.0f} "
+                f"  {label:<26} {ahead:>10} {row['rps_per_shard']:>11,.0f} "
                 f"{'—' if ratio is None else f'{ratio:.1f}x':>6} "
                 f"{row['ceiling_rps_per_shard']:>8,.0f} {row['ceiling_fraction']:>7.2f} "
+                f"{row['commit_cpu_us_per_record']:>9.1f} "
                 f"{row['saturated_shards_per_core'] or 0:>11.1f} "
                 f"{row['model_calls_per_record']:>15.4f} "
                 f"{'—' if measured is None else f'{measured:.4f}':>7}"

@@ -12,6 +12,12 @@ where every record is a duplicate. Only what happens to a batch differs:
   handler writes the sink item itself with a condition on
   ``ctx.idempotency_key`` (the sink deduplicates by that key), and one
   watermark write marks the batch.
+- ``keyed_watermark_lanes``: the same with ``lanes=16`` (``--lanes 16``):
+  a batch's partition keys applied 16 at once.
+- ``watermark_worker``: the watermark case run by :class:`Worker` on its
+  defaults (leases, read-ahead: the next GetRecords runs while a batch
+  commits) instead of the single-process :class:`Consumer`; and
+  ``watermark_worker_no_read_ahead``, the same with ``read_ahead=False``.
 - ``claim``: :class:`ClaimSink` (per-record ledger); the same handler.
 - ``powertools``: each batch becomes a Kinesis Lambda event and goes through
   Powertools' ``process_partial_response`` with a ``BatchProcessor`` for
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,6 +53,7 @@ from kinesis_eo.checkpoint import (
 )
 from kinesis_eo.consumer import Consumer, ConsumerConfig, ConsumerStats
 from kinesis_eo.flow import Invoke
+from kinesis_eo.leases import DynamoDBLeaseStore, LeaseConfig, LeaseManager, create_lease_table
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
     Ledger,
@@ -67,8 +75,11 @@ from kinesis_eo.sinks import (
 from kinesis_eo.sinks.base import FlowRunner, Gate
 from kinesis_eo.testing.effects import applied_counts, create_effects_table
 from kinesis_eo.testing.lambda_esm import FakeContext, StreamRecord, kinesis_event
+from kinesis_eo.worker import Worker, WorkerConfig
 
 SINK_UPDATE = "ADD applied :one SET payload = :p"
+LANES = 16  # as the latency model's lanes variant (``--lanes 16``)
+_COUNTING = threading.Lock()
 POWERTOOLS_KEY = "powertools_json(powertools_base64(kinesis.data)).id"
 
 
@@ -82,12 +93,17 @@ class Env:
     records: int
     batch: int
 
-    def consumer_config(self, checkpoint_interval_s: float = 5.0) -> ConsumerConfig:
+    def reader_config(self) -> ReaderConfig:
         # No pacing: AWS's 5 reads/s per shard would bound every case alike, and
         # the emulator has no such limit. Everything else is the default.
-        reader = ReaderConfig(max_records=self.batch, min_read_interval_s=0.0, idle_interval_s=0.0)
+        return ReaderConfig(max_records=self.batch, min_read_interval_s=0.0, idle_interval_s=0.0)
+
+    def consumer_config(self, checkpoint_interval_s: float = 5.0, lanes: int = 1) -> ConsumerConfig:
         return ConsumerConfig(
-            reader=reader, stop_when_caught_up=True, checkpoint_interval_s=checkpoint_interval_s
+            reader=self.reader_config(),
+            stop_when_caught_up=True,
+            checkpoint_interval_s=checkpoint_interval_s,
+            lanes=lanes,
         )
 
 
@@ -184,7 +200,8 @@ class TransactionalCase(Case):
         )
 
     def handle(self, record: Record, ctx: EffectContext) -> list[Any]:
-        self.counters.handler_calls += 1
+        with _COUNTING:  # a Worker runs shards in threads of their own
+            self.counters.handler_calls += 1
         return [
             update(
                 self.sink_table,
@@ -216,9 +233,12 @@ class KeyedWatermarkCase(TransactionalCase):
 
     mode = LedgerMode.WATERMARK
 
+    lanes: ClassVar[int] = 1
+
     def act(self, record: Record, ctx: EffectContext) -> None:
-        self.counters.handler_calls += 1
-        self.counters.sink_calls += 1
+        with _COUNTING:  # lanes run this from several threads
+            self.counters.handler_calls += 1
+            self.counters.sink_calls += 1
         request = sink_update_request(self.sink_table, record)
         # The sink deduplicates by the idempotency key: a repeated call changes nothing.
         request["UpdateExpression"] += ", idempotency_key = :k"
@@ -235,9 +255,14 @@ class KeyedWatermarkCase(TransactionalCase):
         env = self.env
         sink = self.sink()
         checkpoints = DynamoDBCheckpointStore(self.checkpoint_table(number))
-        return Consumer(
-            env.kinesis, env.dynamodb, env.stream, sink, checkpoints, env.consumer_config()
-        )
+        config = env.consumer_config(lanes=self.lanes)
+        return Consumer(env.kinesis, env.dynamodb, env.stream, sink, checkpoints, config)
+
+
+class KeyedWatermarkLanesCase(KeyedWatermarkCase):
+    """The same, with ``lanes=LANES``: a batch's partition keys applied 16 at once."""
+
+    lanes = LANES
 
 
 class ClaimCase(KeyedWatermarkCase):
@@ -245,6 +270,52 @@ class ClaimCase(KeyedWatermarkCase):
 
     def sink(self) -> Any:
         return ClaimSink(self.ledger(), self.act)
+
+
+class WorkerWatermarkCase(WatermarkCase):
+    """The watermark case run by :class:`Worker` on its defaults: leases, and read-ahead.
+
+    Leases are taken every 0.1 s so that a pass is not mostly a cold start; the
+    worker stops once every record of the stream came through a commit.
+    """
+
+    read_ahead: ClassVar[bool] = True
+
+    def lease_table(self, number: int) -> str:
+        return f"{self.name}-leases-{number}"
+
+    def setup(self) -> None:
+        super().setup()
+        for number in (1, 2):
+            create_lease_table(self.env.dynamodb, self.lease_table(number))
+
+    def run_pass(self, number: int) -> ConsumerStats:
+        self.counters = PassCounters()
+        env = self.env
+        # The default failover (10 s): a loaded machine renews late, and a lease lost in the
+        # middle of a pass costs a take; takes every 0.1 s so the cold start is short.
+        leases = LeaseConfig(self.lease_table(number), take_interval_s=0.1)
+        config = WorkerConfig(leases=leases, reader=env.reader_config(), read_ahead=self.read_ahead)
+        seen = [0]
+
+        def after_commit(batch: Any, report: BatchReport) -> None:
+            with _COUNTING:
+                seen[0] += len(batch.records)
+                if seen[0] >= env.records:
+                    worker.stop()
+
+        sink = TransactionalSink(self.ledger(), self.handle)
+        manager = LeaseManager(DynamoDBLeaseStore(leases.table_name), leases, f"bench-{number}")
+        worker = Worker(
+            env.kinesis, env.dynamodb, env.stream, sink, manager, config, after_commit=after_commit
+        )
+        return worker.run()
+
+
+class WorkerNoReadAheadCase(WorkerWatermarkCase):
+    """The Worker with ``read_ahead=False`` (``--no-read-ahead``): what read-ahead adds."""
+
+    read_ahead = False
 
 
 # --- peers ------------------------------------------------------------------------------------
@@ -435,8 +506,20 @@ class PowertoolsCase(Case):
 CASES: dict[str, tuple[type[Case], str]] = {
     "read_only": (ReadOnlyCase, "read only, no dedup (baseline)"),
     "watermark": (WatermarkCase, "kinesis_eo watermark, transactional sink"),
+    "watermark_worker": (
+        WorkerWatermarkCase,
+        "kinesis_eo watermark, Worker (leases, read-ahead)",
+    ),
+    "watermark_worker_no_read_ahead": (
+        WorkerNoReadAheadCase,
+        "kinesis_eo watermark, Worker, --no-read-ahead",
+    ),
     "per_record": (PerRecordCase, "kinesis_eo per-record (event ids), transactional"),
     "keyed_watermark": (KeyedWatermarkCase, "kinesis_eo watermark, idempotent-key sink"),
+    "keyed_watermark_lanes": (
+        KeyedWatermarkLanesCase,
+        "kinesis_eo watermark, idempotent-key, 16 lanes",
+    ),
     "claim": (ClaimCase, "kinesis_eo claim/act/complete, idempotent-key sink"),
     "powertools": (PowertoolsCase, "Powertools idempotent_function + BatchProcessor"),
     "naive": (NaiveCase, "naive: conditional PutItem ledger + sink put"),

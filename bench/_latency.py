@@ -13,20 +13,31 @@ Each plan is checked against the calls the case really made in the moto run
 report), so the model follows the code, not a wish.
 
 One shard is read by one loop: GetRecords, then the batch's calls one after the
-other; GetRecords at most 5 times a second per shard (AWS's limit). A process
+other. GetRecords waits ``min_read_interval_s`` (0.2 s, AWS's 5 reads/s per
+shard) after the previous read's answer, as the reader paces it. A process
 serves many shards at once (a thread each), so their waits overlap and only
 their CPU adds up: one core serves ``1e6 / cpu_us`` records/s, i.e. that many
 shards at AWS's 1,000 records/s write limit per shard.
 
-Variants modelled (not built in the worker): *prefetch* reads the next batch
-while the current one commits, so a batch costs max(read, process) instead of
-their sum; *lanes* run the handler's own writes for different keys of a shard
-concurrently (``LANES`` at once), as per-key ordering allows.
+The worker reads ahead by default (kinesis_eo/read_ahead.py): while batch *n*
+is applied and committed, the read of batch *n + 1* runs beside it, and the
+next loop starts when both are done; the checkpoint, when due, follows. The
+model does exactly that for kinesis_eo's cases. Client CPU is split in two
+(bench/_cpu.py): the read side (botocore parsing GetRecords, decoding, building
+``Record``s), which runs in the read-ahead while the commit waits on its round
+trips, and the commit side (handlers, building, sending and parsing the
+transactions), which is on the shard's sequential path. Both sides share one
+core, so a batch never takes less than both sides' CPU. Without read-ahead
+(``--no-read-ahead``, and the peers, which read and then process) a batch costs
+the read, all its CPU and its calls, one after the other.
+
+Variants name what is opt-in: *lanes* run the handler's own writes for
+different keys of a shard concurrently (``--lanes 16``), as per-key ordering
+allows; and the watermark path without read-ahead, for comparison.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +66,7 @@ GET_RECORDS_PER_SECOND = 5  # per shard (Kinesis Data Streams quota)
 SHARD_WRITE_LIMIT = 1000  # records/s a shard takes in (Kinesis quota)
 CHECKPOINT_INTERVAL_S = 5.0
 TRANSACTION_ITEMS = 100
+PAGES_AT_ONCE = 16  # a screening read's pages read at once (kinesis_eo/ledger/store.py)
 LANES = 16
 BATCH_SIZES = (10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
@@ -76,6 +88,9 @@ class Plan:
     name: str
     per_batch: Callable[[int], list[Call]]
     per_record: tuple[Call, ...] = ()
+    # Calls made at once before the batch's others (a screening read's pages), PAGES_AT_ONCE
+    # at a time: they cost the slowest of each round.
+    at_once: Callable[[int], list[Call]] = lambda b: []
     checkpoints: bool = True
     # The sequential round trips no implementation of this case can avoid, per record.
     ceiling_s_per_record: float = 0.0
@@ -87,13 +102,6 @@ def _transactions(records: int, per_transaction: int, extra: int) -> list[Call]:
     if rest:
         calls.append(("TransactWriteItems", rest + extra))
     return calls
-
-
-def _per_record_batch(records: int) -> list[Call]:
-    # A screening read per 100 keys, then transactions of a mark and a write per record.
-    return _screen(records) + [
-        ("TransactWriteItems", 2 * n) for n in _sizes(records, PER_RECORD_PER_TX)
-    ]
 
 
 def _screen(records: int) -> list[Call]:
@@ -114,9 +122,9 @@ PLANS: dict[str, Plan] = {
     ),
     "per_record": Plan(
         "per_record",
-        lambda b: (
-            _screen(b) + [("TransactWriteItems", 2 * n) for n in _sizes(b, PER_RECORD_PER_TX)]
-        ),
+        # Transactions of a mark and a write per record, after a screening read of the batch.
+        lambda b: [("TransactWriteItems", 2 * n) for n in _sizes(b, PER_RECORD_PER_TX)],
+        at_once=_screen,
         ceiling_s_per_record=latency_s("TransactWriteItems", 2 * PER_RECORD_PER_TX)
         / PER_RECORD_PER_TX,
     ),
@@ -128,7 +136,8 @@ PLANS: dict[str, Plan] = {
     ),
     "claim": Plan(
         "claim",
-        _screen,
+        lambda b: [],
+        at_once=_screen,
         per_record=(("PutItem", 1), ("UpdateItem", 1), ("UpdateItem", 1)),
         ceiling_s_per_record=latency_s("PutItem") + 2 * latency_s("UpdateItem"),
     ),
@@ -157,106 +166,150 @@ def _sizes(records: int, per_call: int) -> list[int]:
 def calls_per_record(name: str, batch: int) -> float:
     """DynamoDB calls per record of a plan at this batch size (checkpoints left out)."""
     plan = PLANS[name]
-    return (len(plan.per_batch(batch)) + batch * len(plan.per_record)) / batch
+    calls = len(plan.at_once(batch)) + len(plan.per_batch(batch))
+    return (calls + batch * len(plan.per_record)) / batch
 
 
 # --- the simulated clock ------------------------------------------------------------------------
+
+MIN_READ_INTERVAL_S = 1 / GET_RECORDS_PER_SECOND  # the reader's pause after a read's answer
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """Client CPU µs per record: the read side and the commit side (handlers included)."""
+
+    read_us: float
+    commit_us: float
+
+    @property
+    def total_us(self) -> float:
+        return self.read_us + self.commit_us
+
+
+def _process_s(plan: Plan, size: int, cpu_s: float, lanes: int) -> float:
+    """The batch's calls and the commit side's CPU, one after the other (lanes overlap waits)."""
+    process = sum(latency_s(op, n) for op, n in plan.per_batch(size))
+    together = plan.at_once(size)
+    for first in range(0, len(together), PAGES_AT_ONCE):
+        process += max(latency_s(op, n) for op, n in together[first : first + PAGES_AT_ONCE])
+    per_record_wait = sum(latency_s(op, n) for op, n in plan.per_record)
+    if lanes > 1 and plan.per_record:
+        # ``lanes`` records in flight; their waits overlap, their CPU does not.
+        return process + size * max(cpu_s, (per_record_wait + cpu_s) / lanes)
+    return process + size * (per_record_wait + cpu_s)
 
 
 def shard_seconds(
     name: str,
     records: int,
     batch: int,
-    cpu_us: float,
+    cpu: Cpu,
     *,
-    prefetch: bool = False,
+    read_ahead: bool = False,
     lanes: int = 1,
 ) -> float:
     """Simulated seconds one shard's loop takes for ``records`` records."""
     plan = PLANS[name]
-    clock = 0.0
-    last_read = -math.inf
+    read, read_cpu, commit_cpu = latency_s("GetRecords"), cpu.read_us / 1e6, cpu.commit_us / 1e6
+    sizes = _sizes(records, batch)
+    # The first batch is read before anything else happens.
+    clock = read + sizes[0] * read_cpu
+    read_ready = clock + MIN_READ_INTERVAL_S
     last_checkpoint = 0.0
-    read = latency_s("GetRecords")
-    min_gap = 1 / GET_RECORDS_PER_SECOND
-    per_record_wait = sum(latency_s(op, n) for op, n in plan.per_record)
-    cpu = cpu_us / 1e6
-    done = 0
-    while done < records:
-        size = min(batch, records - done)
-        process = sum(latency_s(op, n) for op, n in plan.per_batch(size))
-        if lanes > 1 and plan.per_record:
-            # ``lanes`` records in flight; their waits overlap, their CPU does not.
-            process += size * max(cpu, (per_record_wait + cpu) / lanes)
+    for index, size in enumerate(sizes):
+        if not read_ahead:
+            if index:
+                clock = max(clock, read_ready) + read + size * read_cpu
+                read_ready = clock + MIN_READ_INTERVAL_S
+            clock += _process_s(plan, size, commit_cpu, lanes)
         else:
-            process += size * (per_record_wait + cpu)
-        start = max(clock, last_read + min_gap)
-        if prefetch and done:
-            # The read of this batch ran while the previous one was processed.
-            clock = max(start, last_read + read) + process
-            last_read = start
-        else:
-            last_read = start
-            clock = start + read + process
+            started = clock
+            clock += _process_s(plan, size, commit_cpu, lanes)
+            if index + 1 < len(sizes):
+                following = sizes[index + 1]
+                read_done = max(started, read_ready) + read + following * read_cpu
+                read_ready = read_done + MIN_READ_INTERVAL_S
+                # Both sides share one core: the batch takes at least their CPU together.
+                both_cpu = started + size * commit_cpu + following * read_cpu
+                clock = max(clock, read_done, both_cpu)
         if plan.checkpoints and clock - last_checkpoint >= CHECKPOINT_INTERVAL_S:
             clock += latency_s("UpdateItem")
             last_checkpoint = clock
-        done += size
     return clock
 
 
-def rps_per_shard(name: str, batch: int, cpu_us: float, **variant: Any) -> float:
+def rps_per_shard(name: str, batch: int, cpu: Cpu, **variant: Any) -> float:
     records = max(batch * 20, 20_000)
-    return records / shard_seconds(name, records, batch, cpu_us, **variant)
+    return records / shard_seconds(name, records, batch, cpu, **variant)
 
 
 @dataclass(frozen=True)
 class Variant:
+    """A way of running a case: read-ahead on or off, and lanes."""
+
     label: str
     case: str
-    prefetch: bool = False
+    read_ahead: bool
     lanes: int = 1
 
 
+# What the worker does by default: kinesis_eo's cases read ahead; the peers read, then process.
+READS_AHEAD = frozenset({"watermark", "per_record", "keyed_watermark", "claim"})
+
 VARIANTS = (
-    Variant("watermark + prefetch", "watermark", prefetch=True),
-    Variant("keyed_watermark + lanes", "keyed_watermark", lanes=LANES),
-    Variant("keyed_watermark + lanes + prefetch", "keyed_watermark", prefetch=True, lanes=LANES),
+    Variant("watermark, no read-ahead", "watermark", read_ahead=False),
+    Variant("keyed_watermark + lanes", "keyed_watermark", read_ahead=True, lanes=LANES),
+    Variant("claim + lanes", "claim", read_ahead=True, lanes=LANES),
 )
 
 
+def _entries(cpu: dict[str, Cpu]) -> list[Variant]:
+    rows = [Variant(name, name, name in READS_AHEAD) for name in PLANS if name in cpu]
+    return rows + [v for v in VARIANTS if v.case in cpu]
+
+
+def split_cpu(total_us: dict[str, float], read_us: dict[str, float]) -> dict[str, Cpu]:
+    """Each case's CPU split into read and commit sides; ``read_us`` per case (or absent: 0)."""
+    split = {}
+    for name, total in total_us.items():
+        if name == "read_only":
+            continue
+        read = min(read_us.get(name, 0.0), total)
+        split[name] = Cpu(round(read, 1), round(total - read, 1))
+    return split
+
+
 def model(
-    cpu_us: dict[str, float],
+    cpu: dict[str, Cpu],
     batch: int,
     measured: dict[str, float],
     run_batch: int | None = None,
 ) -> dict[str, Any]:
     """The ``latency_model`` section of the report.
 
-    ``cpu_us``: client CPU µs per record per case (canned endpoint); ``measured``:
-    DynamoDB calls per record each case made in the moto run, whose batches held
-    ``run_batch`` records (fewer than ``batch`` when a shard held fewer), to check
-    the plans against.
+    ``cpu``: client CPU per record per case, read and commit sides (canned
+    endpoint); ``measured``: DynamoDB calls per record each case made in the
+    moto run, whose batches held ``run_batch`` records (fewer than ``batch``
+    when a shard held fewer), to check the plans against.
     """
     run_batch = run_batch or batch
     rows: dict[str, dict[str, Any]] = {}
-    entries = [(name, name, {}) for name in PLANS if name in cpu_us]
-    entries += [
-        (v.label, v.case, {"prefetch": v.prefetch, "lanes": v.lanes})
-        for v in VARIANTS
-        if v.case in cpu_us
-    ]
-    for label, case, variant in entries:
-        cpu = cpu_us[case]
-        rps = rps_per_shard(case, batch, cpu, **variant)
+    for entry in _entries(cpu):
+        case, split = entry.case, cpu[entry.case]
+        rps = rps_per_shard(case, batch, split, read_ahead=entry.read_ahead, lanes=entry.lanes)
         plan = PLANS[case]
         ceiling_per_record = plan.ceiling_s_per_record
-        if variant.get("lanes", 1) > 1 and plan.per_record:
-            ceiling_per_record /= variant["lanes"]
-        per_core = 1e6 / cpu if cpu else None
-        rows[label] = {
+        if entry.lanes > 1 and plan.per_record:
+            ceiling_per_record /= entry.lanes
+        # A process's core pays both sides' CPU, whichever overlaps a wait.
+        per_core = 1e6 / split.total_us if split.total_us else None
+        variant: dict[str, Any] = {"read_ahead": entry.read_ahead}
+        if entry.lanes > 1:
+            variant["lanes"] = entry.lanes
+        rows[entry.label] = {
             "case": case,
-            "variant": {k: v for k, v in variant.items() if v not in (False, 1)} or None,
+            "variant": variant,
             "rps_per_shard": round(rps, 1),
             "rps_per_process": round(per_core, 1) if per_core else None,
             "ceiling_rps_per_shard": round(1 / ceiling_per_record, 1),
@@ -264,7 +317,9 @@ def model(
             "saturated_shards_per_core": round(per_core / SHARD_WRITE_LIMIT, 1)
             if per_core
             else None,
-            "client_cpu_us_per_record": cpu,
+            "client_cpu_us_per_record": split.total_us,
+            "read_cpu_us_per_record": split.read_us,
+            "commit_cpu_us_per_record": split.commit_us,
             "model_calls_per_record": round(calls_per_record(case, run_batch), 4),
             "measured_calls_per_record": measured.get(case),
             "ratio_vs_powertools": None,
@@ -281,25 +336,24 @@ def model(
         "run_batch": run_batch,
         "lanes": LANES,
         "cases": rows,
-        "sweep": sweep(cpu_us),
+        "sweep": sweep(cpu),
     }
 
 
-def sweep(cpu_us: dict[str, float]) -> dict[str, dict[int, float]]:
+def sweep(cpu: dict[str, Cpu]) -> dict[str, dict[int, float]]:
     """Records/s per shard of every case and variant at each of :data:`BATCH_SIZES`."""
-    lines: dict[str, dict[int, float]] = {}
-    for name in PLANS:
-        if name in cpu_us:
-            lines[name] = {b: round(rps_per_shard(name, b, cpu_us[name]), 1) for b in BATCH_SIZES}
-    for v in VARIANTS:
-        if v.case in cpu_us:
-            lines[v.label] = {
-                b: round(
-                    rps_per_shard(v.case, b, cpu_us[v.case], prefetch=v.prefetch, lanes=v.lanes), 1
-                )
-                for b in BATCH_SIZES
-            }
-    return lines
+    return {
+        entry.label: {
+            b: round(
+                rps_per_shard(
+                    entry.case, b, cpu[entry.case], read_ahead=entry.read_ahead, lanes=entry.lanes
+                ),
+                1,
+            )
+            for b in BATCH_SIZES
+        }
+        for entry in _entries(cpu)
+    }
 
 
 def plot(latency_model: dict[str, Any], path: str) -> None:
@@ -310,8 +364,9 @@ def plot(latency_model: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 6))
-    for label, points in latency_model["sweep"].items():
-        sizes = sorted(int(b) for b in points)
+    for label, line in latency_model["sweep"].items():
+        points = {int(b): v for b, v in line.items()}  # a report read back has string keys
+        sizes = sorted(points)
         axes.plot(sizes, [points[b] for b in sizes], marker="o", label=label)
     axes.axhline(SHARD_WRITE_LIMIT, color="grey", linestyle=":", label="a shard's write limit")
     axes.set_xscale("log")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +187,8 @@ class UnitMeter:
         # (table, key) -> attribute sizes, as this meter last saw the item written.
         self.items: dict[tuple[str, str], dict[str, int]] = {}
         self._pending: list[tuple[str, str, dict[str, int] | None]] = []
-        self._request: tuple[str, dict[str, Any]] | None = None
+        # The request in flight on each thread (lanes and read-ahead call from several).
+        self._thread = threading.local()
         self._log: list[tuple[str, dict[str, Any], bool, Mapping[str, Any]]] = []
 
     def attach(self, client: Any) -> Any:
@@ -210,15 +212,16 @@ class UnitMeter:
     # --- hooks ---------------------------------------------------------------------------------
 
     def _before(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self._request = (model.name, params)
+        self._thread.request = (model.name, params)
 
     def _after(self, http_response: Any, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
-        if self._request is None or self._request[0] != model.name:
+        request = getattr(self._thread, "request", None)
+        if request is None or request[0] != model.name:
             return
         ok = not parsed.get("Error") and getattr(http_response, "status_code", 200) < 300
-        operation, params = self._request
+        operation, params = request
         self._log.append((operation, params, ok, parsed))
-        self._request = None
+        self._thread.request = None
 
     def _charge(
         self, operation: str, params: Mapping[str, Any], ok: bool, parsed: Mapping[str, Any]

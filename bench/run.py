@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -66,13 +67,15 @@ class CallCounter:
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()  # lanes and read-ahead call from several threads
 
     def attach(self, client: Any) -> Any:
         client.meta.events.register("before-call", self._count)
         return client
 
     def _count(self, model: Any, **_: Any) -> None:
-        self.counts[(model.service_model.service_name, model.name)] += 1
+        with self._lock:
+            self.counts[(model.service_model.service_name, model.name)] += 1
 
     def total(self, service: str) -> int:
         return sum(n for (s, _), n in self.counts.items() if s == service)

@@ -21,7 +21,18 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 RECORDS = 80
 SHARDS = 2
-CASES = ["read_only", "watermark", "per_record", "keyed_watermark", "claim", "naive"]
+CASES = [
+    "read_only",
+    "watermark",
+    "watermark_worker",
+    "per_record",
+    "keyed_watermark",
+    "keyed_watermark_lanes",
+    "claim",
+    "naive",
+]
+# The cases the client CPU measurement and the latency model cover.
+MODELLED = ["watermark", "per_record", "keyed_watermark", "claim", "naive"]
 UNIT_FIELDS = ("write_units_per_record", "read_units_per_record", "usd_per_million_records")
 REQUIRED = {
     "name",
@@ -94,6 +105,12 @@ def test_the_smallest_bench_run_reports_every_case_with_each_record_applied_once
     assert "dynamodb:TransactWriteItems" not in replay["calls"]
     assert replay["calls"]["dynamodb:BatchGetItem"] == SHARDS
     assert by_name["per_record"]["ddb_calls_per_record"] < 0.3
+    # The Worker on its defaults reads ahead: the same replay, without a handler or transaction.
+    worker_replay = by_name["watermark_worker"]["replay"]
+    assert worker_replay["handler_calls"] == 0
+    assert "dynamodb:TransactWriteItems" not in worker_replay["calls"]
+    # Lanes: the handler's own write once per record, whichever lane ran it.
+    assert by_name["keyed_watermark_lanes"]["first"]["sink_calls"] == RECORDS
     # Claim (PutItem), the handler's own write, complete (UpdateItem): three per record.
     assert 2.9 < by_name["claim"]["ddb_calls_per_record"] < 3.2
     assert by_name["claim"]["first"]["sink_calls"] == RECORDS
@@ -144,13 +161,20 @@ def test_the_smallest_bench_run_reports_every_case_with_each_record_applied_once
 
     # Client CPU with botocore, on boto3's clients and on the CLI's, for every case run.
     cpu = report["client_cpu"]
-    assert set(cpu["kinesis_eo_run_clients"]) == set(CASES[1:])
+    assert set(cpu["kinesis_eo_run_clients"]) == {"read_only", *MODELLED}
     assert all(v > 0 for v in cpu["boto3_default_clients"].values())
+    # Split into the read side (the read-only case's CPU) and the commit side.
+    for name in MODELLED:
+        split = cpu["split"][name]
+        assert split["read_us"] + split["commit_us"] == pytest.approx(cpu["used"][name], abs=0.2)
+        assert split["commit_us"] > 0
+    assert cpu["split"]["watermark"]["read_ahead"] is True
+    assert cpu["split"]["naive"]["read_ahead"] is False
 
     # The latency model: every case, its ceiling, and the shards one core serves.
     model = report["latency_model"]
     rows = model["cases"]
-    assert set(CASES[1:]) <= set(rows)
+    assert set(MODELLED) <= set(rows)
     for label, row in rows.items():
         assert row["rps_per_shard"] > 0, label
         assert 0 < row["ceiling_fraction"] <= 1, label
@@ -158,8 +182,13 @@ def test_the_smallest_bench_run_reports_every_case_with_each_record_applied_once
     assert rows["watermark"]["saturated_shards_per_core"] > 0
     # Three round trips per record cap the claim case below a fifth of a write's 200/s.
     assert rows["claim"]["ceiling_rps_per_shard"] == pytest.approx(1000 / 15, abs=0.1)
+    # Read-ahead (the worker's default) hides the read: never slower than without it.
+    assert rows["watermark"]["variant"] == {"read_ahead": True}
+    assert rows["watermark, no read-ahead"]["variant"] == {"read_ahead": False}
+    assert rows["watermark"]["rps_per_shard"] >= rows["watermark, no read-ahead"]["rps_per_shard"]
+    assert rows["keyed_watermark + lanes"]["variant"] == {"read_ahead": True, "lanes": 16}
     # The model's calls per record are the ones the case made, give or take checkpoints.
-    for name in CASES[1:]:
+    for name in MODELLED:
         row = rows[name]
         assert row["model_calls_per_record"] <= row["measured_calls_per_record"] + 1e-9
         assert row["measured_calls_per_record"] - row["model_calls_per_record"] < 0.08, name
@@ -227,7 +256,14 @@ def test_the_latency_model_plot_draws_every_case(bench_modules: Any, tmp_path: P
         latency = importlib.import_module("_latency")
     finally:
         sys.path.remove(str(BENCH.parent))
-    cpu = {"watermark": 50.0, "keyed_watermark": 300.0, "powertools": 1200.0}
+    cpu = {
+        name: latency.Cpu(read, commit)
+        for name, read, commit in (
+            ("watermark", 15.0, 35.0),
+            ("keyed_watermark", 15.0, 285.0),
+            ("powertools", 20.0, 1180.0),
+        )
+    }
     model = latency.model(cpu, 1000, {})
     path = tmp_path / "model.png"
 

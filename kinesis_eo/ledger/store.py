@@ -21,7 +21,7 @@ from kinesis_eo.errors import (
     ResourceNotFoundError,
     TransactionCanceledError,
 )
-from kinesis_eo.flow import Call, Sleep
+from kinesis_eo.flow import Call, Sleep, Together
 from kinesis_eo.ledger.model import (
     CLAIM_EXPIRES_AT,
     EXPIRES_AT,
@@ -63,6 +63,8 @@ StoreFlow = Generator[Any, Any, Any]
 
 # BatchGetItem reads at most 100 keys per call.
 _BATCH_GET_LIMIT = 100
+# Pages of one screening read at once (100 keys each; a 10,000-record batch has 100).
+_PAGES_AT_ONCE = 16
 _ACTIONS = frozenset({"Put", "Update", "Delete", "ConditionCheck"})
 
 
@@ -297,8 +299,20 @@ class DynamoDBLedgerStore(LedgerStore):
         return touched
 
     def get(self, keys: Sequence[str]) -> Generator[Any, Any, dict[str, Item]]:
+        unique = list(dict.fromkeys(keys))
+        pages = [unique[i : i + _BATCH_GET_LIMIT] for i in range(0, len(unique), _BATCH_GET_LIMIT)]
+        if len(pages) <= 1:
+            return (yield from self._get_page(unique))
+        # A batch's pages are read at once: one round trip for the whole screening, not one
+        # per 100 keys one after the other.
         found: dict[str, Item] = {}
-        pending = list(dict.fromkeys(keys))
+        for page in (yield Together(tuple(self._get_page(p) for p in pages), _PAGES_AT_ONCE)):
+            found.update(page)
+        return found
+
+    def _get_page(self, keys: list[str]) -> Generator[Any, Any, dict[str, Item]]:
+        found: dict[str, Item] = {}
+        pending = keys
         attempt = 0
         while pending:
             chunk, pending = pending[:_BATCH_GET_LIMIT], pending[_BATCH_GET_LIMIT:]
