@@ -63,8 +63,9 @@ def lease_keeper_flow(
     clock: Callable[[], float] = time.monotonic,
 ) -> Generator[Any, Any, None]:
     """Every renew interval: report alive, renew what is held, keep or take the coordinator's
-    item. On stop: resign (the worker removes its report once its coordinator flow has ended
-    too, see :meth:`~kinesis_eo.leases.LeaseManager.leave`)."""
+    item. On stop: resign and remove the report (the worker frees what it was assigned and did
+    not take once its other flows have ended too, see
+    :meth:`~kinesis_eo.leases.LeaseManager.leave`)."""
     interval = manager.config.renew_interval
     while not state.stopping:
         yield from wait_while_paused(state)
@@ -76,8 +77,10 @@ def lease_keeper_flow(
             )
             state.record.leases_lost(len(lost))
         yield Sleep(max(0.0, started + interval - clock()))
-    # Here, in the flow that elects, so that no election in flight takes the item back.
+    # Here, in the flow that elects and reports, so that nothing in flight undoes either:
+    # the coordinator's item goes, and the report, so no coordinator assigns this worker more.
     yield from coordinator.resign()
+    yield from manager.store.remove_report(manager.worker_id)
 
 
 def coordinator_flow(

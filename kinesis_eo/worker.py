@@ -243,9 +243,9 @@ class _WorkerBase:
         self.stop()
 
     def _leave(self) -> Generator[Any, Any, None]:
-        """Remove the worker's report and free what it was assigned and did not take: only once
-        its keeper and its coordinator flow have ended, so that neither reports or assigns it
-        anything after."""
+        """Free what the worker was assigned and did not take, once every flow of it has ended:
+        its keeper removed its report first, so a coordinator's round that read the report
+        before has had a shard loop's last batch to finish its writes."""
         try:
             yield from self.manager.leave()
         except Exception as exc:  # the table may be what stopped the worker
@@ -327,10 +327,9 @@ class Worker(_WorkerBase):
                 thread.start()
         finally:
             self.stop()
-            keeper.join()
-            self._run(self._leave())
-            for thread in self._threads:
+            for thread in [keeper, *self._threads]:
                 thread.join()
+            self._run(self._leave())
             self._stopped()
         self._raise_keeper_error()
         return self.metrics
@@ -379,9 +378,8 @@ class AsyncWorker(_WorkerBase):
                 task.add_done_callback(self._tasks.discard)
         finally:
             self.state.stopping = True
-            await keeper
+            await asyncio.gather(keeper, *self._tasks)
             await run_async(self._leave(), self.clients, self.config.retry)
-            await asyncio.gather(*self._tasks)
             self._stopped()
         self._raise_keeper_error()
         return self.metrics

@@ -1,4 +1,4 @@
-"""Read-ahead on moto: GetRecords overlaps commits, the pace improves, effects stay exactly once."""
+"""Read-ahead on moto: GetRecords overlaps the batch being applied, effects stay exactly once."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def keyed_worker(
     return built, done
 
 
-def test_read_ahead_overlaps_get_records_with_commits_and_shortens_a_shards_pace(
+def test_read_ahead_overlaps_get_records_with_the_batch_being_applied(
     kinesis: Any, dynamodb: Any
 ) -> None:
     make_stream(kinesis, "orders", 1)
@@ -105,7 +105,8 @@ def test_read_ahead_overlaps_get_records_with_commits_and_shortens_a_shards_pace
     print(f"read-ahead: seconds {seconds}, overlapping reads {overlaps}")
     assert overlaps[False] == 0
     assert overlaps[True] >= 6  # most of the twelve batches had their successor read meanwhile
-    assert seconds[True] < 0.85 * seconds[False], seconds
+    # How much sooner a shard is read through is a timing, measured by the bench
+    # (bench/run.py, the Worker rows), not asserted here on a shared machine.
 
 
 def test_a_batch_read_ahead_by_a_worker_that_lost_its_lease_is_never_applied(

@@ -19,6 +19,7 @@ from tests.workers import (
     SCHEDULING_SLACK_S,
     create_tables,
     effect,
+    lease_items,
     lease_owners,
     sink,
 )
@@ -82,4 +83,6 @@ async def test_async_workers_balance_fail_over_and_fence_a_paused_one(
 
     assert moved <= LEASES.failover_s + LEASES.renew_interval + SCHEDULING_SLACK_S
     assert applied(dynamodb) == dict.fromkeys(ids, 1)
-    assert lease_owners(dynamodb) == {None: 4}
+    # Every lease held was released (one the last coordinator round assigned to a worker on
+    # its way out carries no token; tests/test_worker.py shows the next coordinator places it).
+    assert not [i for i in lease_items(dynamodb) if "eoOwnerToken" in i]

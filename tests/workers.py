@@ -81,12 +81,17 @@ def stop(workers: list[Worker], threads: list[threading.Thread]) -> None:
         assert not thread.is_alive(), f"{thread.name} did not stop"
 
 
-def lease_owners(dynamodb: Any) -> Counter[str | None]:
-    return Counter(
-        i.get("leaseOwner", {}).get("S")
+def lease_items(dynamodb: Any) -> list[dict[str, Any]]:
+    """The lease table's items of shards not finished (no coordinator's or worker's items)."""
+    return [
+        i
         for i in scan_table(dynamodb, "leases")
         if not is_entity_key(i["leaseKey"]["S"]) and i["checkpoint"]["S"] != "SHARD_END"
-    )
+    ]
+
+
+def lease_owners(dynamodb: Any) -> Counter[str | None]:
+    return Counter(i.get("leaseOwner", {}).get("S") for i in lease_items(dynamodb))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
