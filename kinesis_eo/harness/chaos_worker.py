@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kinesis_eo import runner
+from kinesis_eo.harness.capacity import TableMeter
 from kinesis_eo.harness.chaos_faults import SinkOutage, invalid_write, invalid_write_kind
 from kinesis_eo.harness.scenario import POISON_PREFIX, client
 from kinesis_eo.records import Record
@@ -83,6 +84,12 @@ class WorkerSpec:
     # Read by subscription through this enhanced fan-out consumer (`kinesis-eo run --efo`);
     # empty: poll with GetRecords.
     efo_consumer: str = ""
+    # Bill the lease table's requests in DynamoDB units (see capacity.TableMeter) and write
+    # the totals to the stats file under "lease_table"; off: the chaos run does not.
+    meter_lease_table: bool = False
+    # Seconds between GetRecords of a shard with nothing new: many shards on one emulator
+    # need it longer than the chaos run's few.
+    idle_interval_s: float = 0.2
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -141,7 +148,10 @@ def run_options(spec: WorkerSpec) -> RunOptions:
         ledger_retry=QUICK_RETRY,
         worker={
             "reader": ReaderConfig(
-                max_records=200, min_read_interval_s=0.05, idle_interval_s=0.2, retry=QUICK_RETRY
+                max_records=200,
+                min_read_interval_s=0.05,
+                idle_interval_s=spec.idle_interval_s,
+                retry=QUICK_RETRY,
             ),
             "retry": QUICK_RETRY,
             "checkpoint_interval_s": 1.0,
@@ -258,9 +268,10 @@ def write_stats(
     worker: Worker,
     injectors: list[FaultInjector],
     calls: ReadCalls | None = None,
+    lease_table: TableMeter | None = None,
 ) -> None:
-    """Write the worker's totals, the faults its injectors fired and its read calls to ``path``
-    (whole, then renamed).
+    """Write the worker's totals, the faults its injectors fired, its read calls and (if metered)
+    its lease-table units to ``path`` (whole, then renamed).
     """
     injected = {kind.value: sum(i.injected[kind] for i in injectors) for kind in FaultKind}
     payload = {
@@ -269,6 +280,8 @@ def write_stats(
         "injected": injected,
         "calls": dict(calls.counts) if calls else {},
     }
+    if lease_table is not None:
+        payload["lease_table"] = lease_table.totals()
     temporary = f"{path}.tmp"
     Path(temporary).write_text(json.dumps(payload), encoding="utf-8")
     os.replace(temporary, path)
@@ -282,18 +295,22 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec(**json.loads(args[0]))
     worker, injectors = build_worker(spec)
     calls = ReadCalls(worker.clients["kinesis"])
+    meter = None
+    if spec.meter_lease_table:
+        meter = TableMeter(spec.lease_table)
+        meter.attach(worker.clients["dynamodb"])
     stopped = threading.Event()
 
     def report_stats() -> None:
         while not stopped.wait(0.5):
-            write_stats(spec.stats_file, worker, injectors, calls)
+            write_stats(spec.stats_file, worker, injectors, calls, meter)
 
     threading.Thread(target=report_stats, daemon=True).start()
     try:
         worker.run(handle_signals=True)
     finally:
         stopped.set()
-        write_stats(spec.stats_file, worker, injectors, calls)
+        write_stats(spec.stats_file, worker, injectors, calls, meter)
     return 0
 
 
