@@ -82,15 +82,22 @@ class Probe:
     """Samples a :class:`TableView` at each call: ownership, holding, moves, balance.
 
     ``fresh``: the questions (owned? balanced?) read a new view each time; otherwise
-    the one the last sample read (when a view costs a table scan).
+    the one the last sample read (when a view costs a table scan). ``expected``: how
+    many leases the table holds once every shard has one.
     """
 
     def __init__(
-        self, source: Callable[[], TableView], clock: Callable[[], float], fresh: bool = True
+        self,
+        source: Callable[[], TableView],
+        clock: Callable[[], float],
+        fresh: bool = True,
+        expected: int = 0,
     ) -> None:
         self.source = source
         self.clock = clock
         self.fresh = fresh
+        # All owned needs at least this many leases (a table being filled is not all owned).
+        self.expected = expected
         self.latest: TableView | None = None
         self.owner: dict[str, str | None] = {}
         self.moves: list[tuple[float, str, str, str]] = []
@@ -136,6 +143,8 @@ class Probe:
     def all_owned(self, shards: Sequence[str] | None = None) -> bool:
         view = self.view()
         leases = view.leases
+        if shards is None and len(leases) < self.expected:
+            return False
         return all(s in leases and leases[s].owner in view.live for s in (shards or list(leases)))
 
     def loads(self) -> tuple[dict[str, float], dict[str, int]]:
@@ -242,12 +251,13 @@ def run(
     sigma: float = 1.0,
     failover_s: float = 10.0,
     balance: str = "throughput",
+    checkpoint_interval_s: float = 5.0,
 ) -> dict[str, Any]:
     """Every scenario in one simulated timeline; the report (figures and targets)."""
     config = LeaseConfig("scale", failover_s=failover_s, balance=balance)
     round_s = config.take_interval
     rates = shard_rates(shards, seed, sigma)
-    sim = Simulation(shards, config, rates, seed=seed)
+    sim = Simulation(shards, config, rates, checkpoint_interval_s, seed=seed)
     probe = Probe(lambda: sim_view(sim), sim.clock)
     step = round_s / 4
     report: dict[str, Any] = {
@@ -434,14 +444,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sigma", type=float, default=1.0, help="lognormal sigma of shard throughput"
     )
-    parser.add_argument("--failover", type=float, default=10.0, help="failover seconds")
+    parser.add_argument(
+        "--failover", type=float, help="failover seconds (10; --moto: 20, as one moto can serve)"
+    )
     parser.add_argument("--balance", choices=("throughput", "count"), default="throughput")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument(
+        "--moto", action="store_true", help="a real run: worker processes on moto (scale_moto.py)"
+    )
+    parser.add_argument("--rate", type=float, default=10.0, help="--moto: records per second")
     args = parser.parse_args(argv)
     if args.shards < 1 or args.workers < 2:
         parser.error("--shards must be at least 1 and --workers at least 2")
+    if args.moto:
+        from bench import scale_moto
+
+        return scale_moto.main(args)
     started = time.monotonic()
-    report = run(args.shards, args.workers, args.seed, args.sigma, args.failover, args.balance)
+    report = run(
+        args.shards, args.workers, args.seed, args.sigma, args.failover or 10.0, args.balance
+    )
     report["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps({k: v for k, v in report.items() if k != "targets"}, indent=2))
     for name, ok in report["targets"].items():

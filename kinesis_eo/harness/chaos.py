@@ -133,21 +133,27 @@ class _Planned:
 
 
 def backends(
-    config: ChaosConfig, stack: contextlib.ExitStack
+    config: ChaosConfig, stack: contextlib.ExitStack, moto_process: bool = False
 ) -> tuple[MotoServer, str, str, EfoBridge | None]:
     """Start the run's emulators on ``stack``: moto (undo-log transactions where it can), and
     kinesis-mock (behind the bridge when reading by subscription) if ``config`` asks.
 
+    ``moto_process``: moto serves from a child process of its own (undo-log transactions
+    required), so that this process's threads do not share its interpreter.
     Returns moto, the Kinesis endpoint, a description of the emulators, and the bridge.
     """
     from kinesis_eo.harness import moto_transactions
 
-    emulator = "moto (stock transactions)"
-    with contextlib.suppress(RuntimeError):
-        moto_transactions.install()
-        stack.callback(moto_transactions.uninstall)
-        emulator = "moto with undo-log transactions"
-    moto = stack.enter_context(MotoServer())
+    if moto_process:
+        moto = stack.enter_context(MotoServer(process=True, undo_log_transactions=True))
+        emulator = "moto with undo-log transactions, in a process of its own"
+    else:
+        emulator = "moto (stock transactions)"
+        with contextlib.suppress(RuntimeError):
+            moto_transactions.install()
+            stack.callback(moto_transactions.uninstall)
+            emulator = "moto with undo-log transactions"
+        moto = stack.enter_context(MotoServer())
     kinesis_endpoint = moto.endpoint_url
     bridge = None
     if config.kinesis is KinesisBackend.KINESIS_MOCK:

@@ -87,9 +87,10 @@ class WorkerSpec:
     # Bill the lease table's requests in DynamoDB units (see capacity.TableMeter) and write
     # the totals to the stats file under "lease_table"; off: the chaos run does not.
     meter_lease_table: bool = False
-    # Seconds between GetRecords of a shard with nothing new: many shards on one emulator
-    # need it longer than the chaos run's few.
+    # Seconds between GetRecords of a shard with nothing new, and between its checkpoints:
+    # many shards on one emulator need them longer than the chaos run's few.
     idle_interval_s: float = 0.2
+    checkpoint_interval_s: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -154,7 +155,7 @@ def run_options(spec: WorkerSpec) -> RunOptions:
                 retry=QUICK_RETRY,
             ),
             "retry": QUICK_RETRY,
-            "checkpoint_interval_s": 1.0,
+            "checkpoint_interval_s": spec.checkpoint_interval_s,
             # Children are found at their parents' ends; a full ListShards is slow on
             # kinesis-mock once the stream is large (seconds), so not often.
             "shard_sync_interval_s": 15.0,
