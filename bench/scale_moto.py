@@ -354,11 +354,16 @@ def _compared(scenario: MotoScenario, report: dict[str, Any]) -> None:
         "read_units_per_s_per_worker_median",
         "read_units_per_s_coordinator",
         "max_min_throughput_ratio",
+        "max_min_count_ratio",
+        "steady_moves",
         "flaps",
         "read_units_per_s_scan_baseline",
         "write_units_per_s_scan_baseline",
     )
-    report["simulation"] = {k: sim[k] for k in keys} | {"join": sim["join"]}
+    report["simulation"] = {k: sim[k] for k in keys} | {
+        "join": sim["join"],
+        "worker_death": sim["worker_death"],
+    }
     report["read_units_per_s_scan_baseline"] = sim["read_units_per_s_scan_baseline"]
     report["write_units_per_s_scan_baseline"] = sim["write_units_per_s_scan_baseline"]
     report["read_reduction_x"] = round(
