@@ -32,71 +32,37 @@ cut of 2024-11-01):
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# The size and unit rules live with the worker-side meter, so both bill alike.
+from kinesis_eo.harness.capacity import (
+    READ_UNIT_BYTES,
+    WRITE_UNIT_BYTES,
+    item_size,
+    read_units,
+    value_size,
+    write_units,
+)
+
 USD_PER_MILLION_WRITE_UNITS = 0.625
 USD_PER_MILLION_READ_UNITS = 0.125
 PRICES_AS_OF = "2024-11-01 (us-east-1, on-demand list prices)"
 
-WRITE_UNIT_BYTES = 1024
-READ_UNIT_BYTES = 4096
-
-
-# --- sizes ---------------------------------------------------------------------------------
-
-
-def _number_size(text: str) -> int:
-    """DynamoDB's size of a number: about a byte per two significant digits, plus one."""
-    digits = text.lstrip("-").replace(".", "").lstrip("0").rstrip("0") or "0"
-    return (len(digits) + 1) // 2 + 1
-
-
-def value_size(value: Mapping[str, Any]) -> int:
-    """Bytes of one attribute value in the low-level form ({"S": ...}, {"N": ...}, ...)."""
-    ((kind, inner),) = value.items()
-    if kind == "S":
-        return len(str(inner).encode())
-    if kind == "N":
-        return _number_size(str(inner))
-    if kind == "B":
-        return len(inner) if isinstance(inner, bytes | bytearray) else len(str(inner).encode())
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode()) for s in inner)
-    if kind == "NS":
-        return sum(_number_size(str(n)) for n in inner)
-    if kind == "BS":
-        return sum(len(b) for b in inner)
-    if kind == "L":
-        return 3 + sum(value_size(v) + 1 for v in inner)
-    if kind == "M":
-        return 3 + sum(len(k.encode()) + value_size(v) + 1 for k, v in inner.items())
-    raise ValueError(f"unknown attribute type {kind!r}")
-
-
-def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
-    """Bytes of an item: every attribute's name and value."""
-    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
-
-
-def write_units(size: int, *, transactional: bool = False) -> int:
-    """Write units of one item of ``size`` bytes: 1 KB each, rounded up (at least one)."""
-    units = max(1, math.ceil(size / WRITE_UNIT_BYTES))
-    return 2 * units if transactional else units
-
-
-def read_units(size: int, *, consistent: bool, transactional: bool = False) -> float:
-    """Read units of one item (or one Query/Scan page) of ``size`` bytes: 4 KB each, rounded up."""
-    units = float(max(1, math.ceil(size / READ_UNIT_BYTES)))
-    if transactional:
-        return 2 * units
-    return units if consistent else units / 2
+__all__ = [
+    "READ_UNIT_BYTES",
+    "WRITE_UNIT_BYTES",
+    "UnitMeter",
+    "Units",
+    "item_size",
+    "read_units",
+    "usd_per_million_records",
+    "value_size",
+    "write_units",
+]
 
 
 def usd_per_million_records(write_units_per_record: float, read_units_per_record: float) -> float:

@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,75 @@ if __package__ in (None, ""):
 from bench.scale_sim import Simulation, SimWorker, shard_rates
 from kinesis_eo.leases import LeaseConfig
 
-__all__ = ["Probe", "main", "run"]
+__all__ = ["LeaseView", "Probe", "TableView", "main", "run", "sim_view"]
 
 BALANCED = 1.2
 
 
-class Probe:
-    """Samples the table every ``every`` seconds: ownership, holding, moves, balance."""
+@dataclass(frozen=True)
+class LeaseView:
+    """One lease as the probe sees it: its owner, its token, its shard's records per second."""
 
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
+    owner: str | None
+    token: str | None
+    throughput: float
+
+
+@dataclass(frozen=True)
+class TableView:
+    """What the probe reads: the leases, and which workers are up.
+
+    ``live`` are the workers that count for ownership and balance; ``alive`` those
+    still holding what they own (a stopping worker has not released everything yet;
+    None: the live ones); ``held`` the shards whose owner holds them under the token
+    the table shows (None: every shard an alive worker owns).
+    """
+
+    leases: dict[str, LeaseView]
+    live: frozenset[str]
+    alive: frozenset[str] | None = None
+    held: frozenset[str] | None = None
+
+
+def sim_view(sim: Simulation) -> TableView:
+    """The simulation's table and workers as a :class:`TableView`."""
+    alive = {w.worker_id: w for w in sim.workers if not w.dead}
+    held = set()
+    for shard, lease in sim.store.leases.items():
+        worker = alive.get(lease.owner or "")
+        if worker is not None:
+            h = worker.manager.held.get(shard)
+            if h is not None and h.token == lease.token:
+                held.add(shard)
+    return TableView(
+        {s: LeaseView(x.owner, x.token, sim.rate[s]) for s, x in sim.store.leases.items()},
+        frozenset(w.worker_id for w in sim.live()),
+        frozenset(alive),
+        frozenset(held),
+    )
+
+
+class Probe:
+    """Samples a :class:`TableView` at each call: ownership, holding, moves, balance.
+
+    ``fresh``: the questions (owned? balanced?) read a new view each time; otherwise
+    the one the last sample read (when a view costs a table scan). ``expected``: how
+    many leases the table holds once every shard has one.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], TableView],
+        clock: Callable[[], float],
+        fresh: bool = True,
+        expected: int = 0,
+    ) -> None:
+        self.source = source
+        self.clock = clock
+        self.fresh = fresh
+        # All owned needs at least this many leases (a table being filled is not all owned).
+        self.expected = expected
+        self.latest: TableView | None = None
         self.owner: dict[str, str | None] = {}
         self.moves: list[tuple[float, str, str, str]] = []
         self.no_owner_since: dict[str, float] = {}
@@ -49,22 +109,25 @@ class Probe:
     def reset_gaps(self) -> None:
         self.max_no_owner, self.max_unheld = {}, {}
 
+    def view(self) -> TableView:
+        if self.fresh or self.latest is None:
+            return self.source()
+        return self.latest
+
     def __call__(self) -> None:
-        sim, now = self.sim, self.sim.now
+        view, now = self.source(), self.clock()
+        self.latest = view
         # A stopping worker still owns what it has not released yet.
-        live = {w.worker_id: w for w in sim.workers if not w.dead}
-        for shard, lease in sim.store.leases.items():
-            owner = lease.owner if lease.owner in live else None
+        alive = view.live if view.alive is None else view.alive
+        for shard, lease in view.leases.items():
+            owner = lease.owner if lease.owner in alive else None
             before = self.owner.get(shard)
             if owner and before and owner != before:
                 self.moves.append((now, shard, before, owner))
             if owner:
                 self.owner[shard] = owner
             self._gap(self.no_owner_since, self.max_no_owner, shard, owner is None, now)
-            worker = live.get(lease.owner or "")
-            held = worker is not None and (
-                (h := worker.manager.held.get(shard)) is not None and h.token == lease.token
-            )
+            held = owner is not None if view.held is None else shard in view.held
             self._gap(self.unheld_since, self.max_unheld, shard, not held, now)
 
     @staticmethod
@@ -78,21 +141,25 @@ class Probe:
             since.pop(shard, None)
 
     def all_owned(self, shards: Sequence[str] | None = None) -> bool:
-        live = {w.worker_id for w in self.sim.live()}
-        leases = self.sim.store.leases
-        return all(leases[s].owner in live for s in (shards or list(leases)))
+        view = self.view()
+        leases = view.leases
+        if shards is None and len(leases) < self.expected:
+            return False
+        return all(s in leases and leases[s].owner in view.live for s in (shards or list(leases)))
 
     def loads(self) -> tuple[dict[str, float], dict[str, int]]:
-        live = {w.worker_id for w in self.sim.live()}
-        load, count = dict.fromkeys(live, 0.0), dict.fromkeys(live, 0)
-        for shard, lease in self.sim.store.leases.items():
-            if lease.owner in live:
-                load[lease.owner] += self.sim.rate[shard]
+        view = self.view()
+        load, count = dict.fromkeys(view.live, 0.0), dict.fromkeys(view.live, 0)
+        for lease in view.leases.values():
+            if lease.owner in view.live:
+                load[lease.owner] += lease.throughput
                 count[lease.owner] += 1
         return load, count
 
     def ratios(self) -> tuple[float, float]:
         load, count = self.loads()
+        if not load:
+            return float("inf"), float("inf")
         lo, co = min(load.values()), min(count.values())
         return (
             max(load.values()) / lo if lo else float("inf"),
@@ -184,13 +251,14 @@ def run(
     sigma: float = 1.0,
     failover_s: float = 10.0,
     balance: str = "throughput",
+    checkpoint_interval_s: float = 5.0,
 ) -> dict[str, Any]:
     """Every scenario in one simulated timeline; the report (figures and targets)."""
     config = LeaseConfig("scale", failover_s=failover_s, balance=balance)
     round_s = config.take_interval
     rates = shard_rates(shards, seed, sigma)
-    sim = Simulation(shards, config, rates, seed=seed)
-    probe = Probe(sim)
+    sim = Simulation(shards, config, rates, checkpoint_interval_s, seed=seed)
+    probe = Probe(lambda: sim_view(sim), sim.clock)
     step = round_s / 4
     report: dict[str, Any] = {
         "shards": shards,
@@ -376,14 +444,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sigma", type=float, default=1.0, help="lognormal sigma of shard throughput"
     )
-    parser.add_argument("--failover", type=float, default=10.0, help="failover seconds")
+    parser.add_argument(
+        "--failover", type=float, help="failover seconds (10; --moto: 20, as one moto can serve)"
+    )
     parser.add_argument("--balance", choices=("throughput", "count"), default="throughput")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument(
+        "--moto", action="store_true", help="a real run: worker processes on moto (scale_moto.py)"
+    )
+    parser.add_argument("--rate", type=float, default=10.0, help="--moto: records per second")
     args = parser.parse_args(argv)
     if args.shards < 1 or args.workers < 2:
         parser.error("--shards must be at least 1 and --workers at least 2")
+    if args.moto:
+        from bench import scale_moto
+
+        return scale_moto.main(args)
     started = time.monotonic()
-    report = run(args.shards, args.workers, args.seed, args.sigma, args.failover, args.balance)
+    report = run(
+        args.shards, args.workers, args.seed, args.sigma, args.failover or 10.0, args.balance
+    )
     report["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps({k: v for k, v in report.items() if k != "targets"}, indent=2))
     for name, ok in report["targets"].items():

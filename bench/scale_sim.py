@@ -25,6 +25,7 @@ from typing import Any
 
 from kinesis_eo.coordination import Acquired, coordinator_flow, lease_keeper_flow
 from kinesis_eo.flow import Call, Sleep, Together
+from kinesis_eo.harness.capacity import read_units, write_units
 from kinesis_eo.leases import (
     Coordinator,
     Lease,
@@ -39,7 +40,7 @@ from kinesis_eo.records import Position
 from kinesis_eo.retrieval import ReaderConfig, StreamRef
 from kinesis_eo.worker import WorkerConfig, WorkerState
 
-__all__ = ["MeteredStore", "SimWorker", "Simulation", "item_size", "shard_rates"]
+__all__ = ["Meter", "MeteredStore", "SimWorker", "Simulation", "item_size", "shard_rates"]
 
 _MAX_HASH = 2**128 - 1
 
@@ -79,14 +80,13 @@ class Meter:
     requests: int = 0
 
     def read(self, size: int, items: int, consistent: bool = True) -> None:
-        units = math.ceil(max(size, 1) / 4096)
-        self.read_units += units if consistent else units / 2
+        self.read_units += read_units(size, consistent=consistent)
         self.items_read += items
         self.requests += 1
 
     def write(self, before: Lease | None, after: Lease | None) -> None:
         size = max(item_size(x) for x in (before, after) if x is not None)
-        self.write_units += math.ceil(size / 1024)
+        self.write_units += write_units(size)
         # The owner index (keys only) is written when the owner changes, not on renewals.
         old, new = (before.owner if before else None), (after.owner if after else None)
         if old != new:

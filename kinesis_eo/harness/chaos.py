@@ -71,7 +71,10 @@ __all__ = [
     "ChaosConfig",
     "ChaosReport",
     "KinesisBackend",
+    "Production",
     "ReadMode",
+    "backends",
+    "create_resources",
     "run_chaos",
 ]
 
@@ -129,17 +132,28 @@ class _Planned:
         return self.to_apply <= applied and self.poison <= dead and self.invalid.keys() <= invalid
 
 
-def _backends(
-    config: ChaosConfig, stack: contextlib.ExitStack
+def backends(
+    config: ChaosConfig, stack: contextlib.ExitStack, moto_process: bool = False
 ) -> tuple[MotoServer, str, str, EfoBridge | None]:
+    """Start the run's emulators on ``stack``: moto (undo-log transactions where it can), and
+    kinesis-mock (behind the bridge when reading by subscription) if ``config`` asks.
+
+    ``moto_process``: moto serves from a child process of its own (undo-log transactions
+    required), so that this process's threads do not share its interpreter.
+    Returns moto, the Kinesis endpoint, a description of the emulators, and the bridge.
+    """
     from kinesis_eo.harness import moto_transactions
 
-    emulator = "moto (stock transactions)"
-    with contextlib.suppress(RuntimeError):
-        moto_transactions.install()
-        stack.callback(moto_transactions.uninstall)
-        emulator = "moto with undo-log transactions"
-    moto = stack.enter_context(MotoServer())
+    if moto_process:
+        moto = stack.enter_context(MotoServer(process=True, undo_log_transactions=True))
+        emulator = "moto with undo-log transactions, in a process of its own"
+    else:
+        emulator = "moto (stock transactions)"
+        with contextlib.suppress(RuntimeError):
+            moto_transactions.install()
+            stack.callback(moto_transactions.uninstall)
+            emulator = "moto with undo-log transactions"
+        moto = stack.enter_context(MotoServer())
     kinesis_endpoint = moto.endpoint_url
     bridge = None
     if config.kinesis is KinesisBackend.KINESIS_MOCK:
@@ -236,8 +250,12 @@ def _verified(
     return report
 
 
-class _Production:
-    """The producer in a thread of its own, its sends now and then stored twice."""
+class Production:
+    """The producer in a thread of its own, its sends now and then stored twice.
+
+    It sends its events over ``config.produce_s``, or until :meth:`stop`; ``sent``
+    counts the events it has put so far.
+    """
 
     def __init__(self, config: ChaosConfig, kinesis_endpoint: str, stream: str) -> None:
         self.config = config
@@ -253,6 +271,8 @@ class _Production:
         )
         self.done = threading.Event()
         self.errors: list[BaseException] = []
+        self.sent = 0
+        self._stop = threading.Event()
 
     def start(self, events: list[Event]) -> None:
         threading.Thread(
@@ -264,12 +284,20 @@ class _Production:
             chunks = max(1, int(self.config.produce_s / 0.25))
             size = max(1, -(-len(events) // chunks))
             for offset in range(0, len(events), size):
+                if self._stop.is_set():
+                    break
                 self.producer.put(events[offset : offset + size])
+                self.sent = min(len(events), offset + size)
                 time.sleep(self.config.produce_s / chunks)
         except BaseException as exc:  # reported by the main loop
             self.errors.append(exc)
         finally:
             self.done.set()
+
+    def stop(self) -> None:
+        """Send no more chunks after the one being sent; wait until it is."""
+        self._stop.set()
+        self.done.wait()
 
     def check(self) -> None:
         """Raise what stopped the producer, if anything did."""
@@ -286,7 +314,7 @@ class _Run:
     kinesis: Any
     dynamodb: Any
     planned: _Planned
-    production: _Production
+    production: Production
     outage: OutageSwitch
     # When the sink goes down (if the run has an outage at all).
     outage_at: float
@@ -309,7 +337,9 @@ class _Run:
         )
 
 
-def _create_resources(config: ChaosConfig, kinesis: Any, dynamodb: Any, names: Names) -> None:
+def create_resources(config: ChaosConfig, kinesis: Any, dynamodb: Any, names: Names) -> None:
+    """Create the stream of ``config.shards`` shards and the lease, ledger, effects and
+    dead-letter tables of ``names``."""
     kinesis.create_stream(StreamName=names.stream, ShardCount=config.shards)
     kinesis.get_waiter("stream_exists").wait(
         StreamName=names.stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
@@ -413,10 +443,10 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
     report = ChaosReport(seed=config.seed, workers=config.workers, read=config.read.value)
     names = Names.fresh("chaos", "chaos")
     with contextlib.ExitStack() as stack:
-        moto, kinesis_endpoint, report.emulator, bridge = _backends(config, stack)
+        moto, kinesis_endpoint, report.emulator, bridge = backends(config, stack)
         kinesis = client("kinesis", kinesis_endpoint)
         dynamodb = client("dynamodb", moto.endpoint_url)
-        _create_resources(config, kinesis, dynamodb, names)
+        create_resources(config, kinesis, dynamodb, names)
         say(f"emulators up ({report.emulator}); stream {names.stream} with {config.shards} shards")
         directory = stack.enter_context(_workspace())
         run = _Run(
@@ -425,7 +455,7 @@ def run_chaos(config: ChaosConfig, progress: Progress | None = None) -> ChaosRep
             kinesis,
             dynamodb,
             _Planned.of(config),
-            _Production(config, kinesis_endpoint, names.stream),
+            Production(config, kinesis_endpoint, names.stream),
             OutageSwitch(directory / OUTAGE_MARKER, config.sink_outage_s),
             # Its own generator, so that the seeded schedules of runs without an outage stay.
             time.monotonic() + config.produce_s * random.Random(config.seed).uniform(0.2, 0.5),

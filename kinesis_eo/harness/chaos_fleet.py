@@ -75,7 +75,10 @@ class Fleet:
             self.start(slot)
 
     def kill_one(self) -> None:
-        slot = self.rng.choice(sorted(self.processes))
+        self.kill(self.rng.choice(sorted(self.processes)))
+
+    def kill(self, slot: int) -> None:
+        """SIGKILL the worker in ``slot`` and wait for it to die (not restarted here)."""
         process = self.processes[slot]
         if process.poll() is None:
             self.stopped.pop(slot, None)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kinesis_eo import runner
+from kinesis_eo.harness.capacity import TableMeter
 from kinesis_eo.harness.chaos_faults import SinkOutage, invalid_write, invalid_write_kind
 from kinesis_eo.harness.scenario import POISON_PREFIX, client
 from kinesis_eo.records import Record
@@ -85,8 +86,13 @@ class WorkerSpec:
     # Read by subscription through this enhanced fan-out consumer (`kinesis-eo run --efo`);
     # empty: poll with GetRecords.
     efo_consumer: str = ""
-    # How long a reader waits after an empty GetRecords (see idle_interval_for).
+    # Bill the lease table's requests in DynamoDB units (see capacity.TableMeter) and write
+    # the totals to the stats file under "lease_table"; off: the chaos run does not.
+    meter_lease_table: bool = False
+    # Seconds between GetRecords of a shard with nothing new (see idle_interval_for), and
+    # between its checkpoints: many shards on one emulator need them longer than a few do.
     idle_interval_s: float = 0.2
+    checkpoint_interval_s: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -162,7 +168,7 @@ def run_options(spec: WorkerSpec) -> RunOptions:
                 retry=QUICK_RETRY,
             ),
             "retry": QUICK_RETRY,
-            "checkpoint_interval_s": 1.0,
+            "checkpoint_interval_s": spec.checkpoint_interval_s,
             # Children are found at their parents' ends; a full ListShards is slow on
             # kinesis-mock once the stream is large (seconds), so not often.
             "shard_sync_interval_s": 15.0,
@@ -276,9 +282,10 @@ def write_stats(
     worker: Worker,
     injectors: list[FaultInjector],
     calls: ReadCalls | None = None,
+    lease_table: TableMeter | None = None,
 ) -> None:
-    """Write the worker's totals, the faults its injectors fired and its read calls to ``path``
-    (whole, then renamed).
+    """Write the worker's totals, the faults its injectors fired, its read calls and (if metered)
+    its lease-table units to ``path`` (whole, then renamed).
     """
     injected = {kind.value: sum(i.injected[kind] for i in injectors) for kind in FaultKind}
     payload = {
@@ -287,6 +294,8 @@ def write_stats(
         "injected": injected,
         "calls": dict(calls.counts) if calls else {},
     }
+    if lease_table is not None:
+        payload["lease_table"] = lease_table.totals()
     temporary = f"{path}.tmp"
     Path(temporary).write_text(json.dumps(payload), encoding="utf-8")
     os.replace(temporary, path)
@@ -300,18 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec(**json.loads(args[0]))
     worker, injectors = build_worker(spec)
     calls = ReadCalls(worker.clients["kinesis"])
+    meter = None
+    if spec.meter_lease_table:
+        meter = TableMeter(spec.lease_table)
+        meter.attach(worker.clients["dynamodb"])
     stopped = threading.Event()
 
     def report_stats() -> None:
         while not stopped.wait(0.5):
-            write_stats(spec.stats_file, worker, injectors, calls)
+            write_stats(spec.stats_file, worker, injectors, calls, meter)
 
     threading.Thread(target=report_stats, daemon=True).start()
     try:
         worker.run(handle_signals=True)
     finally:
         stopped.set()
-        write_stats(spec.stats_file, worker, injectors, calls)
+        write_stats(spec.stats_file, worker, injectors, calls, meter)
     return 0
 
 
