@@ -105,3 +105,15 @@ def test_children_wait_for_their_parents_and_finished_leases_are_left_alone() ->
     plan = plan_assignment(leases, workers("a"), set(), CONFIG)
 
     assert [a.shard_id for a in plan] == ["q"]
+
+
+def test_on_a_quiet_stream_rates_of_a_few_records_move_nothing_when_counts_are_even() -> None:
+    # Four leases each, their rates a handful of records over the window: noise, not load.
+    rates = {"a": [0.9, 0.7, 0.8, 0.6], "b": [0.03, 0.0, 0.1, 0.05]}
+    leases = [
+        held(f"{owner}{i}", owner, rate)
+        for owner, owned in rates.items()
+        for i, rate in enumerate(owned)
+    ]
+
+    assert plan_assignment(leases, workers("a", "b"), set(), CONFIG) == []

@@ -145,3 +145,24 @@ def test_a_worker_rides_out_a_lease_table_outage_and_then_applies_everything_onc
     wait_for(lambda: len(applied(dynamodb)) == 80, 60, "every effect after the outage")
     stop([one], threads)
     assert set(applied(dynamodb).values()) == {1}
+
+
+def test_at_a_cold_start_workers_coming_up_seconds_apart_all_get_a_share_at_once() -> None:
+    # Worker processes start 5 s apart, longer than a round (a third of the failover time):
+    # the first assignment waits for them, rather than giving every lease to the first.
+    config = LeaseConfig(table_name="leases", failover_s=10.0)
+    sim = Simulation(30, config, shard_rates(30, seed=2, sigma=0.5), latency_s=0.01)
+    sim.seed_leases()
+    for i in range(3):
+        sim.add_worker(f"w{i}", at=5.0 * i)
+    first: dict[str, int] = {}
+
+    def probe() -> None:
+        owners = Counter(lease.owner for lease in sim.store.leases.values() if lease.owner)
+        if owners and not first:
+            first.update(owners)
+
+    sim.run_until(30.0, every=0.1, probe=probe)
+
+    assert sorted(first) == ["w0", "w1", "w2"], first
+    assert min(first.values()) >= 5

@@ -11,7 +11,8 @@ and never a lease moved in the last rounds (dampening: no lease flaps).
 A lease's load is its measured throughput (records per second), or 1 for
 each lease when balancing by count. A lease whose throughput is not measured
 yet weighs as the average one; an idle lease weighs a twentieth of the
-average, since polling it still costs its holder something.
+average, and at least one record a second, since polling it still costs its
+holder something (on a quiet stream every lease weighs alike: balance by count).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ __all__ = [
     "workable_leases",
 ]
 
-# An idle lease weighs this fraction of the average lease.
+# An idle lease weighs this fraction of the average lease,
 _IDLE_WEIGHT = 0.05
+# and never less than this many records a second: below it a lease's cost is its polling
+# and renewals, not its records, and rates measured from a handful of records are noise
+# the plan would chase from worker to worker.
+_FLOOR_RPS = 1.0
 # No worker holds more than this many times its share of the leases by count.
 _COUNT_CEILING = 2.0
 
@@ -71,7 +76,7 @@ def lease_weights(leases: Sequence[Lease], balance: str) -> dict[str, float]:
     mean = sum(known) / len(known) if known else 0.0
     if balance == "count" or mean <= 0:
         return {lease.shard_id: 1.0 for lease in leases}
-    floor = mean * _IDLE_WEIGHT
+    floor = max(mean * _IDLE_WEIGHT, _FLOOR_RPS)
     return {
         lease.shard_id: max(mean if lease.throughput is None else lease.throughput, floor)
         for lease in leases

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Generator
 from typing import Any
@@ -65,6 +66,10 @@ class Coordinator:
         # Each report's counter when this coordinator first saw it: a report counts as a
         # live worker only once it moved since (a dead worker's report stays a while).
         self._first_seen: dict[str, int] = {}
+        # When a round last found a worker's report it had not seen, and when this term's
+        # rounds began (this coordinator's clock).
+        self._last_arrival = -math.inf
+        self._began = -math.inf
         # Shard -> the round it was last moved in (dampening).
         self._moved: dict[str, int] = {}
         self.last_plan: list[Assignment] = []
@@ -130,12 +135,16 @@ class Coordinator:
 
         The first round after an election only watches: no report has been
         seen to move yet, so no worker is known to be alive. At a cold start (no
-        lease held) it waits until a round brings no new report.
+        lease held) it waits until no new worker has reported for half a failover
+        time, for a failover time at most: worker processes come up seconds apart,
+        and the first few would otherwise get every lease and hand most of them on.
         """
         if self.token is None:
             return []
         if self._round_term != self.term:
             self._round_term, self.rounds, self._moved, self._first_seen = self.term, 0, {}, {}
+            self._last_arrival = -math.inf
+            self._began = self.manager.clock()
             self._leases, self._workers = Observations(), Observations()
         snapshot = yield from self.manager.store.snapshot(consistent=False)
         now = self.manager.clock()
@@ -143,9 +152,13 @@ class Coordinator:
         new = [r for r in snapshot.workers if r.worker_id not in self._first_seen]
         self._observe(snapshot, now)
         failover = self.manager.config.failover_s
-        if new and not any(lease.token for lease in snapshot.leases):
-            # A cold start, with workers still coming up: wait until no new one reported in
-            # a round, or the first few would get every lease and hand most of them on.
+        if new:
+            self._last_arrival = now
+        cold = not any(lease.token for lease in snapshot.leases)
+        arriving = new or now - self._last_arrival < failover / 2
+        if cold and arriving and now - self._began < failover:
+            # A cold start, with workers still coming up (not past a failover time: a fleet
+            # that keeps trickling in gets what is there, and the rest by rebalancing).
             self._first_seen.update((r.worker_id, r.counter) for r in new)
             return []
         live = {
