@@ -258,7 +258,7 @@ def run(
     round_s = config.take_interval
     rates = shard_rates(shards, seed, sigma)
     sim = Simulation(shards, config, rates, checkpoint_interval_s, seed=seed)
-    probe = Probe(lambda: sim_view(sim), sim.clock)
+    probe = Probe(lambda: sim_view(sim), sim.clock, expected=shards)
     step = round_s / 4
     report: dict[str, Any] = {
         "shards": shards,
@@ -273,6 +273,8 @@ def run(
         sim.add_worker(f"w{i:03d}", at=sim.rng.uniform(0, round_s))
     sim.run_until(step, step / 2, probe)
     owned = _run_until(sim, probe, probe.all_owned, 15 * failover_s, step)
+    # From the fleet's start (the clock's zero), not from the first look.
+    owned = None if owned is None else sim.now
     balanced = _run_until(sim, probe, probe.balanced, 15 * failover_s, step)
     report["cold_start_owned_periods"] = _periods(owned, failover_s)
     report["cold_start_balanced_periods"] = _periods(
