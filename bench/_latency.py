@@ -13,8 +13,8 @@ Each plan is checked against the calls the case really made in the moto run
 report), so the model follows the code, not a wish.
 
 One shard is read by one loop: GetRecords, then the batch's calls one after the
-other. GetRecords waits ``min_read_interval_s`` (0.2 s, AWS's 5 reads/s per
-shard) after the previous read's answer, as the reader paces it. A process
+other. A busy shard's GetRecords start ``min_read_interval_s`` (0.2 s, AWS's 5
+reads/s per shard) apart, as the reader paces them. A process
 serves many shards at once (a thread each), so their waits overlap and only
 their CPU adds up: one core serves ``1e6 / cpu_us`` records/s, i.e. that many
 shards at AWS's 1,000 records/s write limit per shard.
@@ -172,7 +172,7 @@ def calls_per_record(name: str, batch: int) -> float:
 
 # --- the simulated clock ------------------------------------------------------------------------
 
-MIN_READ_INTERVAL_S = 1 / GET_RECORDS_PER_SECOND  # the reader's pause after a read's answer
+MIN_READ_INTERVAL_S = 1 / GET_RECORDS_PER_SECOND  # between a busy shard's reads' starts
 
 
 @dataclass(frozen=True)
@@ -215,21 +215,23 @@ def shard_seconds(
     sizes = _sizes(records, batch)
     # The first batch is read before anything else happens.
     clock = read + sizes[0] * read_cpu
-    read_ready = clock + MIN_READ_INTERVAL_S
+    read_ready = MIN_READ_INTERVAL_S
     last_checkpoint = 0.0
     for index, size in enumerate(sizes):
         if not read_ahead:
             if index:
-                clock = max(clock, read_ready) + read + size * read_cpu
-                read_ready = clock + MIN_READ_INTERVAL_S
+                read_start = max(clock, read_ready)
+                clock = read_start + read + size * read_cpu
+                read_ready = read_start + MIN_READ_INTERVAL_S
             clock += _process_s(plan, size, commit_cpu, lanes)
         else:
             started = clock
             clock += _process_s(plan, size, commit_cpu, lanes)
             if index + 1 < len(sizes):
                 following = sizes[index + 1]
-                read_done = max(started, read_ready) + read + following * read_cpu
-                read_ready = read_done + MIN_READ_INTERVAL_S
+                read_start = max(started, read_ready)
+                read_done = read_start + read + following * read_cpu
+                read_ready = read_start + MIN_READ_INTERVAL_S
                 # Both sides share one core: the batch takes at least their CPU together.
                 both_cpu = started + size * commit_cpu + following * read_cpu
                 clock = max(clock, read_done, both_cpu)

@@ -192,6 +192,28 @@ def test_reader_keeps_each_shard_under_five_reads_a_second(kinesis: Any) -> None
     assert all(gap >= 0.2 - 1e-9 for gap in gaps)
 
 
+def test_a_busy_shards_reads_start_the_interval_apart_whatever_their_round_trip(
+    kinesis: Any,
+) -> None:
+    make_stream(kinesis, "trips", 1)
+    put_numbered(kinesis, "trips", 50)
+    fake = FakeTime()
+    stamps = count_calls(kinesis, "GetRecords", fake)
+    # Every answer takes 50 ms to come back.
+    kinesis.meta.events.register(
+        "after-call.kinesis.GetRecords", lambda **_: setattr(fake, "now", fake.now + 0.05)
+    )
+    config = ReaderConfig(max_records=5, min_read_interval_s=0.2, idle_interval_s=1.0)
+
+    reader = ShardReader(
+        kinesis, "trips", "shardId-000000000000", config=config, clock=fake.clock, sleep=fake.sleep
+    )
+    read_until(reader, 50)
+
+    # Five a second, the most Kinesis allows a shard: not one every 0.25 s.
+    assert [round(b - a, 6) for a, b in pairwise(stamps)] == [0.2] * 9
+
+
 def test_reader_backs_off_for_the_idle_interval_at_the_tip_of_the_shard(kinesis: Any) -> None:
     make_stream(kinesis, "idle", 1)
     fake = FakeTime()

@@ -109,8 +109,17 @@ class ShardCursor:
         log.info("iterator expired for %s; resuming from %s", self._resource, self.floor)
         self.iterator = None
 
-    def handle(self, call: Call, response: Mapping[str, Any], now: float) -> Batch | None:
-        """Take a response to ``next_call()``; a GetRecords response becomes a Batch."""
+    def handle(
+        self, call: Call, response: Mapping[str, Any], now: float, sent: float | None = None
+    ) -> Batch | None:
+        """Take a response to ``next_call()``; a GetRecords response becomes a Batch.
+
+        ``now`` is when the answer came, ``sent`` when the call went out: the next
+        read of a busy shard is due ``min_read_interval_s`` after this one was
+        sent (5 a second keeps under Kinesis's limit per shard whatever the round
+        trip), the next read at the tip ``idle_interval_s`` after the answer.
+        """
+        start = now if sent is None else sent
         if call.method == "get_shard_iterator":
             self.iterator = response["ShardIterator"]
             self.resume_at = None
@@ -143,13 +152,15 @@ class ShardCursor:
             )
             self.resume_at = raw_records[unread]["SequenceNumber"]
             self.iterator = None
-            self.ready_at = now + self.config.min_read_interval_s
+            self.ready_at = start + self.config.min_read_interval_s
             return Batch(self.shard_id, records, self.millis_behind_latest, False, (), dropped)
         self.iterator = response.get("NextShardIterator")
         self.finished = self.iterator is None
         at_tip = not raw_records and not self.millis_behind_latest
-        pause = self.config.idle_interval_s if at_tip else self.config.min_read_interval_s
-        self.ready_at = now + pause
+        if at_tip:
+            self.ready_at = now + self.config.idle_interval_s
+        else:
+            self.ready_at = start + self.config.min_read_interval_s
         return Batch(
             shard_id=self.shard_id,
             records=records,
@@ -179,12 +190,13 @@ def step_flow(cursor: ShardCursor, clock: Callable[[], float]) -> Generator[Any,
     if wait > 0:
         yield Sleep(wait)
     call = cursor.next_call()
+    sent = clock()
     try:
         response = yield call
     except IteratorExpiredError:
         cursor.iterator_expired()
         return None
-    return cursor.handle(call, response, clock())
+    return cursor.handle(call, response, clock(), sent)
 
 
 def read_shard_flow(
