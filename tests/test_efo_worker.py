@@ -126,6 +126,18 @@ async def test_async_efo_workers_follow_a_split_with_every_effect_once(
     assert sum(w.metrics.shards_ended for w in workers) == 1
 
 
+def subscribing_consumer(name: str) -> ConsumerConfig:
+    """A consumer that reads by subscription through ``name`` until it has caught up."""
+    return ConsumerConfig(
+        reader=CONFIG.reader,
+        retry=CONFIG.retry,
+        stop_when_caught_up=True,
+        checkpoint_interval_s=0.0,
+        efo_consumer=name,
+        subscription=SubscriptionConfig(in_use_wait_s=0.2, end_check_interval_s=None),
+    )
+
+
 def test_a_consumer_reading_by_subscription_applies_every_effect_once_and_resumes_after_a_stop(
     efo_bridge: Any, moto_server_reset: Any
 ) -> None:
@@ -134,14 +146,7 @@ def test_a_consumer_reading_by_subscription_applies_every_effect_once_and_resume
     stream = new_stream(kinesis, 2)
     create_tables(dynamodb)
     checkpoints = MemoryCheckpointStore()
-    config = ConsumerConfig(
-        reader=CONFIG.reader,
-        retry=CONFIG.retry,
-        stop_when_caught_up=True,
-        checkpoint_interval_s=0.0,
-        efo_consumer="payments",
-        subscription=SubscriptionConfig(in_use_wait_s=0.2, end_check_interval_s=None),
-    )
+    config = subscribing_consumer("payments")
     subscribed_before = efo_bridge.subscriptions_bridged
     ids = produce(kinesis, stream, 60)
     first = Consumer(kinesis, dynamodb, stream, sink(), checkpoints, config).run()
@@ -160,14 +165,7 @@ def test_a_consumer_counts_the_subscriptions_it_makes_again_after_a_cut(
     dynamodb = moto_server_reset.client("dynamodb")
     stream = new_stream(kinesis, 1)
     create_tables(dynamodb)
-    config = ConsumerConfig(
-        reader=CONFIG.reader,
-        retry=CONFIG.retry,
-        stop_when_caught_up=True,
-        checkpoint_interval_s=0.0,
-        efo_consumer="cut",
-        subscription=SubscriptionConfig(in_use_wait_s=0.2, end_check_interval_s=None),
-    )
+    config = subscribing_consumer("cut")
     ids = produce(kinesis, stream, 20)
     cuts: list[int] = []
 
