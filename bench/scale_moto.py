@@ -35,7 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.scale import BALANCED, LeaseView, Probe, TableView, _flaps, _periods
+from bench.scale import (
+    BALANCED,
+    LeaseView,
+    Probe,
+    TableView,
+    _flaps,
+    _periods,
+    at_most,
+    recovery_targets,
+)
 from bench.scale import run as simulate
 from kinesis_eo.deadletter import read_dead_letters
 from kinesis_eo.harness.chaos import Production, backends, create_resources
@@ -373,23 +382,12 @@ def _compared(scenario: MotoScenario, report: dict[str, Any]) -> None:
 
 
 def _targets(report: dict[str, Any], round_periods: float) -> dict[str, bool | None]:
-    def at_most(value: float | None, bound: float) -> bool:
-        return value is not None and value <= bound + 1e-9
-
     once = report["exactly_once"]
     return {
         "exactly once: 0 missing, 0 applied twice": once["missing"] == 0
         and once["duplicated"] == 0,
         "every produced event applied": once["applied"] == once["produced"],
-        "cold start owned within 2 failover periods": at_most(
-            report["cold_start_owned_periods"], 2
-        ),
-        "cold start balanced within 5 failover periods": at_most(
-            report["cold_start_balanced_periods"], 5
-        ),
-        "dead worker's shards owned within failover + one round": at_most(
-            report["dead_worker_recovery_periods"], 1 + round_periods
-        ),
+        **recovery_targets(report, round_periods),
         "the added worker takes leases and the fleet balances": report["join"]["rebalance_periods"]
         is not None,
         f"max/min throughput ratio <= {BALANCED} at steady load": at_most(
