@@ -13,18 +13,7 @@ from kinesis_eo.leases import (
     Observations,
     plan_takes,
 )
-from kinesis_eo.retry import RetryConfig
-
-CONFIG = LeaseConfig(table_name="-", failover_s=9.0, renew_interval_s=3.0)
-RETRY = RetryConfig(max_attempts=1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.leases import CONFIG, RETRY, Clock
 
 
 def store_with(count: int) -> MemoryLeaseStore:

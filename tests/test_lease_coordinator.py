@@ -20,19 +20,8 @@ from kinesis_eo.leases import (
 from kinesis_eo.leases.model import COORDINATOR_KEY, HANDOFF
 from kinesis_eo.leases.store import Change, Held
 from kinesis_eo.records import Position
-from kinesis_eo.retry import RetryConfig
 from kinesis_eo.testing.effects import create_effects_table
-
-CONFIG = LeaseConfig(table_name="leases", failover_s=9.0, renew_interval_s=3.0)
-RETRY = RetryConfig(max_attempts=1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.leases import CONFIG, RETRY, Clock
 
 
 class Fleet:
