@@ -161,7 +161,9 @@ def test_the_user_agent_is_built_once_and_sent_as_botocore_builds_it(
             ExpressionAttributeValues={":n": {"N": "1"}},
         )
 
-    assert [header for header, _ in sent] == [expected for _, expected in sent]
+    # Other libraries' hooks may append to the header after botocore built it (Powertools
+    # adds "PT/..." once imported in the process): what botocore built comes first, whole.
+    assert all(header.split(" PT/")[0] == expected for header, expected in sent), sent
     assert "Botocore/" in sent[0][0]
     # botocore builds it twice per request, with the features known at each step: built
     # for the first request's two steps only, not six times.

@@ -135,9 +135,10 @@ class Coordinator:
 
         The first round after an election only watches: no report has been
         seen to move yet, so no worker is known to be alive. At a cold start (no
-        lease held) it waits until no new worker has reported for half a failover
-        time, for a failover time at most: worker processes come up seconds apart,
-        and the first few would otherwise get every lease and hand most of them on.
+        lease held) it waits until a round brings no new report, and at a fleet's
+        first start (no shard read yet) until no new worker has reported for half a
+        failover time, for a failover time at most: worker processes come up seconds
+        apart, and the first few would otherwise get every lease and hand most of them on.
         """
         if self.token is None:
             return []
@@ -155,10 +156,13 @@ class Coordinator:
         if new:
             self._last_arrival = now
         cold = not any(lease.token for lease in snapshot.leases)
-        arriving = new or now - self._last_arrival < failover / 2
-        if cold and arriving and now - self._began < failover:
-            # A cold start, with workers still coming up (not past a failover time: a fleet
-            # that keeps trickling in gets what is there, and the rest by rebalancing).
+        # A fleet's first start (no shard read yet) waits for late workers a little longer;
+        # not past a failover time: a fleet that keeps trickling in gets what is there, and
+        # the rest by rebalancing. A fleet that handed its leases over takes them at once.
+        first = all(lease.position is None for lease in snapshot.leases)
+        waiting = first and now - self._last_arrival < failover / 2 and now - self._began < failover
+        if cold and (new or waiting):
+            # A cold start, with workers still coming up.
             self._first_seen.update((r.worker_id, r.counter) for r in new)
             return []
         live = {
