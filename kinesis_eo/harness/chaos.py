@@ -386,7 +386,10 @@ def _supervise(run: _Run, fleet: Fleet) -> Resharder | None:
             if fleet.stop_one(now, config.failover_s * 1.6):
                 report.zombies += 1
             next_zombie = now + rng.expovariate(1 / config.zombie_every_s)
-        if faults_open:
+        # Cuts land while faults are open, and until the first one landed: subscriptions open
+        # only after a cold start (the consumer registered, leases assigned), which a busy
+        # machine can stretch past production.
+        if faults_open or (config.sever_every_s and not cutter.cut):
             cutter.step(now)
             report.subscriptions_severed = cutter.cut
         if resharder is not None and reshard_at and now >= reshard_at[0]:
