@@ -306,12 +306,13 @@ class Simulation:
     def _coordinating(
         self, worker: SimWorker, coordinator: Coordinator
     ) -> Generator[Any, Any, None]:
-        """The coordinator flow, then the worker's leave, as the worker runs them."""
+        """The coordinator flow, then what the worker frees when it leaves, as the worker runs
+        them (its keeper removed the report)."""
         manager = worker.manager
         yield from coordinator_flow(
             manager, coordinator, self.stream, self.config, worker.state, self.clock
         )
-        yield from manager.leave()
+        yield from manager.free_unclaimed()
 
     def _legacy_flow(self, worker: SimWorker) -> Generator[Any, Any, None]:
         """The protocol before the coordinator: every worker scans and takes each round."""

@@ -65,7 +65,7 @@ def lease_keeper_flow(
     """Every renew interval: report alive, renew what is held, keep or take the coordinator's
     item. On stop: resign and remove the report (the worker frees what it was assigned and did
     not take once its other flows have ended too, see
-    :meth:`~kinesis_eo.leases.LeaseManager.leave`)."""
+    :meth:`~kinesis_eo.leases.LeaseManager.free_unclaimed`)."""
     interval = manager.config.renew_interval
     while not state.stopping:
         yield from wait_while_paused(state)

@@ -247,7 +247,7 @@ class _WorkerBase:
         its keeper removed its report first, so a coordinator's round that read the report
         before has had a shard loop's last batch to finish its writes."""
         try:
-            yield from self.manager.leave()
+            yield from self.manager.free_unclaimed()
         except Exception as exc:  # the table may be what stopped the worker
             log.warning("could not leave the lease table: %s", exc)
 

@@ -159,17 +159,16 @@ class LeaseManager:
     def leave(self) -> Generator[Any, Any, None]:
         """Remove this worker's report, then free what was assigned to it and not taken."""
         yield from self.store.remove_report(self.worker_id)
+        yield from self.free_unclaimed()
+
+    def free_unclaimed(self) -> Generator[Any, Any, None]:
+        """Give back every lease the table names this worker owner of and it never took."""
         for key in (yield from self.store.owned_keys(self.worker_id)):
             if key in self.held or is_entity_key(key):
                 continue
             lease = yield from self.store.get(key)
             if lease is not None and lease.owner == self.worker_id and lease.token is None:
-                with contextlib.suppress(LeaseConflict):
-                    yield from self.store.update(
-                        key,
-                        Change(remove=(OWNER, HANDOFF), bump_counter=True),
-                        Unchanged(lease.counter, lease.owner),
-                    )
+                yield from self._give_back(lease)
 
     def discover(self) -> Generator[Any, Any, list[Lease]]:
         """Take the leases the table names this worker owner of but it does not hold; those taken.
