@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import gc
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -142,26 +143,33 @@ class CannedEndpoint:
         return AWSResponse(request.url, 200, headers, _Raw(body))
 
 
-def canned_clients(endpoint: CannedEndpoint, product: bool) -> tuple[Any, Any]:
-    """Clients answered by ``endpoint``: boto3's defaults, or made as ``kinesis-eo run`` makes them.
-
-    The credentials are placeholders: nothing leaves this process.
-    """
-    saved = {k: os.environ.get(k) for k in _PLACEHOLDER_CREDENTIALS}
-    os.environ.update(_PLACEHOLDER_CREDENTIALS)
+@contextlib.contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """The process environment with ``values`` set, as it was again afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        if product:
-            args = argparse.Namespace(region="us-east-1", endpoint_url=None)
-            kinesis, dynamodb = _aws_clients(args, "kinesis", "dynamodb")
-        else:
-            session = boto3.session.Session(region_name="us-east-1")
-            kinesis, dynamodb = session.client("kinesis"), session.client("dynamodb")
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def canned_clients(endpoint: CannedEndpoint, product: bool) -> tuple[Any, Any]:
+    """Clients answered by ``endpoint``: boto3's defaults, or made as ``kinesis-eo run`` makes them.
+
+    The credentials are placeholders: nothing leaves this process.
+    """
+    with environ(_PLACEHOLDER_CREDENTIALS):
+        if product:
+            args = argparse.Namespace(region="us-east-1", endpoint_url=None)
+            kinesis, dynamodb = _aws_clients(args, "kinesis", "dynamodb")
+        else:
+            session = boto3.session.Session(region_name="us-east-1")
+            kinesis, dynamodb = session.client("kinesis"), session.client("dynamodb")
     return endpoint.attach(kinesis), endpoint.attach(dynamodb)
 
 

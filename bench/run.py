@@ -40,6 +40,7 @@ from typing import Any
 from _aws_shape import add_latency_model, client_cpu, print_sections
 from _aws_shape import targets as aws_targets
 from _cases import CASES, Case, Env, produce
+from _cpu import environ
 from _emulator import Emulator
 from _inmemory import measure as measure_inmemory
 from _units import UnitMeter, usd_per_million_records
@@ -542,17 +543,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 @contextlib.contextmanager
 def _quiet_aws_env() -> Iterator[None]:
     """Powertools reads its function name and region from the environment, as in Lambda."""
-    saved = {k: os.environ.get(k) for k in ("AWS_DEFAULT_REGION", "AWS_LAMBDA_FUNCTION_NAME")}
-    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
-    os.environ["AWS_LAMBDA_FUNCTION_NAME"] = "kinesis-eo-bench"
-    try:
+    values = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_LAMBDA_FUNCTION_NAME": "kinesis-eo-bench"}
+    with environ(values):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:
