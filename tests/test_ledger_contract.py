@@ -297,6 +297,26 @@ def test_a_refused_sink_write_holds_back_the_rest_so_the_watermark_does_not_pass
     assert again.committed == batch[2:]
 
 
+def test_a_refused_write_last_in_its_transaction_still_holds_back_the_next_transactions(
+    backend: Backend,
+) -> None:
+    # Transactions of 3 records: the refused record ends the second one. The third
+    # and fourth once went on past it, and the watermark passed a record never applied.
+    batch = [record(i) for i in range(1, 13)]
+    work = entries(backend, batch)
+    work[5] = Entry(batch[5], [backend.failing_sink_write("refused")])
+    small = ledger(backend, LedgerMode.WATERMARK, max_transaction_items=5)
+
+    result = backend.run(small.commit(work))
+
+    assert result.committed == batch[:5]
+    assert [r for r, _ in result.rejected] == [batch[5]]
+    assert [e.record for e in result.held_back] == batch[6:]
+    again = backend.run(small.commit([Entry(batch[5]), *result.held_back]))
+    assert again.committed == batch[5:]
+    assert again.duplicates == []
+
+
 def test_a_failed_fencing_check_refuses_the_whole_commit(backend: Backend) -> None:
     with pytest.raises(FencedError):
         backend.run(

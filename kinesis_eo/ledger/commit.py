@@ -104,9 +104,7 @@ class LedgerCommit(LedgerCore):
             pending = [e for e in pending if id(e.record) in keep]
         else:
             self._require_one_shard(pending)
-        budget = self.config.max_transaction_items - max(
-            self.config.reserved_transaction_items, len(guards)
-        )
+        budget = self.transaction_room(guards)
         queue = deque((yield from self._chunks(pending, budget, result)))
         while queue:
             chunk = queue.popleft()
@@ -119,7 +117,9 @@ class LedgerCommit(LedgerCore):
                 retry, held_back = yield from self._resolve(
                     chunk, ops, len(writes), conflict, result
                 )
-                if held_back:
+                if held_back is not None:
+                    # Even with nothing after it in this chunk, the chunks queued behind a
+                    # refused record wait: the watermark must not pass it.
                     result.held_back = held_back + [e for c in queue for e in c]
                     queue.clear()
                 if self.config.mode is LedgerMode.WATERMARK:
@@ -136,6 +136,21 @@ class LedgerCommit(LedgerCore):
                 last = chunk[-1].record
                 self._watermarks[(last.stream, last.shard_id)] = last.position.key()
         return result
+
+    def transaction_room(self, guards: Sequence[Any] = ()) -> int:
+        """Items one transaction holds for marks and sink writes, beside ``guards``."""
+        return self.config.max_transaction_items - max(
+            self.config.reserved_transaction_items, len(guards)
+        )
+
+    def transaction_items(self, writes: int) -> int:
+        """Items a record with ``writes`` sink writes takes in a transaction: its writes, and
+        its mark in per-record mode."""
+        return writes + (1 if self.config.mode is LedgerMode.PER_RECORD else 0)
+
+    def shared_items(self) -> int:
+        """Items every transaction of a commit holds besides its entries': the watermark."""
+        return 0 if self.config.mode is LedgerMode.PER_RECORD else 1
 
     def _drop_covered(
         self, queue: deque[list[Entry]], record: Record, result: CommitResult
@@ -176,14 +191,14 @@ class LedgerCommit(LedgerCore):
         """Cut entries into transactions: within the item budget, and never two
         operations on one item in a transaction (DynamoDB refuses that)."""
         per_record = self.config.mode is LedgerMode.PER_RECORD
-        base = 0 if per_record else 1
+        base = self.shared_items()
         touched = yield from self.store.items_touched([e.writes for e in entries])
         chunks: list[list[Entry]] = []
         chunk: list[Entry] = []
         chunk_items: set[Hashable] = set()
         used = 0
         for index, (entry, items) in enumerate(zip(entries, touched, strict=True)):
-            cost = len(entry.writes) + (1 if per_record else 0)
+            cost = self.transaction_items(len(entry.writes))
             problem = None
             if cost + base > budget:
                 problem = f"{len(entry.writes)} sink writes do not fit one transaction"
@@ -280,8 +295,12 @@ class LedgerCommit(LedgerCore):
         write_count: int,
         conflict: LedgerConflict,
         result: CommitResult,
-    ) -> Generator[Any, Any, tuple[list[Entry], list[Entry]]]:
-        """Split a chunk whose conditions failed into (retry now, hold back)."""
+    ) -> Generator[Any, Any, tuple[list[Entry], list[Entry] | None]]:
+        """Split a chunk whose conditions failed into (retry now, hold back).
+
+        Hold back is None when the commit goes on; a list (maybe empty) when a
+        refused record stops a watermark commit here.
+        """
         if any(index >= len(ops) + write_count for index in conflict.failed):
             raise FencedError("the fencing check failed: another worker owns this shard now")
         # Sink writes that failed their own condition reject their record.
@@ -303,7 +322,7 @@ class LedgerCommit(LedgerCore):
                 if index not in drop:
                     drop.add(index)
                     result.rejected.append((chunk[index].record, "a sink write's condition failed"))
-            return [e for i, e in enumerate(chunk) if i not in drop], []
+            return [e for i, e in enumerate(chunk) if i not in drop], None
         if 0 in conflict.failed:
             mark = yield from self._stored_watermark(
                 chunk[-1].record, ops[0].key, conflict.failed[0]
@@ -314,7 +333,7 @@ class LedgerCommit(LedgerCore):
                     result.duplicates.append(entry.record)
         refused = [i for i in refused if i not in drop]
         if not refused:
-            return [e for i, e in enumerate(chunk) if i not in drop], []
+            return [e for i, e in enumerate(chunk) if i not in drop], None
         # The watermark must not pass a refused record before the caller has
         # dealt with it (retried or dead-lettered it): commit what comes before
         # it, hold back what comes after.
