@@ -104,7 +104,9 @@ class LedgerCommit(LedgerCore):
             pending = [e for e in pending if id(e.record) in keep]
         else:
             self._require_one_shard(pending)
-        budget = self.transaction_room(guards)
+        budget = self.config.max_transaction_items - max(
+            self.config.reserved_transaction_items, len(guards)
+        )
         queue = deque((yield from self._chunks(pending, budget, result)))
         while queue:
             chunk = queue.popleft()
@@ -136,21 +138,6 @@ class LedgerCommit(LedgerCore):
                 last = chunk[-1].record
                 self._watermarks[(last.stream, last.shard_id)] = last.position.key()
         return result
-
-    def transaction_room(self, guards: Sequence[Any] = ()) -> int:
-        """Items one transaction holds for marks and sink writes, beside ``guards``."""
-        return self.config.max_transaction_items - max(
-            self.config.reserved_transaction_items, len(guards)
-        )
-
-    def transaction_items(self, writes: int) -> int:
-        """Items a record with ``writes`` sink writes takes in a transaction: its writes, and
-        its mark in per-record mode."""
-        return writes + (1 if self.config.mode is LedgerMode.PER_RECORD else 0)
-
-    def shared_items(self) -> int:
-        """Items every transaction of a commit holds besides its entries': the watermark."""
-        return 0 if self.config.mode is LedgerMode.PER_RECORD else 1
 
     def _drop_covered(
         self, queue: deque[list[Entry]], record: Record, result: CommitResult
@@ -191,14 +178,14 @@ class LedgerCommit(LedgerCore):
         """Cut entries into transactions: within the item budget, and never two
         operations on one item in a transaction (DynamoDB refuses that)."""
         per_record = self.config.mode is LedgerMode.PER_RECORD
-        base = self.shared_items()
+        base = 0 if per_record else 1
         touched = yield from self.store.items_touched([e.writes for e in entries])
         chunks: list[list[Entry]] = []
         chunk: list[Entry] = []
         chunk_items: set[Hashable] = set()
         used = 0
         for index, (entry, items) in enumerate(zip(entries, touched, strict=True)):
-            cost = self.transaction_items(len(entry.writes))
+            cost = len(entry.writes) + (1 if per_record else 0)
             problem = None
             if cost + base > budget:
                 problem = f"{len(entry.writes)} sink writes do not fit one transaction"
