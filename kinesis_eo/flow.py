@@ -291,6 +291,11 @@ def _advance(flow: Flow, send: Any, error: BaseException | None) -> Any:
         raise _Done(stop.value) from None
 
 
+# What handlers mostly return (a transactional handler's writes, or nothing): told apart
+# from an awaitable by its type alone, without inspect's walk through the ABCs.
+_NEVER_AWAITABLE = frozenset({type(None), list, tuple, dict, str, bytes, int, float, bool})
+
+
 def drive_sync(
     flow: Flow,
     client: Any,
@@ -330,7 +335,7 @@ def drive_sync(
             except Exception as exc:
                 error = exc
             else:
-                if inspect.isawaitable(send):
+                if type(send) not in _NEVER_AWAITABLE and inspect.isawaitable(send):
                     close = getattr(send, "close", None)
                     if close is not None:
                         close()

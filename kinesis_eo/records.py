@@ -136,6 +136,11 @@ class Record:
     event_namespace: str | None = None
     # Parsed once: a commit asks a record for its position several times.
     _position: Position | None = field(default=None, init=False, repr=False, compare=False)
+    # The ledger's key for it, with the ledger config it was made for (see
+    # kinesis_eo.ledger.core.LedgerCore.record_key): screening and the commit ask often.
+    _ledger_key: tuple[object, str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def position(self) -> Position:

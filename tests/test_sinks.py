@@ -306,3 +306,23 @@ def test_a_sink_needs_exactly_one_kind_of_handler() -> None:
         IdempotentKeySink(led)
     with pytest.raises(ValueError, match="either a handler or a batch_handler"):
         IdempotentKeySink(led, KeyedStore(), batch_handler=lambda records, contexts: None)
+
+
+def test_an_effect_context_works_its_key_out_once_and_only_when_it_is_read() -> None:
+    made: list[str] = []
+
+    def key_of() -> str:
+        made.append("k")
+        return "a1b2"
+
+    ctx = EffectContext(None, 2, key_of=key_of)
+    assert made == []  # a handler that never reads the key never pays for it
+    assert (ctx.idempotency_key, ctx.idempotency_key, ctx.attempt) == ("a1b2", "a1b2", 2)
+    assert made == ["k"]
+    assert ctx == EffectContext("a1b2", 2)
+    assert hash(ctx) == hash(EffectContext("a1b2", 2))
+    assert "a1b2" in repr(ctx)
+    with pytest.raises(AttributeError):
+        ctx.attempt = 3
+    with pytest.raises(TypeError):
+        EffectContext(None, 1)

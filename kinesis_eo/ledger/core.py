@@ -50,7 +50,13 @@ class LedgerCore:
         return f"wm#{self.config.consumer_group}#{stream}#{shard_id}"
 
     def record_key(self, record: Record) -> str:
-        return f"rec#{self.config.consumer_group}#{self.config.key_of(record)}"
+        config = self.config
+        cached = record._ledger_key
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        key = f"rec#{config.consumer_group}#{config.key_of(record)}"
+        object.__setattr__(record, "_ledger_key", (config, key))
+        return key
 
     def failure_key(self, record: Record) -> str:
         return f"fail#{self.config.consumer_group}#{self.config.key_of(record)}"

@@ -174,7 +174,7 @@ class SinkBase:
         return None
 
     def context(self, record: Record, attempt_number: int) -> EffectContext:
-        return EffectContext(self.key_of(record), attempt_number)
+        return EffectContext(None, attempt_number, key_of=lambda: self.key_of(record))
 
     def run_handlers(
         self, records: Sequence[Record], report: BatchReport, gate: Gate | None = None

@@ -95,7 +95,7 @@ class ClaimSink(SinkBase):
                 raise RuntimeError("heartbeat needs the sink to run under a consumer")
             return self.run_flow(self.ledger.heartbeat(record, self.owner, self.claim_for))
 
-        return EffectContext(self.key_of(record), attempt_number, heartbeat)
+        return EffectContext(None, attempt_number, heartbeat, key_of=lambda: self.key_of(record))
 
     def process(
         self, records: Sequence[Record], guards: Sequence[Any] = (), gate: Gate | None = None

@@ -7,7 +7,6 @@ Handlers are plain callables, sync or async; a sink's flow calls them through
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kinesis_eo.deadletter import DeadLetter
@@ -25,18 +24,70 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
 class EffectContext:
     """What a handler gets beside its record.
 
     ``idempotency_key`` is stable for the record in this consumer group: hand
     it to the sink (S3 object key, SQS deduplication id, HTTP
-    ``Idempotency-Key``) so that a repeated call changes nothing.
+    ``Idempotency-Key``) so that a repeated call changes nothing. Sinks pass
+    ``key_of`` instead of the key, and it is worked out the first time it is
+    read: most transactional handlers never read it, and hashing it for every
+    record was a fifth of the toolkit's own CPU per record (bench/_inmemory.py).
+    Immutable, and equal to another context with the same key, attempt and
+    heartbeat.
     """
 
-    idempotency_key: str
+    __slots__ = ("_key", "_key_of", "attempt", "heartbeat")
+
+    _key: str | None
+    _key_of: Callable[[], str] | None
     attempt: int
-    heartbeat: Callable[[], Any] | None = None
+    heartbeat: Callable[[], Any] | None
+
+    def __init__(
+        self,
+        idempotency_key: str | None,
+        attempt: int,
+        heartbeat: Callable[[], Any] | None = None,
+        *,
+        key_of: Callable[[], str] | None = None,
+    ) -> None:
+        if (idempotency_key is None) == (key_of is None):
+            raise TypeError("give an EffectContext either its idempotency_key or key_of")
+        set_once = object.__setattr__
+        set_once(self, "_key", idempotency_key)
+        set_once(self, "_key_of", key_of)
+        set_once(self, "attempt", attempt)
+        set_once(self, "heartbeat", heartbeat)
+
+    @property
+    def idempotency_key(self) -> str:
+        key: str | None = self._key
+        if key is None:
+            assert self._key_of is not None
+            key = self._key_of()
+            object.__setattr__(self, "_key", key)
+        return key
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an EffectContext is immutable: cannot set {name!r}")
+
+    def _fields(self) -> tuple[str, int, Callable[[], Any] | None]:
+        return (self.idempotency_key, self.attempt, self.heartbeat)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EffectContext):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"EffectContext(idempotency_key={self.idempotency_key!r}, attempt={self.attempt!r}, "
+            f"heartbeat={self.heartbeat!r})"
+        )
 
 
 class RecordHandler(Protocol):
