@@ -311,7 +311,22 @@ def drive_sync(
         except _Done as done:
             return done.value
         send, error = None, None
-        if isinstance(step, Call):
+        # Invoke first: a batch makes one per record, and a call or two.
+        if isinstance(step, Invoke):
+            try:
+                send = step.function(*step.args)
+            except Exception as exc:
+                error = exc
+            else:
+                if type(send) not in _NEVER_AWAITABLE and inspect.isawaitable(send):
+                    close = getattr(send, "close", None)
+                    if close is not None:
+                        close()
+                    error = TypeError(
+                        f"{step.function!r} is async: run it with the asyncio consumer"
+                    )
+                    send = None
+        elif isinstance(step, Call):
             try:
                 send = call_sync(client, step, retry)
             except KinesisEOError as exc:
@@ -329,20 +344,6 @@ def drive_sync(
                 send = _together_sync(step, client, retry, sleep)
             except Exception as exc:
                 error = exc
-        elif isinstance(step, Invoke):
-            try:
-                send = step.function(*step.args)
-            except Exception as exc:
-                error = exc
-            else:
-                if type(send) not in _NEVER_AWAITABLE and inspect.isawaitable(send):
-                    close = getattr(send, "close", None)
-                    if close is not None:
-                        close()
-                    error = TypeError(
-                        f"{step.function!r} is async: run it with the asyncio consumer"
-                    )
-                    send = None
         else:
             yield step
 
@@ -362,6 +363,9 @@ def run_sync(
     raise TypeError(f"flow produced an output where none was expected: {output!r}")
 
 
+_INSTRUCTIONS = (Invoke, Call, Sleep, Receive, Together)
+
+
 def pump(
     flow: Flow, on_output: Callable[[Any], Generator[Any, Any, bool]]
 ) -> Generator[Any, Any, Any]:
@@ -378,7 +382,7 @@ def pump(
         except _Done as done:
             return done.value
         send, error = None, None
-        if isinstance(step, Call | Sleep | Invoke | Receive | Together):
+        if isinstance(step, _INSTRUCTIONS):
             try:
                 send = yield step
             except Exception as exc:
