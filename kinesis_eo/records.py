@@ -142,6 +142,27 @@ class Record:
         default=None, init=False, repr=False, compare=False
     )
 
+    def with_event(self, event_id: str, namespace: str | None, payload: bytes) -> Record:
+        """This record as its envelope's event: ``payload`` for data, with the event's id
+        and namespace (its position, if already parsed, is kept, not parsed again)."""
+        event = Record(
+            stream=self.stream,
+            shard_id=self.shard_id,
+            sequence_number=self.sequence_number,
+            partition_key=self.partition_key,
+            data=payload,
+            arrival_time=self.arrival_time,
+            sub_sequence_number=self.sub_sequence_number,
+            explicit_hash_key=self.explicit_hash_key,
+            aggregated=self.aggregated,
+            deaggregation_error=self.deaggregation_error,
+            encryption_type=self.encryption_type,
+            event_id=event_id,
+            event_namespace=namespace,
+        )
+        object.__setattr__(event, "_position", self._position)
+        return event
+
     @property
     def position(self) -> Position:
         """Where the record sits in its shard (parsed once, then kept)."""

@@ -294,7 +294,7 @@ class DynamoDBLedgerStore(LedgerStore):
                         schema = described["Table"]["KeySchema"]
                         self._key_schemas[table] = tuple(k["AttributeName"] for k in schema)
                     key = {name: request["Item"][name] for name in self._key_schemas[table]}
-                items.append((table, *sorted(_key_parts(key))))
+                items.append((table, *(_key_of_one(key) or sorted(_key_parts(key)))))
             touched.append(items)
         return touched
 
@@ -440,6 +440,16 @@ class DynamoDBLedgerStore(LedgerStore):
                     "credentials): a commit writes to it",
                     resource=f"{kind} table '{table}'",
                 ) from missing
+
+
+def _key_of_one(key: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, str, Any]] | None:
+    """The (name, type, value) of a key of one attribute, the usual sink key, with no sort."""
+    if len(key) == 1:
+        ((name, attribute),) = key.items()
+        if len(attribute) == 1:
+            ((kind, value),) = attribute.items()
+            return ((name, kind, value),)
+    return None
 
 
 def _key_parts(key: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, str, Any]]:

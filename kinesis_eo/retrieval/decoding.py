@@ -61,22 +61,6 @@ def to_records(
                 continue
             event_id, namespace, payload = unwrap_event(record.data)
             records.append(
-                record
-                if event_id is None
-                else Record(
-                    stream=record.stream,
-                    shard_id=record.shard_id,
-                    sequence_number=record.sequence_number,
-                    partition_key=record.partition_key,
-                    data=payload,
-                    arrival_time=record.arrival_time,
-                    sub_sequence_number=record.sub_sequence_number,
-                    explicit_hash_key=record.explicit_hash_key,
-                    aggregated=record.aggregated,
-                    deaggregation_error=record.deaggregation_error,
-                    encryption_type=record.encryption_type,
-                    event_id=event_id,
-                    event_namespace=namespace,
-                )
+                record if event_id is None else record.with_event(event_id, namespace, payload)
             )
     return Decoded(records, dropped, len(raw_records))
