@@ -270,3 +270,27 @@ def test_the_latency_model_plot_draws_every_case(bench_modules: Any, tmp_path: P
     latency.plot(model, str(path))
 
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_real_time_check_runs_the_worker_to_every_record_and_reports_it(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "check.json"
+    command = [
+        sys.executable,
+        str(BENCH.with_name("latency_check.py")),
+        *("--records", "2500", "--batch", "500", "--repeat", "1"),
+        *("--cases", "watermark_worker,watermark_worker_no_read_ahead"),
+        *("--report", str(report)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    # The check fails itself unless the worker came through every record.
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(report.read_text())
+    assert set(found["cases"]) == {"watermark_worker", "watermark_worker_no_read_ahead"}
+    for name, row in found["cases"].items():
+        measured = ("rps_per_shard", "client_cpu_us_per_record", "ceiling_fraction")
+        assert all(row[field] > 0 for field in measured), name
+        assert row["model_rps_for_this_cpu"] > 0, name
+        assert name in done.stdout
