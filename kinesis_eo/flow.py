@@ -133,7 +133,8 @@ class Together:
     """Run several flows concurrently; the parent is sent the list of their return values.
 
     The sync driver runs each flow with :func:`run_sync` in a thread pool
-    (boto3 clients are thread-safe), the asyncio driver as tasks. At most
+    (boto3 clients are thread-safe), the first one in the calling thread when
+    all may run at once; the asyncio driver runs them as tasks. At most
     ``limit`` run at once (0: all). A sub-flow may yield calls, sleeps,
     invocations and nested :class:`Together`, but no outputs: an output is a
     :class:`TypeError` in that sub-flow, since no one would know its order.
@@ -179,13 +180,34 @@ def _together_sync(
 ) -> list[Any]:
     if not step.flows:
         return []
-    workers = min(step.width, MAX_TOGETHER_THREADS)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kinesis-eo") as pool:
-        futures = [pool.submit(run_sync, flow, client, retry, sleep) for flow in step.flows]
-    errors = [future.exception() for future in futures]
-    return _gathered(
-        [None if e else f.result() for f, e in zip(futures, errors, strict=True)], errors
-    )
+    if step.width < len(step.flows) or len(step.flows) > MAX_TOGETHER_THREADS:
+        workers = min(step.width, MAX_TOGETHER_THREADS)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kinesis-eo") as pool:
+            futures = [pool.submit(run_sync, flow, client, retry, sleep) for flow in step.flows]
+        errors = [future.exception() for future in futures]
+        return _gathered(
+            [None if e else f.result() for f, e in zip(futures, errors, strict=True)], errors
+        )
+    # All at once: the first flow runs in the calling thread, which would only wait
+    # otherwise. One thread fewer to start, and the first flow's calls come from a thread
+    # botocore has served before (its first call in a new thread costs about 0.25 ms more).
+    first, *others = step.flows
+    outcome: Any = None
+    error: BaseException | None = None
+    with ThreadPoolExecutor(
+        max_workers=max(len(others), 1), thread_name_prefix="kinesis-eo"
+    ) as pool:
+        futures = [pool.submit(run_sync, flow, client, retry, sleep) for flow in others]
+        try:
+            outcome = run_sync(first, client, retry, sleep)
+        except Exception as exc:
+            error = exc
+    errors = [error, *(future.exception() for future in futures)]
+    outcomes = [
+        outcome,
+        *(None if e else f.result() for f, e in zip(futures, errors[1:], strict=True)),
+    ]
+    return _gathered(outcomes, errors)
 
 
 async def _together_async(step: Together, client: Any, retry: RetryConfig) -> list[Any]:

@@ -46,7 +46,7 @@ class RunMetrics:
     def read(self, shard: str, records: Sequence[Record], millis_behind: int | None) -> None:
         """A batch read from a shard (records may be empty: an idle shard still has a lag)."""
         self.totals.count(batches=1, delivered=len(records))
-        if records:
+        if records and self.enabled:  # no sum over every record's bytes for nothing
             self.metrics.count(names.RECORDS_READ, len(records), shard=shard)
             self.metrics.count(names.BYTES_READ, sum(len(r.data) for r in records), shard=shard)
         if millis_behind is not None:
