@@ -148,13 +148,24 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
     if rows:
-        short = {k: r["ceiling_fraction"] for k, r in rows.items()}
+        # A kinesis_eo case with its read-ahead turned off is printed to show what read-ahead
+        # gains; it is not how the case runs, and its ceiling does not count its reads.
+        compared = {
+            k
+            for k, r in rows.items()
+            if r["case"] in READS_AHEAD and not r["variant"]["read_ahead"]
+        }
+        short = {k: r["ceiling_fraction"] for k, r in rows.items() if k not in compared}
         missed = [k for k, f in short.items() if f < TARGET_CEILING_FRACTION]
         found.append(
             _target(
                 f"latency model: every case >= {TARGET_CEILING_FRACTION:.2f} of its own ceiling",
                 ", ".join(f"{k} {f:.2f}" for k, f in short.items())
-                + (f"; under: {', '.join(missed)}" if missed else ""),
+                + (f"; under: {', '.join(missed)}" if missed else "")
+                + "".join(
+                    f"; for comparison, not a target: {k} {rows[k]['ceiling_fraction']:.2f}"
+                    for k in sorted(compared)
+                ),
                 not missed,
             )
         )
