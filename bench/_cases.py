@@ -53,7 +53,13 @@ from kinesis_eo.checkpoint import (
 )
 from kinesis_eo.consumer import Consumer, ConsumerConfig, ConsumerStats
 from kinesis_eo.flow import Invoke
-from kinesis_eo.leases import DynamoDBLeaseStore, LeaseConfig, LeaseManager, create_lease_table
+from kinesis_eo.leases import (
+    DynamoDBLeaseStore,
+    LeaseConfig,
+    LeaseManager,
+    LeaseStore,
+    create_lease_table,
+)
 from kinesis_eo.ledger import (
     DynamoDBLedgerStore,
     Ledger,
@@ -289,6 +295,12 @@ class WorkerWatermarkCase(WatermarkCase):
         for number in (1, 2):
             create_lease_table(self.env.dynamodb, self.lease_table(number))
 
+    def lease_store(self, table: str) -> LeaseStore:
+        return DynamoDBLeaseStore(table)
+
+    def committed(self, records: int) -> None:
+        """Called under a lock after each commit of ``records`` records (a hook for timing)."""
+
     def run_pass(self, number: int) -> ConsumerStats:
         self.counters = PassCounters()
         env = self.env
@@ -301,11 +313,12 @@ class WorkerWatermarkCase(WatermarkCase):
         def after_commit(batch: Any, report: BatchReport) -> None:
             with _COUNTING:
                 seen[0] += len(batch.records)
+                self.committed(len(batch.records))
                 if seen[0] >= env.records:
                     worker.stop()
 
         sink = TransactionalSink(self.ledger(), self.handle)
-        manager = LeaseManager(DynamoDBLeaseStore(leases.table_name), leases, f"bench-{number}")
+        manager = LeaseManager(self.lease_store(leases.table_name), leases, f"bench-{number}")
         worker = Worker(
             env.kinesis, env.dynamodb, env.stream, sink, manager, config, after_commit=after_commit
         )

@@ -117,11 +117,16 @@ class CannedEndpoint:
         client.meta.events.register("before-send", self._answer)
         return client
 
-    def _answer(self, request: Any, **_: Any) -> AWSResponse:
+    @staticmethod
+    def operation(request: Any) -> str:
+        """The API operation a request is for (``GetRecords``, ``TransactWriteItems``, ...)."""
         target = request.headers.get("X-Amz-Target", b"")
         if isinstance(target, bytes):
             target = target.decode()
-        operation = target.rsplit(".", 1)[-1]
+        return str(target).rsplit(".", 1)[-1]
+
+    def _answer(self, request: Any, **_: Any) -> AWSResponse:
+        operation = self.operation(request)
         if operation == "GetRecords":
             iterator = json.loads(request.body)["ShardIterator"]
             _, shard, number = iterator.split("|")

@@ -29,22 +29,20 @@ import argparse
 import gc
 import json
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from _cases import CASES, Env, PassCounters, WorkerWatermarkCase
+from _cases import CASES, Env, WorkerWatermarkCase
 from _cpu import STREAM, CannedEndpoint, canned_clients
 from _latency import PLANS, Cpu, latency_s, rps_per_shard
 
 from kinesis_eo.cli.run import fewer_collections
 from kinesis_eo.consumer import ConsumerStats
-from kinesis_eo.leases import LeaseConfig, LeaseManager
+from kinesis_eo.leases import LeaseStore
 from kinesis_eo.leases.store import MemoryLeaseStore
 from kinesis_eo.retrieval import ReaderConfig
-from kinesis_eo.sinks import TransactionalSink, condition_check
-from kinesis_eo.worker import Worker, WorkerConfig
+from kinesis_eo.sinks import condition_check
 
 LEASE_TABLE = "latency-check-leases"
 
@@ -53,8 +51,7 @@ class SlowEndpoint(CannedEndpoint):
     """The canned endpoint, answering each call after its modelled latency."""
 
     def _answer(self, request: Any, **kwargs: Any) -> Any:
-        target = request.headers.get("X-Amz-Target", b"")
-        operation = (target.decode() if isinstance(target, bytes) else target).rsplit(".", 1)[-1]
+        operation = self.operation(request)
         if operation == "TransactWriteItems":
             time.sleep(latency_s(operation, len(json.loads(request.body)["TransactItems"])))
         elif operation in ("GetRecords", "PutItem", "UpdateItem", "GetItem"):
@@ -106,29 +103,23 @@ class Steady:
 
 
 class CheckedWorker(WorkerWatermarkCase):
+    """The bench's `Worker` case on in-memory leases, timed from its first commit to its last."""
+
     def setup(self) -> None:
         pass
 
+    def lease_table(self, number: int) -> str:
+        return LEASE_TABLE
+
+    def lease_store(self, table: str) -> LeaseStore:
+        return DynamoDBFencedLeases()
+
+    def committed(self, records: int) -> None:
+        self.steady.commit(records)
+
     def run_pass(self, number: int) -> ConsumerStats:
-        self.counters = PassCounters()
         self.steady = Steady()
-        env = self.env
-        lock = threading.Lock()
-        leases = LeaseConfig(LEASE_TABLE, take_interval_s=0.1)
-        config = WorkerConfig(leases=leases, reader=env.reader_config(), read_ahead=self.read_ahead)
-
-        def after_commit(batch: Any, report: Any) -> None:
-            with lock:
-                self.steady.commit(len(batch.records))
-                if self.steady.records >= env.records:
-                    worker.stop()
-
-        sink = TransactionalSink(self.ledger(), self.handle)
-        manager = LeaseManager(DynamoDBFencedLeases(), leases, f"check-{number}")
-        worker = Worker(
-            env.kinesis, env.dynamodb, env.stream, sink, manager, config, after_commit=after_commit
-        )
-        return worker.run()
+        return super().run_pass(number)
 
 
 class CheckedWorkerNoReadAhead(CheckedWorker):
